@@ -1,0 +1,303 @@
+"""The analyze stage: one pass over the inputs in batches, hooks reducing on the device.
+
+Output is an `Analysis` of numpy arrays and plain values; no torch object leaves this module.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from reportgen.capture import ActivationCapture, CapturedLayer, first_tensor
+from reportgen.devices import model_dtype
+from reportgen.errors import ReportError, one_line
+from reportgen.inputs import InputSet
+from reportgen.model_state import on_device, preserved_modes
+from reportgen.summary import SummaryTable, fallback_summary, summarize
+
+CONV_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd,)
+TOP_K = 5
+THUMBNAIL_SIZE = 96
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    layers: tuple[str, ...] = ()
+    max_channels: int = 64
+    batch_size: int = 16
+    tile_size: int = 28
+    keep_inputs: int = 8  # inputs whose feature maps are drawn; statistics use all inputs
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """Up to max_channels filters of one layer, as (filters, inputs per filter, *kernel)."""
+
+    filters: np.ndarray
+    filters_total: int
+    in_channels: int
+    groups: int
+    transposed: bool
+    weight_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    label: int | None
+    thumbnail: np.ndarray | None  # uint8 (H, W, 3) or (H, W): what the model saw
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    index: int
+    top_indices: tuple[int, ...]
+    top_probabilities: tuple[float, ...]
+    label: int | None
+    label_probability: float | None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    model_type: str
+    summary: SummaryTable
+    layers: tuple[CapturedLayer, ...]
+    weights: dict[str, LayerWeights]
+    selected: tuple[str, ...]
+    inputs: tuple[InputRecord, ...]
+    predictions: tuple[PredictionRecord, ...]
+    num_classes: int | None
+    device: str
+    notes: tuple[str, ...]
+
+
+def select_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Qualified names to hook: every conv by default, or names matching any glob in `patterns`."""
+    named = [(name, module) for name, module in model.named_modules() if name]
+    if not patterns:
+        return [name for name, module in named if isinstance(module, CONV_TYPES)]
+    chosen = [name for name, _ in named if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+    if not chosen:
+        sample = ", ".join(name for name, _ in named[:8]) or "(the model has no submodules)"
+        raise ReportError(f"--layers {' '.join(patterns)} matches no layer; names look like: {sample}")
+    return chosen
+
+
+def layer_weights(module: nn.Module, max_channels: int) -> LayerWeights | None:
+    """The filters of a conv-like module, output channel first, or None if it has no kernel."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 3:
+        return None
+    if isinstance(weight, nn.parameter.UninitializedParameter):
+        return None
+    groups = int(getattr(module, "groups", 1))
+    transposed = bool(getattr(module, "transposed", False))
+    with torch.no_grad():
+        tensor = weight.detach()
+        if transposed:
+            # ConvTranspose stores (in, out/groups, *k); with one group, filter j is column j.
+            tensor = tensor.transpose(0, 1) if groups == 1 else tensor
+        total = tensor.shape[0]
+        array = tensor[:max_channels].float().cpu().numpy().copy()
+    return LayerWeights(
+        filters=array,
+        filters_total=int(total),
+        in_channels=int(getattr(module, "in_channels", array.shape[1])),
+        groups=groups,
+        transposed=transposed,
+        weight_shape=tuple(int(d) for d in weight.shape),
+    )
+
+
+class _OutputCollector:
+    """Root forward hook: keeps only top-k classes (and the labelled class's probability)."""
+
+    def __init__(self) -> None:
+        self.records: list[PredictionRecord] = []
+        self.num_classes: int | None = None
+        self.offset = 0
+        self.labels: list[int | None] = []
+        self.logits_like = True
+
+    def __call__(self, module: nn.Module, args: object, output: object) -> None:
+        tensor = first_tensor(output)
+        if tensor is None or tensor.dim() != 2 or tensor.shape[1] < 2 or not tensor.is_floating_point():
+            self.logits_like = False
+            return
+        probabilities = torch.softmax(tensor.detach().float(), dim=1)
+        k = min(TOP_K, probabilities.shape[1])
+        top = torch.topk(probabilities, k, dim=1)
+        indices = top.indices.cpu().numpy()
+        values = top.values.cpu().numpy()
+        full = probabilities.cpu().numpy() if any(lbl is not None for lbl in self.labels) else None
+        self.num_classes = int(tensor.shape[1])
+        for row in range(tensor.shape[0]):
+            index = self.offset + row
+            label = self.labels[row] if row < len(self.labels) else None
+            label_probability = (
+                float(full[row, label]) if full is not None and label is not None and label < full.shape[1] else None
+            )
+            self.records.append(
+                PredictionRecord(
+                    index=index,
+                    top_indices=tuple(int(i) for i in indices[row]),
+                    top_probabilities=tuple(float(v) for v in values[row]),
+                    label=label,
+                    label_probability=label_probability,
+                )
+            )
+
+
+def thumbnail(sample: torch.Tensor, inputs: InputSet) -> np.ndarray | None:
+    """The input as the model saw it, de-normalised, as a small uint8 image (2D inputs only)."""
+    if sample.dim() != 3 or not sample.is_floating_point():
+        return None
+    image = sample.detach().float().cpu()
+    if inputs.preprocessing is not None:
+        image = inputs.preprocessing.denormalise(image)
+    if image.shape[0] not in (1, 3):
+        image = image.mean(dim=0, keepdim=True)
+    low, high = float(image.min()), float(image.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        image = torch.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)
+        low, high = float(image.min()), float(image.max())
+    if low < 0.0 or high > 1.0:  # not a [0, 1] image: stretch its own range
+        image = (image - low) / (high - low) if high > low else torch.zeros_like(image)
+    height, width = image.shape[1:]
+    if max(height, width) > THUMBNAIL_SIZE:
+        scale = THUMBNAIL_SIZE / max(height, width)
+        size = [max(1, round(height * scale)), max(1, round(width * scale))]
+        image = torch.nn.functional.interpolate(image[None], size=size, mode="area")[0]
+    array = (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0).copy()
+
+
+def analyze(
+    model: nn.Module,
+    inputs: InputSet,
+    device: torch.device,
+    options: AnalysisOptions,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> Analysis:
+    """Run every input through the model once, with the hooks attached, and collect the results."""
+    if len(inputs) == 0:
+        raise ReportError("no inputs to analyse")
+    selected = select_layers(model, options.layers)
+    dtype = model_dtype(model)
+    collector = _OutputCollector()
+    records: list[InputRecord] = []
+    summary: SummaryTable | None = None
+    notes: list[str] = []
+    batch_size = max(1, options.batch_size)
+
+    with preserved_modes(model), on_device(model, device), torch.inference_mode():
+        model.eval()
+        capture = ActivationCapture(
+            model,
+            selected,
+            max_channels=options.max_channels,
+            tile_size=options.tile_size,
+            keep_inputs=options.keep_inputs,
+        )
+        output_hook = model.register_forward_hook(collector)
+        try:
+            with capture:
+                for start in range(0, len(inputs), batch_size):
+                    stop = min(start + batch_size, len(inputs))
+                    batch = inputs.batch(start, stop)
+                    for offset in range(stop - start):
+                        index = start + offset
+                        shown = index < options.keep_inputs
+                        records.append(
+                            InputRecord(
+                                index=index,
+                                name=inputs.names[index],
+                                shape=tuple(int(d) for d in batch.shape[1:]),
+                                label=inputs.label(index),
+                                thumbnail=thumbnail(batch[offset], inputs) if shown else None,
+                            )
+                        )
+                    batch = batch.to(device=device, dtype=dtype if batch.is_floating_point() else None)
+                    capture.start_batch(start)
+                    collector.offset = start
+                    collector.labels = [inputs.label(i) for i in range(start, stop)]
+                    if summary is None:
+                        summary = _first_pass(model, batch, capture, collector, inputs, start, stop)
+                        if not summary.available:
+                            notes.append(f"torchinfo could not walk this model ({summary.problem}); "
+                                         "the table lists parameters only.")
+                    else:
+                        _forward(model, batch, inputs, start, stop)
+                    if progress is not None:
+                        progress(stop - start)
+            layers = capture.results()
+        finally:
+            output_hook.remove()
+        modules = dict(model.named_modules())
+        weights = {
+            name: found
+            for name in selected
+            if (found := layer_weights(modules[name], options.max_channels)) is not None
+        }
+    assert summary is not None
+    return Analysis(
+        model_type=type(model).__name__,
+        summary=summary,
+        layers=tuple(layers),
+        weights=weights,
+        selected=tuple(selected),
+        inputs=tuple(records),
+        predictions=tuple(collector.records) if collector.logits_like else (),
+        num_classes=collector.num_classes if collector.logits_like else None,
+        device=str(device),
+        notes=tuple(notes),
+    )
+
+
+def _forward(model: nn.Module, batch: torch.Tensor, inputs: InputSet, start: int, stop: int) -> None:
+    try:
+        model(batch)
+    except ReportError:
+        raise
+    except Exception as exc:
+        raise _model_failure(exc, batch, inputs, start, stop) from exc
+
+
+def _model_failure(exc: BaseException, batch: torch.Tensor, inputs: InputSet, start: int, stop: int) -> ReportError:
+    where = inputs.names[start] if stop - start == 1 else f"{inputs.names[start]} .. {inputs.names[stop - 1]}"
+    return ReportError(
+        f"the model failed on input batch {where} of shape {list(batch.shape)}: {one_line(exc)}"
+    )
+
+
+def _first_pass(
+    model: nn.Module,
+    batch: torch.Tensor,
+    capture: ActivationCapture,
+    collector: _OutputCollector,
+    inputs: InputSet,
+    start: int,
+    stop: int,
+) -> SummaryTable:
+    """The first batch runs inside torchinfo, so the summary costs no forward pass of its own."""
+    try:
+        return summarize(model, batch)
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        capture.discard()
+        collector.records.clear()
+        model.eval()
+        try:
+            model(batch)
+        except Exception as plain_exc:
+            raise _model_failure(plain_exc, batch, inputs, start, stop) from plain_exc
+        return fallback_summary(model, one_line(cause))

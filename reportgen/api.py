@@ -1,0 +1,189 @@
+"""`generate_report`: the one entry point. The CLI is a thin shell over `build_report`."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reportgen._version import __version__
+from reportgen.analyze import AnalysisOptions, analyze
+from reportgen.devices import resolve_device
+from reportgen.errors import ReportError
+from reportgen.inputs import InputSet, expand_paths, from_image_files, from_tensor, from_tensors
+from reportgen.labels import check_label_count
+from reportgen.models import LoadedModel
+from reportgen.preprocess import Preprocessing
+from reportgen.progress import progress_bar
+from reportgen.render import RenderOptions, render
+from reportgen.report import Report
+from reportgen.report_model import ModelInfo, RunInfo
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Every knob of a report, with the CLI's defaults."""
+
+    layers: tuple[str, ...] = ()
+    device: str = "auto"
+    batch_size: int = 16
+    max_channels: int = 64
+    tile_size: int = 28
+    max_inputs_shown: int = 8
+    filter_scale: str = "per-filter"
+    title: str | None = None
+    command: str | None = None
+    show_progress: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def report_date() -> str:
+    """UTC date, from SOURCE_DATE_EPOCH when set, so the same inputs give the same bytes."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is not None:
+        try:
+            moment = _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
+        except (ValueError, OverflowError, OSError) as exc:
+            raise ReportError(f"SOURCE_DATE_EPOCH must be a Unix timestamp, got {epoch!r}") from exc
+    else:
+        moment = _dt.datetime.now(tz=_dt.timezone.utc)
+    return moment.strftime("%Y-%m-%d")
+
+
+def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Sequence[str] | None = None) -> InputSet:
+    """Tensor, list of tensors, PIL images, paths, or an InputSet -> InputSet."""
+    if isinstance(inputs, InputSet):
+        return inputs
+    if isinstance(inputs, torch.Tensor):
+        return from_tensor(inputs, names)
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    items = list(inputs)
+    if not items:
+        raise ReportError("no inputs given")
+    if all(isinstance(item, torch.Tensor) for item in items):
+        return from_tensors(items, names)
+    if all(isinstance(item, (str, Path)) for item in items):
+        return from_image_files(expand_paths(items), preprocessing or Preprocessing())
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        Image = None  # type: ignore[assignment]
+    if Image is not None and all(isinstance(item, Image.Image) for item in items):
+        prep = preprocessing or Preprocessing()
+        tensors = [prep.to_tensor(item) for item in items]
+        result = from_tensors(tensors, names)
+        result.preprocessing = prep
+        return result
+    kinds = sorted({type(item).__name__ for item in items})
+    raise ReportError(f"inputs must be tensors, PIL images or paths, not {', '.join(kinds)}")
+
+
+def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
+                 class_names: Sequence[str] | None = None) -> Report:
+    """Analyze -> render; the returned Report renders HTML and JSON when asked."""
+    import torchvision
+
+    if options.batch_size < 1:
+        raise ReportError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if options.max_channels < 1:
+        raise ReportError(f"--max-channels must be at least 1, got {options.max_channels}")
+    device = resolve_device(options.device)
+    analysis_options = AnalysisOptions(
+        layers=options.layers,
+        max_channels=options.max_channels,
+        batch_size=options.batch_size,
+        tile_size=options.tile_size,
+        keep_inputs=options.max_inputs_shown,
+    )
+    with progress_bar(len(inputs), "forward", options.show_progress) as advance:
+        analysis = analyze(loaded.module, inputs, device, analysis_options, progress=advance)
+    names = list(class_names) if class_names is not None else loaded.class_names
+    if class_names is not None:
+        check_label_count(list(class_names), analysis.num_classes, "--labels")
+    elif names is not None and analysis.num_classes is not None and len(names) != analysis.num_classes:
+        names = None  # metadata for another head size (e.g. num_classes=10): show indices
+
+    preprocessing = inputs.preprocessing.describe() if inputs.preprocessing else ()
+    run = RunInfo(
+        title=options.title or f"{loaded.name} — reportgen",
+        reportgen_version=__version__,
+        torch_version=torch.__version__,
+        torchvision_version=torchvision.__version__,
+        device=analysis.device,
+        date=report_date(),
+        batch_size=options.batch_size,
+        preprocessing=preprocessing,
+        command=options.command,
+    )
+    model = loaded.module
+    model_info = ModelInfo(
+        name=loaded.name,
+        type=type(model).__name__,
+        source=loaded.source,
+        file=loaded.file,
+        sha256=loaded.sha256,
+        random_weights=loaded.random_weights,
+        total_params=sum(p.numel() for p in model.parameters()),
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+    )
+    render_count = sum(len(layer.tiles) for layer in analysis.layers) + len(analysis.weights)
+    with progress_bar(render_count, "render", options.show_progress) as advance:
+        report_model = render(
+            analysis,
+            run=run,
+            model_info=model_info,
+            class_names=names,
+            options=RenderOptions(filter_scale=options.filter_scale),
+            progress=advance,
+        )
+    notes = tuple(loaded.notes) + tuple(inputs.notes) + report_model.notes
+    from dataclasses import replace
+
+    return Report(replace(report_model, notes=notes))
+
+
+def generate_report(
+    model: nn.Module,
+    inputs: Any,
+    *,
+    labels: Sequence[str] | None = None,
+    layers: Sequence[str] | None = None,
+    device: str = "auto",
+    batch_size: int = 16,
+    max_channels: int = 64,
+    title: str | None = None,
+    preprocessing: Preprocessing | None = None,
+    input_names: Sequence[str] | None = None,
+    max_inputs_shown: int = 8,
+    filter_scale: str = "per-filter",
+    random_weights: bool = False,
+) -> Report:
+    """Analyse `model` on `inputs` and return a Report (`.save(path)`, `.to_html()`, `.to_dict()`).
+
+    `inputs`: a (N, C, ...) tensor, a list of tensors, PIL images or image paths. Tensors are used
+    as given; images go through `preprocessing` (default: RGB, scaled to [0, 1]).
+    `labels`: class names for the model's output indices. `layers`: glob patterns of qualified
+    module names to visualise (default: every convolution). The model is left exactly as it was.
+    """
+    if not isinstance(model, nn.Module):
+        raise ReportError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    input_set = coerce_inputs(inputs, preprocessing, input_names)
+    loaded = LoadedModel(module=model, name=type(model).__name__, source="Python object",
+                         random_weights=random_weights)
+    options = ReportOptions(
+        layers=tuple(layers or ()),
+        device=device,
+        batch_size=batch_size,
+        max_channels=max_channels,
+        max_inputs_shown=max_inputs_shown,
+        filter_scale=filter_scale,
+        title=title,
+    )
+    return build_report(loaded, input_set, options, class_names=labels)

@@ -1,0 +1,43 @@
+"""The assemble stage: one Jinja2 environment, one render function, one HTML string.
+
+The environment is built once (autoescape on, StrictUndefined so a missing value fails loudly,
+trim/lstrip blocks). CSS and JS are inlined with `{% include %}`; pictures are data: URIs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from reportgen import view
+from reportgen.report_model import ReportModel
+
+
+def templates_dir() -> Path:
+    """Installed: reportgen/templates inside the package. From a checkout: ../templates."""
+    try:
+        packaged = Path(str(resources.files("reportgen.templates")))
+        if (packaged / "report.html.jinja2").is_file():
+            return packaged
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+@lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render_html(report: ReportModel) -> str:
+    return environment().get_template("report.html.jinja2").render(page=view.page(report))

@@ -1,0 +1,307 @@
+"""Forward hooks that reduce each selected layer's output on the device, batch by batch.
+
+A hook never keeps an activation. It turns the output into what the report shows, right away:
+- running per-channel statistics for all channels (float64 accumulators on the device);
+- for the first `keep_inputs` inputs only, up to `max_channels` channels downsampled to at most
+  `tile_size` pixels a side and quantised to uint8 (the only thing copied to the host).
+
+Because the reduction happens inside the hook, an in-place op that runs after the layer
+(`ReLU(inplace=True)`) cannot change what was captured, and memory does not grow with the
+number of inputs. A module called several times in one forward gets one entry per call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reportgen.palettes import FLAT_INDEX, LEVELS
+
+
+@dataclass
+class LayerTiles:
+    """Host-side tiles of one layer call: one uint8 stack per kept input."""
+
+    channels: tuple[int, ...]
+    per_input: dict[int, np.ndarray] = field(default_factory=dict)  # index -> (C, h, w) uint8
+    tile_min: dict[int, np.ndarray] = field(default_factory=dict)  # index -> (C,) float
+    tile_max: dict[int, np.ndarray] = field(default_factory=dict)
+    flat: dict[int, np.ndarray] = field(default_factory=dict)  # index -> (C,) bool
+
+
+@dataclass(frozen=True)
+class CapturedLayer:
+    """What the capture kept of one layer call, moved to plain numpy."""
+
+    key: str
+    module_name: str
+    call_index: int
+    type: str
+    output_shape: tuple[int, ...]  # of one input, batch dim first as 1
+    channels_total: int
+    mean: np.ndarray
+    max: np.ndarray
+    fraction_active: np.ndarray
+    fraction_inputs_active: np.ndarray
+    nonfinite: np.ndarray
+    channels_shown: tuple[int, ...]
+    tiles: dict[int, np.ndarray]
+    tile_min: dict[int, np.ndarray]
+    tile_max: dict[int, np.ndarray]
+    flat: dict[int, np.ndarray]
+    inputs_seen: int
+
+
+def spatial_view(output: torch.Tensor) -> torch.Tensor:
+    """(N, C, *spatial) -> (N, C, H, W): 1D signals become one row, volumes their middle slice."""
+    if output.dim() == 2:
+        return output[:, :, None, None]
+    if output.dim() == 3:
+        return output[:, :, None, :]
+    if output.dim() == 4:
+        return output
+    # 3D and higher: the middle slice of every extra leading spatial dimension.
+    while output.dim() > 4:
+        output = output.select(2, output.shape[2] // 2)
+    return output
+
+
+def downsample(maps: torch.Tensor, tile_size: int) -> torch.Tensor:
+    """Average-pool (N, C, H, W) so the longer side is at most `tile_size`, keeping aspect."""
+    height, width = maps.shape[-2:]
+    factor = math.ceil(max(height, width) / tile_size)
+    if factor <= 1:
+        return maps
+    target = (max(1, math.ceil(height / factor)), max(1, math.ceil(width / factor)))
+    return F.adaptive_avg_pool2d(maps, target)
+
+
+def quantise_tiles(
+    maps: torch.Tensor, tile_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-tile min-max to 0..253 on the device. Returns (uint8 tiles, min, max, flat mask).
+
+    min and max come from the full-resolution map, so the legend states true values; a tile
+    whose range is zero or that holds NaN/Inf is flat and filled with FLAT_INDEX.
+    """
+    finite = torch.isfinite(maps).flatten(2).all(dim=2)
+    safe = torch.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
+    low = safe.flatten(2).amin(dim=2)
+    high = safe.flatten(2).amax(dim=2)
+    span = high - low
+    flat = (~finite) | (span <= 0)
+    pooled = downsample(safe, tile_size)
+    scale = torch.where(flat, torch.ones_like(span), span)
+    unit = ((pooled - low[..., None, None]) / scale[..., None, None]).clamp_(0.0, 1.0)
+    levels = torch.floor(unit * (LEVELS - 1) + 0.5).to(torch.uint8)
+    levels[flat] = FLAT_INDEX
+    low = torch.where(finite, low, torch.full_like(low, float("nan")))
+    high = torch.where(finite, high, torch.full_like(high, float("nan")))
+    return levels, low, high, flat
+
+
+class _Accumulator:
+    """Running per-channel statistics and kept tiles of one layer call (device tensors)."""
+
+    def __init__(self, key: str, module_name: str, call_index: int, module_type: str) -> None:
+        self.key = key
+        self.module_name = module_name
+        self.call_index = call_index
+        self.type = module_type
+        self.output_shape: tuple[int, ...] = ()
+        self.channels_total = 0
+        self.inputs_seen = 0
+        self.positions_seen = 0
+        self.sum_mean: torch.Tensor | None = None
+        self.max: torch.Tensor | None = None
+        self.active_positions: torch.Tensor | None = None
+        self.inputs_active: torch.Tensor | None = None
+        self.nonfinite: torch.Tensor | None = None
+        self.tiles: LayerTiles | None = None
+
+    def update(
+        self, output: torch.Tensor, keep: range, max_channels: int, tile_size: int, offset: int
+    ) -> None:
+        values = output.detach()
+        if not values.is_floating_point():
+            values = values.float()
+        values = values.float()  # half precision sums overflow; reduce in float32
+        batch = values.shape[0]
+        channels = values.shape[1] if values.dim() >= 2 else 1
+        flat = values.reshape(batch, channels, -1)
+        if self.sum_mean is None:
+            self.output_shape = (1, *tuple(values.shape[1:]))
+            self.channels_total = channels
+            device = values.device
+            self.sum_mean = torch.zeros(channels, dtype=torch.float64, device=device)
+            self.max = torch.full((channels,), float("-inf"), dtype=torch.float64, device=device)
+            self.active_positions = torch.zeros(channels, dtype=torch.float64, device=device)
+            self.inputs_active = torch.zeros(channels, dtype=torch.float64, device=device)
+            self.nonfinite = torch.zeros(channels, dtype=torch.float64, device=device)
+            shown = tuple(range(min(channels, max_channels)))
+            self.tiles = LayerTiles(channels=shown)
+        assert self.max is not None and self.tiles is not None
+        per_input_max = flat.amax(dim=2)
+        self.sum_mean += flat.mean(dim=2).sum(dim=0).double()
+        self.max = torch.maximum(self.max, per_input_max.amax(dim=0).double())
+        positive = flat > 0
+        self.active_positions += positive.sum(dim=(0, 2)).double()
+        self.inputs_active += positive.any(dim=2).sum(dim=0).double()
+        self.nonfinite += (~torch.isfinite(flat)).sum(dim=(0, 2)).double()
+        self.inputs_seen += batch
+        self.positions_seen += batch * flat.shape[2]
+
+        kept = [i for i in range(batch) if offset + i in keep]
+        if not kept or values.dim() < 2:
+            return
+        shown = len(self.tiles.channels)
+        # keep is a prefix of the inputs and batches arrive in order, so `kept` is contiguous.
+        selected = values[kept[0] : kept[-1] + 1, :shown]
+        levels, low, high, flat_mask = quantise_tiles(spatial_view(selected), tile_size)
+        levels_host = levels.cpu().numpy()
+        low_host, high_host = low.cpu().numpy(), high.cpu().numpy()
+        flat_host = flat_mask.cpu().numpy()
+        for row, i in enumerate(kept):
+            index = offset + i
+            self.tiles.per_input[index] = levels_host[row]
+            self.tiles.tile_min[index] = low_host[row]
+            self.tiles.tile_max[index] = high_host[row]
+            self.tiles.flat[index] = flat_host[row]
+
+    def finish(self) -> CapturedLayer:
+        assert self.sum_mean is not None and self.max is not None and self.tiles is not None
+        assert self.active_positions is not None and self.inputs_active is not None
+        assert self.nonfinite is not None
+        inputs = max(self.inputs_seen, 1)
+        positions = max(self.positions_seen, 1)
+        return CapturedLayer(
+            key=self.key,
+            module_name=self.module_name,
+            call_index=self.call_index,
+            type=self.type,
+            output_shape=self.output_shape,
+            channels_total=self.channels_total,
+            mean=(self.sum_mean / inputs).cpu().numpy(),
+            max=self.max.cpu().numpy(),
+            fraction_active=(self.active_positions / positions).cpu().numpy(),
+            fraction_inputs_active=(self.inputs_active / inputs).cpu().numpy(),
+            nonfinite=self.nonfinite.cpu().numpy().astype(np.int64),
+            channels_shown=self.tiles.channels,
+            tiles=dict(self.tiles.per_input),
+            tile_min=dict(self.tiles.tile_min),
+            tile_max=dict(self.tiles.tile_max),
+            flat=dict(self.tiles.flat),
+            inputs_seen=self.inputs_seen,
+        )
+
+
+def call_key(module_name: str, call_index: int) -> str:
+    """`layer1.conv` for the first call of a module, `layer1.conv#2` for its second."""
+    return module_name if call_index == 0 else f"{module_name}#{call_index + 1}"
+
+
+def first_tensor(output: Any) -> torch.Tensor | None:
+    """The tensor a hook should look at: the output itself, or the first tensor inside it."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (list, tuple)):
+        for item in output:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    if isinstance(output, dict):
+        for key in sorted(output, key=str):
+            found = first_tensor(output[key])
+            if found is not None:
+                return found
+    return None
+
+
+class ActivationCapture:
+    """Context manager owning the hooks; `__exit__` always removes them.
+
+    Usage: `with ActivationCapture(model, names, ...) as capture:` then, before each batch,
+    `capture.start_batch(offset)`, run the forward, and at the end `capture.results()`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer_names: list[str],
+        *,
+        max_channels: int,
+        tile_size: int,
+        keep_inputs: int,
+    ) -> None:
+        self.model = model
+        self.layer_names = list(layer_names)
+        self.max_channels = max_channels
+        self.tile_size = tile_size
+        self.keep = range(keep_inputs)
+        self._handles: list[Any] = []
+        self._calls: dict[str, int] = {}
+        self._accumulators: dict[str, _Accumulator] = {}
+        self._offset = 0
+
+    def __enter__(self) -> ActivationCapture:
+        modules = dict(self.model.named_modules())
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._reset_calls))
+            for name in self.layer_names:
+                self._handles.append(modules[name].register_forward_hook(self._make_hook(name)))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _reset_calls(self, module: nn.Module, args: Any) -> None:
+        self._calls.clear()
+
+    def start_batch(self, offset: int) -> None:
+        """Tell the hooks the global index of the next batch's first input."""
+        self._offset = offset
+
+    def discard(self) -> None:
+        """Forget everything captured so far (a failed pass that will be run again)."""
+        self._accumulators.clear()
+        self._calls.clear()
+
+    def _make_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            call_index = self._calls.get(name, 0)
+            self._calls[name] = call_index + 1
+            tensor = first_tensor(output)
+            if tensor is None or tensor.dim() < 1 or not tensor.is_floating_point():
+                return
+            key = call_key(name, call_index)
+            accumulator = self._accumulators.get(key)
+            if accumulator is None:
+                accumulator = _Accumulator(key, name, call_index, type(module).__name__)
+                self._accumulators[key] = accumulator
+            accumulator.update(tensor, self.keep, self.max_channels, self.tile_size, self._offset)
+
+        return hook
+
+    def results(self) -> list[CapturedLayer]:
+        """Captured layer calls in the order they first ran."""
+        return [acc.finish() for acc in self._accumulators.values()]

@@ -1,0 +1,183 @@
+"""`reportgen MODEL [INPUT ...] -o report.html` and `reportgen demo`: a thin shell over the API.
+
+Only argparse is imported at the top: `--help` and `--version` must answer without torch.
+User mistakes (`ReportError`) become one `reportgen: error: ...` line and exit status 2;
+`--debug` shows the traceback instead. Results go to stdout, progress and errors to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reportgen._version import __version__
+
+EXAMPLES = """\
+examples:
+  reportgen demo -o demo-report.html
+  reportgen torchvision:resnet18 cat.jpg dog.png -o report.html
+  reportgen torchvision:resnet50 --weights DEFAULT photos/ -o r.html --json r.json
+  reportgen my_models.py:build_net --model-arg width=64 --weights ckpt.pt images/ -o r.html
+  reportgen torchvision:resnet18 --layers 'layer1.*' --max-channels 16 --device cpu
+"""
+
+
+def _int_list(text: str, count: int | None, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{option} wants integers separated by commas, got {text!r}") from None
+    if count is not None and len(values) not in ((count,) if isinstance(count, int) else count):
+        raise argparse.ArgumentTypeError(f"{option} wants {count} integers, got {text!r}")
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{option} values must be positive, got {text!r}")
+    return values
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants numbers separated by commas, got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"wants a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reportgen",
+        description="Turn a PyTorch CNN and a few inputs into one self-contained HTML report: "
+        "summary, filters, feature maps, predictions, statistics and alerts. "
+        "`reportgen demo` renders the built-in demo model.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL",
+                        help="torchvision:NAME, path/to/file.py:FACTORY, package.module:FACTORY, "
+                             "a TorchScript/.pt2/pickled model file, or `demo`")
+    parser.add_argument("inputs", metavar="INPUT", nargs="*",
+                        help="image files, folders (recursive) or globs; .pt/.npy/.npz tensors; "
+                             "none: synthetic probe inputs")
+    out = parser.add_argument_group("output")
+    out.add_argument("-o", "--output", metavar="PATH", help="HTML file to write (default: report.html; demo: demo-report.html)")
+    out.add_argument("--json", metavar="PATH", help="also write the report's numbers as JSON")
+    out.add_argument("--title", metavar="T", help="report title")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages on stderr")
+    out.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    out.add_argument("--version", action="version", version=f"reportgen {__version__}")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--weights", metavar="W",
+                       help="checkpoint PATH (state_dict or checkpoint dict), or for torchvision: DEFAULT or an enum name")
+    model.add_argument("--model-arg", metavar="KEY=VALUE", action="append", default=[],
+                       help="keyword argument for the model factory (Python literal; repeatable)")
+    model.add_argument("--trust-pickle", action="store_true",
+                       help="allow checkpoints/models that contain pickled Python objects (can run code!)")
+    model.add_argument("--labels", metavar="FILE", help="class names: one per line, a JSON list, or a JSON {index: name} map")
+
+    run = parser.add_argument_group("analysis")
+    run.add_argument("--layers", metavar="GLOB", action="append", default=[],
+                     help="visualise modules whose qualified name matches (repeatable; default: every conv)")
+    run.add_argument("--max-channels", metavar="N", type=_positive, default=64,
+                     help="channels drawn per layer (default 64; statistics always cover all)")
+    run.add_argument("--max-inputs-shown", metavar="N", type=_positive, default=8,
+                     help="inputs whose feature maps are drawn (default 8; statistics use all inputs)")
+    run.add_argument("--tile-size", metavar="PX", type=_positive, default=28,
+                     help="feature-map tiles are average-pooled to at most this many pixels a side (default 28)")
+    run.add_argument("--filter-scale", choices=("per-filter", "shared"), default="per-filter",
+                     help="per-filter min-max (default) or one symmetric diverging scale per layer")
+    run.add_argument("--batch-size", metavar="N", type=_positive, default=16, help="inputs per forward pass (default 16)")
+    run.add_argument("--device", metavar="D", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+
+    prep = parser.add_argument_group("inputs and preprocessing")
+    prep.add_argument("--input-shape", metavar="C,H,W", type=lambda t: _int_list(t, None, "--input-shape"),
+                      help="shape of synthetic probe inputs when no INPUT is given")
+    prep.add_argument("--resize", metavar="H,W", type=lambda t: _int_list(t, None, "--resize"),
+                      help="resize images to H,W (or one number: the shorter side)")
+    prep.add_argument("--center-crop", metavar="H,W", type=lambda t: _int_list(t, None, "--center-crop"),
+                      help="center-crop images after resizing")
+    prep.add_argument("--mean", metavar="a,b,c", type=_float_list, help="per-channel mean to subtract (after scaling to [0, 1])")
+    prep.add_argument("--std", metavar="a,b,c", type=_float_list, help="per-channel std to divide by")
+    prep.add_argument("--grayscale", action="store_true", help="convert images to one channel")
+    return parser
+
+
+def _command_line(argv: Sequence[str]) -> str:
+    """The command as typed, with paths made relative to the current folder (no home dirs leak)."""
+    cwd = Path.cwd()
+    parts = []
+    for arg in argv:
+        path = Path(arg)
+        if path.is_absolute():
+            try:
+                arg = str(path.relative_to(cwd))
+            except ValueError:
+                arg = path.name
+        parts.append(arg)
+    return " ".join(shlex.quote(p) for p in ["reportgen", *parts])
+
+
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    # SIGTERM normally kills the process without running `finally`; raising lets the atomic
+    # writer remove its temporary files, so an interrupted run leaves nothing behind.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_intermixed_args(args_list)
+    debug = args.debug
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm) if _main_thread() else None
+    try:
+        from reportgen.errors import ReportError
+
+        try:
+            return _run(args, args_list)
+        except ReportError as exc:
+            if debug:
+                raise
+            print(f"reportgen: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("reportgen: interrupted; nothing was written", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            if debug:
+                raise
+            print(f"reportgen: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+                  file=sys.stderr)
+            return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from reportgen.cli_run import run_cli
+
+    return run_cli(args, _command_line(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

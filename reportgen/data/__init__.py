@@ -1,0 +1,1 @@
+"""Data shipped with reportgen: the demo checkpoint and the JSON schema."""

@@ -1,0 +1,311 @@
+"""The load stage for models: a MODEL spec (and --weights) -> a `LoadedModel`.
+
+Specs:
+- `torchvision:NAME` (random init unless `--weights DEFAULT|ENUM_NAME|PATH`);
+- `path/to/file.py:FACTORY` and `package.module:FACTORY` (a class or a function), called with
+  `--model-arg key=value` keyword arguments.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reportgen.errors import ReportError, one_line
+from reportgen.preprocess import Preprocessing
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params")
+STRIPPED_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    name: str
+    source: str
+    file: str | None = None
+    sha256: str | None = None
+    random_weights: bool = False
+    class_names: list[str] | None = None
+    preprocessing: Preprocessing | None = None
+    input_shape: tuple[int, ...] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_model_args(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` strings -> kwargs; values are Python literals, else kept as strings."""
+    kwargs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ReportError(f"--model-arg wants key=value, got {pair!r}")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            kwargs[key.strip()] = text
+    return kwargs
+
+
+def load_model(
+    spec: str,
+    *,
+    weights: str | None = None,
+    model_args: Mapping[str, Any] | None = None,
+    trust_pickle: bool = False,
+) -> LoadedModel:
+    kwargs = dict(model_args or {})
+    if spec.startswith("torchvision:"):
+        return load_torchvision(spec.split(":", 1)[1], weights, kwargs)
+    target, sep, factory = spec.rpartition(":")
+    if sep and factory.isidentifier() and (target.endswith(".py") or _looks_like_module(target)):
+        loaded = load_factory(target, factory, kwargs)
+    else:
+        from reportgen.model_files import load_model_file
+
+        loaded = load_model_file(Path(spec), trust_pickle=trust_pickle)
+    if weights is not None:
+        apply_checkpoint(loaded, Path(weights), trust_pickle=trust_pickle)
+    return loaded
+
+
+def _looks_like_module(target: str) -> bool:
+    return bool(target) and all(part.isidentifier() for part in target.split("."))
+
+
+def load_factory(target: str, factory: str, kwargs: dict[str, Any]) -> LoadedModel:
+    """Import `file.py` or `package.module` and call FACTORY(**kwargs)."""
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise ReportError(f"model file not found: {target}")
+        module_name = f"_reportgen_user_{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ReportError(f"cannot import {target}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        # The user's file may import siblings next to it.
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ReportError(f"importing {target} failed: {one_line(exc)}") from exc
+        finally:
+            sys.path.remove(str(path.resolve().parent))
+        source = f"{path.name}:{factory}"
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise ReportError(f"cannot import module {target!r}: {one_line(exc)}") from exc
+        except Exception as exc:
+            raise ReportError(f"importing {target} failed: {one_line(exc)}") from exc
+        source = f"{target}:{factory}"
+    maker = getattr(module, factory, None)
+    if maker is None or not callable(maker):
+        raise ReportError(f"{target} has no callable {factory!r}")
+    try:
+        built = maker(**kwargs)
+    except Exception as exc:
+        raise ReportError(f"{source}({_kwargs_text(kwargs)}) raised {one_line(exc)}") from exc
+    if not isinstance(built, nn.Module):
+        raise ReportError(f"{source} returned {type(built).__name__}, not a torch.nn.Module")
+    return LoadedModel(module=built, name=factory, source=f"factory {source}")
+
+
+def _kwargs_text(kwargs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
+
+
+def load_torchvision(name: str, weights: str | None, kwargs: dict[str, Any]) -> LoadedModel:
+    import torchvision
+    from torchvision import models as tv_models
+
+    available = set(tv_models.list_models())
+    if name not in available:
+        close = sorted(n for n in available if n.startswith(name[:3]))[:6]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ReportError(f"torchvision has no model {name!r}{hint}")
+    weights_enum = tv_models.get_model_weights(name)
+    default = getattr(weights_enum, "DEFAULT", None)
+    chosen = None
+    checkpoint: Path | None = None
+    if weights is not None:
+        if Path(weights).is_file():
+            checkpoint = Path(weights)
+        else:
+            chosen = _weights_member(weights_enum, weights)
+    try:
+        module = tv_models.get_model(name, weights=chosen, **kwargs)
+    except Exception as exc:
+        if chosen is not None and _is_download_failure(exc):
+            raise ReportError(
+                f"could not download torchvision weights {chosen} (no network?); "
+                f"download them elsewhere and pass --weights PATH"
+            ) from exc
+        raise ReportError(f"torchvision:{name}({_kwargs_text(kwargs)}) failed: {one_line(exc)}") from exc
+    meta_source = chosen or default
+    loaded = LoadedModel(
+        module=module,
+        name=name,
+        source=f"torchvision {torchvision.__version__}: {name}" + (f" with {chosen}" if chosen else ""),
+        random_weights=chosen is None and checkpoint is None,
+    )
+    if meta_source is not None:
+        categories = meta_source.meta.get("categories")
+        if categories and "num_classes" not in kwargs:
+            loaded.class_names = [str(c) for c in categories]
+        loaded.preprocessing, loaded.input_shape = _preprocessing_from_weights(meta_source)
+    if checkpoint is not None:
+        apply_checkpoint(loaded, checkpoint, trust_pickle=False)
+    return loaded
+
+
+def _weights_member(weights_enum: Any, text: str) -> Any:
+    member = text.split(".")[-1]
+    if member.upper() == "DEFAULT":
+        return weights_enum.DEFAULT
+    try:
+        return weights_enum[member]
+    except KeyError:
+        names = ", ".join(["DEFAULT", *(w.name for w in weights_enum)])
+        raise ReportError(f"--weights {text!r} is neither a file nor one of {names}") from None
+
+
+def _is_download_failure(exc: BaseException) -> bool:
+    import urllib.error
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (urllib.error.URLError, ConnectionError, TimeoutError)):
+            return True
+        if isinstance(seen, OSError) and "download" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _preprocessing_from_weights(weights: Any) -> tuple[Preprocessing | None, tuple[int, ...] | None]:
+    try:
+        transform = weights.transforms()
+    except Exception:
+        return None, None
+    crop = getattr(transform, "crop_size", None)
+    resize = getattr(transform, "resize_size", None)
+    mean = getattr(transform, "mean", None)
+    std = getattr(transform, "std", None)
+    if crop is None or mean is None:
+        return None, None
+    crop_hw = (int(crop[0]), int(crop[-1]))
+    preprocessing = Preprocessing(
+        channels=3,
+        resize=tuple(int(r) for r in resize) if resize else None,
+        center_crop=crop_hw,
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        source=f"from {weights} metadata",
+    )
+    return preprocessing, (3, *crop_hw)
+
+
+def unwrap_state_dict(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Find the state_dict inside a checkpoint: nested under the usual keys, or the dict itself."""
+    seen = checkpoint
+    for _ in range(4):
+        if isinstance(seen, nn.Module):
+            return seen.state_dict()
+        if not isinstance(seen, Mapping):
+            break
+        if seen and all(isinstance(v, torch.Tensor) for v in seen.values()):
+            return dict(seen)
+        nested = next((seen[k] for k in STATE_DICT_KEYS if k in seen and isinstance(seen[k], (Mapping, nn.Module))), None)
+        if nested is None:
+            break
+        seen = nested
+    raise ReportError(f"{path} holds no state_dict (looked under {', '.join(STATE_DICT_KEYS)})")
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop `module.` (DataParallel/DDP) and `_orig_mod.` (torch.compile) from every key."""
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in STRIPPED_PREFIXES:
+            if all(key.startswith(prefix) for key in state):
+                state = {key[len(prefix):]: value for key, value in state.items()}
+                changed = True
+    return state
+
+
+def read_checkpoint(path: Path, *, trust_pickle: bool) -> Any:
+    if not path.is_file():
+        raise ReportError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise ReportError(f"{path}: reading .safetensors needs `pip install safetensors`") from exc
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise ReportError(f"cannot read {path}: {one_line(exc)}") from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except Exception as exc:
+        message = str(exc)
+        if not trust_pickle and ("weights_only" in message or "Unsupported global" in message):
+            raise ReportError(
+                f"{path} contains pickled Python objects, refused for safety (loading it could run code); "
+                "pass --trust-pickle only if you trust its source"
+            ) from exc
+        raise ReportError(f"cannot read checkpoint {path}: {one_line(exc)}") from exc
+
+
+def apply_checkpoint(loaded: LoadedModel, path: Path, *, trust_pickle: bool) -> None:
+    """Load a state_dict strictly; a mismatch lists missing, unexpected and mis-shaped keys."""
+    state = strip_prefixes(unwrap_state_dict(read_checkpoint(path, trust_pickle=trust_pickle), path))
+    model_state = loaded.module.state_dict()
+    # Old checkpoints have no BatchNorm counters; PyTorch fills those in itself.
+    expected = {k for k in model_state if not k.endswith("num_batches_tracked")}
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - set(model_state))
+    conflicts = sorted(
+        f"{k} {list(state[k].shape)} vs {list(model_state[k].shape)}"
+        for k in set(state) & set(model_state)
+        if hasattr(state[k], "shape") and state[k].shape != model_state[k].shape
+    )
+    if missing or unexpected or conflicts:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s) e.g. {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s) e.g. {', '.join(unexpected[:3])}")
+        if conflicts:
+            parts.append(f"shape conflicts e.g. {', '.join(conflicts[:2])}")
+        raise ReportError(f"checkpoint {path} does not fit {loaded.name}: " + "; ".join(parts))
+    try:
+        loaded.module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ReportError(f"checkpoint {path} does not fit {loaded.name}: {one_line(exc)}") from exc
+    loaded.file = str(path)
+    loaded.sha256 = sha256_of(path)
+    loaded.random_weights = False
+    loaded.source += f", weights from {path.name}"

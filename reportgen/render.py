@@ -1,0 +1,326 @@
+"""The render stage: an `Analysis` (numpy) -> the `ReportModel` (encoded pictures, plain values).
+
+Pictures are laid out in numpy and encoded to PNG in a thread pool: zlib releases the GIL, so
+encoding runs on every core.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from reportgen.alerts import find_alerts
+from reportgen.alerts import AlertThresholds
+from reportgen.analyze import Analysis, InputRecord, LayerWeights, PredictionRecord
+from reportgen.capture import CapturedLayer
+from reportgen.filters import filter_tiles
+from reportgen.grids import embed, encode_png, tile_grid
+from reportgen.palettes import PAD_INDEX
+from reportgen.report_model import (
+    ChannelStats,
+    EncodedImage,
+    FeatureMaps,
+    InputSummary,
+    LayerRow,
+    LayerSection,
+    ModelInfo,
+    Prediction,
+    ReportModel,
+    RunInfo,
+    TileGrid,
+    TopClass,
+    Totals,
+)
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    filter_scale: str = "per-filter"
+    colormap: str = "viridis"
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A laid-out picture waiting for its PNG encoding."""
+
+    picture: np.ndarray
+    colormap: str | None
+
+
+def anchors_for(names: Sequence[str], prefix: str = "layer-") -> dict[str, str]:
+    """Stable, unique, URL-safe ids: odd characters become '-', collisions get a counter."""
+    taken: set[str] = set()
+    result: dict[str, str] = {}
+    for name in names:
+        base = prefix + (re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "x")
+        base = base[:120]
+        anchor, counter = base, 2
+        while anchor in taken:
+            anchor = f"{base}-{counter}"
+            counter += 1
+        taken.add(anchor)
+        result[name] = anchor
+    return result
+
+
+def _floats(values: np.ndarray) -> tuple[float, ...]:
+    return tuple(float(v) for v in np.asarray(values, dtype=np.float64))
+
+
+def _optional_floats(values: np.ndarray) -> tuple[float | None, ...]:
+    return tuple(float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64))
+
+
+def _feature_legend(layer: CapturedLayer, tile_shape: tuple[int, int], colormap: str) -> str:
+    shown = len(layer.channels_shown)
+    spatial = layer.output_shape[2:]
+    size = "x".join(str(d) for d in spatial) or "1x1"
+    parts = [
+        f"channels 0–{shown - 1} of {layer.channels_total}" if shown > 1 else f"channel 0 of {layer.channels_total}",
+        f"each tile stretched from its own min (dark) to its own max (bright) on {colormap}",
+        "magenta = flat (zero range, NaN or Inf)",
+    ]
+    drawn = f"{tile_shape[0]}x{tile_shape[1]}"
+    if len(spatial) == 3:
+        parts.append(f"middle depth slice of {spatial[0]}")
+        size = "x".join(str(d) for d in spatial[1:])
+    if drawn != size and len(spatial) >= 2:
+        parts.append(f"{size} average-pooled to {drawn}")
+    return "; ".join(parts)
+
+
+class _Renderer:
+    def __init__(self, analysis: Analysis, options: RenderOptions) -> None:
+        self.analysis = analysis
+        self.options = options
+        self.pending: list[_Pending] = []
+
+    def queue(self, picture: np.ndarray, colormap: str | None) -> int:
+        self.pending.append(_Pending(picture, colormap))
+        return len(self.pending) - 1
+
+    def encode_all(self, progress: Callable[[int], None] | None) -> list[EncodedImage]:
+        def encode(item: _Pending) -> EncodedImage:
+            data = encode_png(item.picture, item.colormap)
+            if progress is not None:
+                progress(1)
+            return embed(data, width=item.picture.shape[1], height=item.picture.shape[0])
+
+        workers = min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(encode, self.pending))
+
+
+def _grid_spec(
+    renderer: _Renderer,
+    tiles: np.ndarray,
+    channels: Sequence[int],
+    tile_min: np.ndarray,
+    tile_max: np.ndarray,
+    flat: np.ndarray,
+    colormap: str | None,
+    legend: str,
+) -> tuple[int, dict[str, object]]:
+    pad_value: int | tuple[int, ...] = PAD_INDEX if tiles.ndim == 3 else (255, 255, 255)
+    picture, layout = tile_grid(tiles, pad_value=pad_value)
+    slot = renderer.queue(picture, colormap)
+    spec = {
+        "columns": layout.columns,
+        "rows": layout.rows,
+        "tile_width": layout.tile_width,
+        "tile_height": layout.tile_height,
+        "padding": layout.padding,
+        "channels": tuple(int(c) for c in channels),
+        "tile_min": _optional_floats(tile_min),
+        "tile_max": _optional_floats(tile_max),
+        "flat_channels": tuple(int(c) for c, f in zip(channels, flat) if f),
+        "legend": legend,
+    }
+    return slot, spec
+
+
+def render(
+    analysis: Analysis,
+    *,
+    run: RunInfo,
+    model_info: ModelInfo,
+    class_names: Sequence[str] | None,
+    options: RenderOptions = RenderOptions(),
+    progress: Callable[[int], None] | None = None,
+    thresholds: AlertThresholds = AlertThresholds(),
+) -> ReportModel:
+    renderer = _Renderer(analysis, options)
+    first_conv = analysis.selected[0] if analysis.selected else None
+    section_names = [layer.key for layer in analysis.layers]
+    anchors = anchors_for([row.name for row in analysis.summary.rows] + [
+        n for n in section_names if n not in {row.name for row in analysis.summary.rows}
+    ])
+
+    # Lay out every picture first, remembering which slot each goes to.
+    filter_slots: dict[str, tuple[int, dict[str, object], str]] = {}
+    for name, weights in analysis.weights.items():
+        rgb = name == first_conv and weights.in_channels == 3 and weights.groups == 1
+        tiles = filter_tiles(weights.filters, rgb_first_layer=rgb, scale=options.filter_scale)
+        channels = range(tiles.tiles.shape[0])
+        slot, spec = _grid_spec(renderer, tiles.tiles, channels, tiles.tile_min, tiles.tile_max,
+                                tiles.flat, tiles.colormap, tiles.legend)
+        filter_slots[name] = (slot, spec, _filter_note(weights))
+
+    map_slots: dict[str, list[tuple[int, int, dict[str, object]]]] = {}
+    for layer in analysis.layers:
+        entries = []
+        for index in sorted(layer.tiles):
+            stack = layer.tiles[index]
+            legend = _feature_legend(layer, stack.shape[1:], options.colormap)
+            slot, spec = _grid_spec(renderer, stack, layer.channels_shown, layer.tile_min[index],
+                                    layer.tile_max[index], layer.flat[index], options.colormap, legend)
+            entries.append((index, slot, spec))
+        map_slots[layer.key] = entries
+
+    thumb_slots = {
+        record.index: renderer.queue(record.thumbnail, None)
+        for record in analysis.inputs
+        if record.thumbnail is not None
+    }
+
+    images = renderer.encode_all(progress)
+
+    def grid(slot: int, spec: dict[str, object]) -> TileGrid:
+        return TileGrid(image=images[slot], **spec)  # type: ignore[arg-type]
+
+    names_by_index = {record.index: record.name for record in analysis.inputs}
+    sections = []
+    for layer in analysis.layers:
+        filters = filter_slots.get(layer.module_name)
+        sections.append(
+            LayerSection(
+                name=layer.key,
+                anchor=anchors[layer.key],
+                type=layer.type,
+                weight_shape=analysis.weights[layer.module_name].weight_shape
+                if layer.module_name in analysis.weights else (),
+                output_shape=layer.output_shape,
+                channels_total=layer.channels_total,
+                channels_shown=layer.channels_shown,
+                selection_note=_selection_note(layer),
+                filters=grid(filters[0], filters[1]) if filters and layer.call_index == 0 else None,
+                filter_note=filters[2] if filters else "this layer has no convolution kernel to draw",
+                feature_maps=tuple(
+                    FeatureMaps(input_index=index, input_name=names_by_index.get(index, str(index)),
+                                grid=grid(slot, spec))
+                    for index, slot, spec in map_slots[layer.key]
+                ),
+                stats=ChannelStats(
+                    mean=_floats(layer.mean),
+                    max=_floats(layer.max),
+                    fraction_active=_floats(layer.fraction_active),
+                    fraction_inputs_active=_floats(layer.fraction_inputs_active),
+                    nonfinite=tuple(int(v) for v in layer.nonfinite),
+                ),
+            )
+        )
+
+    visualized = {layer.key for layer in analysis.layers}
+    rows = tuple(
+        LayerRow(
+            name=row.name,
+            type=row.type,
+            depth=row.depth,
+            output_shape=row.output_shape,
+            params=row.params,
+            kernel_size=row.kernel_size,
+            mult_adds=row.mult_adds,
+            trainable=row.trainable,
+            visualized=row.name in visualized,
+            anchor=anchors[row.name],
+        )
+        for row in analysis.summary.rows
+    )
+    summary = analysis.summary
+    megabyte = 1e6  # torchinfo's MB
+    totals = Totals(
+        total_params=summary.total_params,
+        trainable_params=summary.trainable_params,
+        non_trainable_params=summary.total_params - summary.trainable_params,
+        mult_adds=summary.mult_adds,
+        input_mb=summary.input_bytes / megabyte,
+        forward_backward_mb=summary.forward_backward_bytes / megabyte,
+        params_mb=summary.param_bytes / megabyte,
+        total_mb=(summary.input_bytes + summary.forward_backward_bytes + summary.param_bytes) / megabyte,
+        available=summary.available,
+    )
+    inputs = tuple(_input_summary(record, thumb_slots, images, class_names) for record in analysis.inputs)
+    predictions = tuple(_prediction(p, names_by_index, class_names) for p in analysis.predictions)
+    report_sections = tuple(sections)
+    alerts = find_alerts(analysis, report_sections, model_info, thresholds)
+    return ReportModel(
+        run=run,
+        model=model_info,
+        totals=totals,
+        layers=rows,
+        inputs=inputs,
+        sections=report_sections,
+        predictions=predictions,
+        alerts=alerts,
+        notes=analysis.notes,
+    )
+
+
+def _filter_note(weights: LayerWeights) -> str:
+    shown = weights.filters.shape[0]
+    note = f"filters 0–{shown - 1} of {weights.filters_total}" if shown > 1 else f"filter 0 of {weights.filters_total}"
+    if weights.transposed and weights.groups != 1:
+        note += "; grouped transposed conv: one tile per input channel"
+    elif weights.groups > 1:
+        note += f"; {weights.groups} groups, each filter sees {weights.filters.shape[1]} input channel(s)"
+    return note
+
+
+def _selection_note(layer: CapturedLayer) -> str:
+    shown = len(layer.channels_shown)
+    if shown == layer.channels_total:
+        return f"all {shown} channels shown"
+    return f"the first {shown} of {layer.channels_total} channels shown (the same channels as the filters); statistics cover all"
+
+
+def _label(index: int | None, class_names: Sequence[str] | None) -> str | None:
+    if index is None:
+        return None
+    if class_names is not None and 0 <= index < len(class_names):
+        return str(class_names[index])
+    return f"class {index}"
+
+
+def _input_summary(
+    record: InputRecord,
+    thumb_slots: dict[int, int],
+    images: list[EncodedImage],
+    class_names: Sequence[str] | None,
+) -> InputSummary:
+    slot = thumb_slots.get(record.index)
+    return InputSummary(
+        index=record.index,
+        name=record.name,
+        shape=record.shape,
+        label=_label(record.label, class_names),
+        thumbnail=images[slot] if slot is not None else None,
+        notes=(),
+    )
+
+
+def _prediction(record: PredictionRecord, names: dict[int, str], class_names: Sequence[str] | None) -> Prediction:
+    top = tuple(
+        TopClass(index=i, label=_label(i, class_names) or str(i), probability=p)
+        for i, p in zip(record.top_indices, record.top_probabilities)
+    )
+    return Prediction(
+        input=names.get(record.index, str(record.index)),
+        top=top,
+        true_label=_label(record.label, class_names),
+        correct=None if record.label is None else record.top_indices[0] == record.label,
+    )

@@ -1,0 +1,100 @@
+"""`Report`: what `generate_report` returns. Render to HTML, dump to JSON, save both atomically."""
+
+from __future__ import annotations
+
+import html
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from reportgen.report_model import ReportModel, to_plain
+
+
+def contract_dict(model: ReportModel) -> dict[str, Any]:
+    """The `--json` document: the report's numbers (no pictures), NaN/Inf as null."""
+    visualized = [
+        {
+            "name": s.name,
+            "anchor": s.anchor,
+            "type": s.type,
+            "channels_shown": len(s.channels_shown),
+            "channel_indices": list(s.channels_shown),
+            "channels_total": s.channels_total,
+            "output_shape": list(s.output_shape),
+            "weight_shape": list(s.weight_shape),
+            "stats": to_plain(s.stats, images=False),
+        }
+        for s in model.sections
+    ]
+    return to_plain(
+        {
+            "reportgen_version": model.run.reportgen_version,
+            "run": model.run,
+            "model": model.model,
+            "totals": model.totals,
+            "layers": [
+                {k: v for k, v in to_plain(row, images=False).items() if k != "anchor"} for row in model.layers
+            ],
+            "visualized": visualized,
+            "inputs": [{"index": i.index, "name": i.name, "shape": list(i.shape), "label": i.label} for i in model.inputs],
+            "predictions": model.predictions,
+            "alerts": model.alerts,
+            "notes": list(model.notes),
+        },
+        images=False,
+    )
+
+
+class Report:
+    """A finished report. Nothing is rendered until asked for."""
+
+    def __init__(self, model: ReportModel) -> None:
+        self.model = model
+
+    @cached_property
+    def _html(self) -> str:
+        from reportgen.assemble import render_html
+
+        return render_html(self.model)
+
+    def to_html(self) -> str:
+        return self._html
+
+    def to_dict(self) -> dict[str, Any]:
+        return contract_dict(self.model)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False, indent=1) + "\n"
+
+    def save(self, path: str | Path, *, json_path: str | Path | None = None) -> Path:
+        """Write the HTML (and the JSON, if asked) together, atomically. Returns the HTML path."""
+        from reportgen.write import write_atomically
+
+        outputs = {Path(path): self.to_html().encode("utf-8")}
+        if json_path is not None:
+            outputs[Path(json_path)] = self.to_json().encode("utf-8")
+        write_atomically(outputs)
+        self._saved = Path(path)
+        return Path(path)
+
+    def _repr_html_(self) -> str:
+        # An iframe with srcdoc isolates the report's CSS and ids from the notebook's page.
+        return (
+            '<iframe style="width:100%;height:720px;border:1px solid #ccc" '
+            'sandbox="allow-scripts allow-same-origin" '
+            f'srcdoc="{html.escape(self.to_html(), quote=True)}"></iframe>'
+        )
+
+    def show(self) -> Path:
+        """Open the saved report in the default browser (saving to a temp file first if needed)."""
+        import tempfile
+        import webbrowser
+
+        path = getattr(self, "_saved", None)
+        if path is None:
+            handle = tempfile.NamedTemporaryFile(prefix="reportgen-", suffix=".html", delete=False)
+            handle.close()
+            path = self.save(handle.name)
+        webbrowser.open(Path(path).resolve().as_uri())
+        return Path(path)

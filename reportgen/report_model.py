@@ -1,0 +1,200 @@
+"""The report model: every number and picture the report shows, as frozen plain values.
+
+This is what the render stage hands to the assemble stage. It holds no torch objects, so it can
+be dumped to JSON (`to_json_dict`) and snapshot-tested. Pictures are already-encoded PNGs
+(`EncodedImage`); every formatting decision is made later, in `view.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """A PNG (or SVG) ready to inline as a data: URI."""
+
+    data_uri: str
+    width: int
+    height: int
+    sha256: str
+    byte_size: int
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles laid out in rows, one picture; `channels[i]` is the channel shown in tile i."""
+
+    image: EncodedImage
+    columns: int
+    rows: int
+    tile_width: int
+    tile_height: int
+    padding: int
+    channels: tuple[int, ...]
+    tile_min: tuple[float | None, ...]
+    tile_max: tuple[float | None, ...]
+    flat_channels: tuple[int, ...]  # rendered flat: zero range, NaN or Inf
+    legend: str
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel activation statistics over all inputs (every channel, not only those shown)."""
+
+    mean: tuple[float, ...]
+    max: tuple[float, ...]
+    fraction_active: tuple[float, ...]  # fraction of all positions (inputs x space) > 0
+    fraction_inputs_active: tuple[float, ...]  # fraction of inputs on which it is ever > 0
+    nonfinite: tuple[int, ...]  # NaN/Inf values seen
+
+
+@dataclass(frozen=True)
+class FeatureMaps:
+    input_index: int
+    input_name: str
+    grid: TileGrid
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One row of the torchinfo-style summary table."""
+
+    name: str
+    type: str
+    depth: int
+    output_shape: tuple[int, ...]
+    params: int
+    kernel_size: tuple[int, ...]
+    mult_adds: int
+    trainable: str  # "True", "False", "Partial" or "--" (no parameters), as torchinfo says
+    visualized: bool
+    anchor: str
+
+
+@dataclass(frozen=True)
+class LayerSection:
+    """One selected (hooked) layer call: its filters, feature maps and statistics."""
+
+    name: str
+    anchor: str
+    type: str
+    weight_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    channels_total: int
+    channels_shown: tuple[int, ...]
+    selection_note: str
+    filters: TileGrid | None
+    filter_note: str
+    feature_maps: tuple[FeatureMaps, ...]
+    stats: ChannelStats
+
+
+@dataclass(frozen=True)
+class InputSummary:
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    label: str | None
+    thumbnail: EncodedImage | None
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TopClass:
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    input: str
+    top: tuple[TopClass, ...]
+    true_label: str | None
+    correct: bool | None
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: str
+    layer: str | None
+    message: str
+    anchor: str | None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    type: str
+    source: str
+    file: str | None
+    sha256: str | None
+    random_weights: bool
+    total_params: int
+    trainable_params: int
+
+
+@dataclass(frozen=True)
+class Totals:
+    """torchinfo's totals, for one input (batch of 1)."""
+
+    total_params: int
+    trainable_params: int
+    non_trainable_params: int
+    mult_adds: int
+    input_mb: float
+    forward_backward_mb: float
+    params_mb: float
+    total_mb: float
+    available: bool  # False when torchinfo could not walk the model
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    title: str
+    reportgen_version: str
+    torch_version: str
+    torchvision_version: str
+    device: str
+    date: str
+    batch_size: int
+    preprocessing: tuple[str, ...]
+    command: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportModel:
+    run: RunInfo
+    model: ModelInfo
+    totals: Totals
+    layers: tuple[LayerRow, ...]
+    inputs: tuple[InputSummary, ...]
+    sections: tuple[LayerSection, ...]
+    predictions: tuple[Prediction, ...]
+    alerts: tuple[Alert, ...]
+    notes: tuple[str, ...] = field(default=())
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN/Inf: they become null (and are flagged by alerts instead)."""
+    return value if math.isfinite(value) else None
+
+
+def to_plain(value: Any, *, images: bool) -> Any:
+    """Dataclasses -> dicts, tuples -> lists, NaN -> None; images as their sha256 unless asked."""
+    if isinstance(value, EncodedImage):
+        if images:
+            return {f.name: getattr(value, f.name) for f in fields(value)}
+        return {"sha256": value.sha256, "width": value.width, "height": value.height}
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name), images=images) for f in fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_plain(v, images=images) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v, images=images) for v in value]
+    if isinstance(value, float):
+        return finite_or_none(value)
+    return value

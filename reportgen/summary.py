@@ -1,0 +1,146 @@
+"""The torchinfo walk: the layer table and its totals, normalised to one input.
+
+torchinfo runs one forward pass with its own hooks. We hand it the first real batch while our
+capture hooks are also attached, so the summary costs no extra forward pass. Its figures scale
+with the batch; we divide them back to one input, the way torchinfo shows a (1, C, H, W) input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from reportgen.capture import call_key
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    name: str
+    type: str
+    depth: int
+    output_shape: tuple[int, ...]
+    params: int
+    kernel_size: tuple[int, ...]
+    mult_adds: int
+    trainable: str
+
+
+@dataclass(frozen=True)
+class SummaryTable:
+    rows: tuple[SummaryRow, ...]
+    total_params: int
+    trainable_params: int
+    mult_adds: int
+    input_bytes: int
+    forward_backward_bytes: int
+    param_bytes: int
+    available: bool
+    problem: str | None = None
+
+
+def _per_input_shape(shape: Any, batch: int) -> tuple[int, ...]:
+    if not shape or not isinstance(shape, (list, tuple)):
+        return ()
+    if isinstance(shape[0], (list, tuple)):  # several outputs: show the first
+        return _per_input_shape(shape[0], batch)
+    dims = tuple(int(d) for d in shape)
+    if dims and dims[0] == batch:
+        dims = (1, *dims[1:])
+    return dims
+
+
+def _kernel(kernel_size: Any) -> tuple[int, ...]:
+    if isinstance(kernel_size, (list, tuple)):
+        return tuple(int(k) for k in kernel_size)
+    if isinstance(kernel_size, int):
+        return (kernel_size,)
+    return ()
+
+
+def summarize(model: nn.Module, batch: torch.Tensor) -> SummaryTable:
+    """Run torchinfo on `batch` (already on the model's device). Raises what the forward raises."""
+    import torchinfo
+    from torchinfo import torchinfo as torchinfo_module
+
+    names = {id(module): name for name, module in model.named_modules()}
+    size = int(batch.shape[0])
+    try:
+        stats = torchinfo.summary(
+            model,
+            input_data=[batch],
+            depth=100,
+            verbose=0,
+            col_names=("output_size", "num_params", "kernel_size", "mult_adds", "trainable"),
+            mode="eval",
+        )
+    finally:
+        # torchinfo caches every summary in a module-level dict keyed by class name, which
+        # would keep this model (and its LayerInfo objects) alive for the whole process.
+        torchinfo_module._cached_forward_pass.pop(model.__class__.__name__, None)
+
+    calls: dict[int, int] = {}
+    rows = []
+    for info in stats.summary_list:
+        module_name = names.get(info.layer_id, info.var_name)
+        call_index = calls.get(info.layer_id, 0)
+        calls[info.layer_id] = call_index + 1
+        display = call_key(module_name, call_index) if module_name else model.__class__.__name__
+        rows.append(
+            SummaryRow(
+                name=display,
+                type=info.class_name,
+                depth=int(info.depth),
+                output_shape=_per_input_shape(info.output_size, size),
+                params=max(int(info.num_params), 0) if not info.is_recursive else 0,
+                kernel_size=_kernel(info.kernel_size),
+                mult_adds=int(info.macs) // size,
+                trainable=str(info.trainable),
+            )
+        )
+    return SummaryTable(
+        rows=tuple(rows),
+        total_params=int(stats.total_params),
+        trainable_params=int(stats.trainable_params),
+        mult_adds=int(stats.total_mult_adds) // size,
+        input_bytes=int(stats.total_input) // size,
+        forward_backward_bytes=int(stats.total_output_bytes) // size,
+        param_bytes=int(stats.total_param_bytes),
+        available=True,
+    )
+
+
+def fallback_summary(model: nn.Module, problem: str) -> SummaryTable:
+    """A parameters-only table for models torchinfo cannot walk (said plainly in the report)."""
+    rows = []
+    for name, module in model.named_modules():
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+        trainable = sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
+        rows.append(
+            SummaryRow(
+                name=name or model.__class__.__name__,
+                type=type(module).__name__,
+                depth=name.count(".") + 1 if name else 0,
+                output_shape=(),
+                params=own,
+                kernel_size=_kernel(getattr(module, "kernel_size", None)),
+                mult_adds=0,
+                trainable="--" if own == 0 else str(trainable == own) if trainable in (0, own) else "Partial",
+            )
+        )
+    total = sum(p.numel() for p in model.parameters())
+    trainable_total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return SummaryTable(
+        rows=tuple(rows),
+        total_params=total,
+        trainable_params=trainable_total,
+        mult_adds=0,
+        input_bytes=0,
+        forward_backward_bytes=0,
+        param_bytes=param_bytes,
+        available=False,
+        problem=problem,
+    )

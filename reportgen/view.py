@@ -1,0 +1,248 @@
+"""Every display decision, made in Python: the report model -> strings and CSS classes.
+
+Templates only loop and print what this module produces (coverage.py's rule). Numbers are
+formatted here, lists are sorted here, and anything that reaches HTML is a plain string that
+Jinja2 autoescapes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from reportgen.alerts import WHY
+from reportgen.report_model import (
+    EncodedImage,
+    LayerSection,
+    Prediction,
+    ReportModel,
+    TileGrid,
+)
+
+GRID_DISPLAY_WIDTH = 320  # CSS px a grid is scaled up to (by whole factors, so pixels stay square)
+THUMB_DISPLAY_WIDTH = 96
+OPEN_SECTIONS = 4  # the first few layer sections start expanded
+
+
+def count(value: int) -> str:
+    return f"{value:,}"
+
+
+def megabytes(value: float) -> str:
+    return f"{value:,.2f} MB"
+
+
+def shape(dims: Sequence[int]) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]" if dims else "--"
+
+
+def kernel(dims: Sequence[int]) -> str:
+    return "x".join(str(d) for d in dims) if dims else "--"
+
+
+def percent(value: float) -> str:
+    return f"{value * 100:.1f}%"
+
+
+def number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def display_width(natural: int, target: int = GRID_DISPLAY_WIDTH) -> int:
+    """Scale small pictures up by a whole factor (crisp pixels); never shrink large ones."""
+    if natural <= 0:
+        return target
+    factor = max(1, target // natural)
+    return natural * factor
+
+
+def image_view(image: EncodedImage, target: int = GRID_DISPLAY_WIDTH) -> dict[str, Any]:
+    width = display_width(image.width, target)
+    return {
+        "src": image.data_uri,
+        "width": width,
+        "height": round(image.height * width / max(image.width, 1)),
+        "natural": f"{image.width}x{image.height}",
+    }
+
+
+def grid_view(grid: TileGrid, alt: str) -> dict[str, Any]:
+    meta = {
+        "columns": grid.columns,
+        "rows": grid.rows,
+        "tileWidth": grid.tile_width,
+        "tileHeight": grid.tile_height,
+        "padding": grid.padding,
+        "channels": list(grid.channels),
+        "min": list(grid.tile_min),
+        "max": list(grid.tile_max),
+    }
+    flat = ", ".join(str(c) for c in grid.flat_channels)
+    return {
+        **image_view(grid.image),
+        "alt": alt,
+        "legend": grid.legend,
+        "flat_note": f"flat tiles (magenta): channel {flat}" if flat else "",
+        "meta_json": json.dumps(meta, sort_keys=True, separators=(",", ":")),
+    }
+
+
+def stats_line(section: LayerSection) -> str:
+    stats = section.stats
+    if not stats.mean:
+        return ""
+    total = len(stats.mean)
+    mean = sum(stats.mean) / total
+    active = sum(stats.fraction_active) / total
+    never = sum(1 for f in stats.fraction_inputs_active if f == 0)
+    return (f"over all inputs: mean activation {mean:.4g}, {percent(active)} of positions > 0, "
+            f"{never} of {total} channels never active")
+
+
+def section_view(section: LayerSection, position: int, alert_kinds: dict[str, list[str]]) -> dict[str, Any]:
+    filters = grid_view(section.filters, f"filters of {section.name}") if section.filters else None
+    return {
+        "anchor": section.anchor,
+        "name": section.name,
+        "type": section.type,
+        "open": position < OPEN_SECTIONS,
+        "facts": " · ".join(part for part in (
+            section.type,
+            f"weight {shape(section.weight_shape)}" if section.weight_shape else "",
+            f"output {shape(section.output_shape)}",
+            f"{section.channels_total} channels",
+        ) if part),
+        "badges": sorted(set(alert_kinds.get(section.name, []))),
+        "filters": filters,
+        "filter_note": section.filter_note,
+        "selection_note": section.selection_note,
+        "stats_line": stats_line(section),
+        "feature_maps": [
+            {"input_name": fm.input_name, **grid_view(fm.grid, f"feature maps of {section.name} for {fm.input_name}")}
+            for fm in section.feature_maps
+        ],
+    }
+
+
+def prediction_view(prediction: Prediction) -> dict[str, Any]:
+    verdict = "" if prediction.correct is None else ("correct" if prediction.correct else "wrong")
+    return {
+        "input": prediction.input,
+        "true_label": prediction.true_label or "",
+        "verdict": verdict,
+        "top": [
+            {"label": top.label, "index": top.index, "percent": percent(top.probability),
+             "bar": f"width: {max(top.probability * 100, 0.5):.1f}%"}
+            for top in prediction.top
+        ],
+    }
+
+
+def page(report: ReportModel) -> dict[str, Any]:
+    """The whole page as plain strings, lists and dicts, ready for the template."""
+    run, model, totals = report.run, report.model, report.totals
+    alert_kinds: dict[str, list[str]] = {}
+    for alert in report.alerts:
+        if alert.layer:
+            alert_kinds.setdefault(alert.layer, []).append(alert.kind)
+
+    overview = [
+        ("Model", f"{model.name} ({model.type})"),
+        ("Source", model.source + (f" — {model.file}" if model.file else "")),
+        ("Weights", "RANDOM (untrained)" if model.random_weights else "loaded"),
+        ("Device", run.device),
+        ("Inputs", f"{count(len(report.inputs))}, batch size {run.batch_size}"),
+        ("Date", run.date),
+        ("reportgen", run.reportgen_version),
+        ("torch / torchvision", f"{run.torch_version} / {run.torchvision_version}"),
+    ]
+    if model.sha256:
+        overview.insert(2, ("Checkpoint sha256", model.sha256))
+    if run.command:
+        overview.append(("Command", run.command))
+
+    totals_rows = [
+        ("Total params", count(totals.total_params)),
+        ("Trainable params", count(totals.trainable_params)),
+        ("Non-trainable params", count(totals.non_trainable_params)),
+    ]
+    if totals.available:
+        totals_rows += [
+            ("Mult-adds (one input)", count(totals.mult_adds)),
+            ("Input size", megabytes(totals.input_mb)),
+            ("Forward/backward pass size", megabytes(totals.forward_backward_mb)),
+            ("Params size", megabytes(totals.params_mb)),
+            ("Estimated total size", megabytes(totals.total_mb)),
+        ]
+
+    layer_rows = [
+        {
+            "name": row.name,
+            "href": f"#{row.anchor}" if row.visualized else "",
+            "indent": f"padding-left: {0.3 + 1.1 * max(row.depth - 1, 0):.1f}em",
+            "type": row.type,
+            "shape": shape(row.output_shape),
+            "params": count(row.params) if row.params else "--",
+            "kernel": kernel(row.kernel_size),
+            "mult_adds": count(row.mult_adds) if row.mult_adds else "--",
+            "trainable": row.trainable,
+            "css": "visualized" if row.visualized else "",
+        }
+        for row in report.layers
+        if row.depth > 0
+    ]
+
+    inputs = [
+        {
+            "name": item.name,
+            "shape": shape(item.shape),
+            "label": item.label or "",
+            "thumb": image_view(item.thumbnail, THUMB_DISPLAY_WIDTH) if item.thumbnail else None,
+            "notes": list(item.notes),
+        }
+        for item in report.inputs
+        if item.thumbnail is not None
+    ]
+    hidden_inputs = len(report.inputs) - len(inputs)
+
+    alerts = [
+        {
+            "kind": alert.kind,
+            "layer": alert.layer or "",
+            "href": f"#{alert.anchor}" if alert.anchor else "",
+            "message": alert.message,
+            "why": WHY.get(alert.kind, ""),
+            "css": "alert-critical" if alert.kind.startswith("nonfinite") or alert.kind == "random-weights" else "alert-warning",
+        }
+        for alert in report.alerts
+    ]
+
+    sections = [section_view(s, i, alert_kinds) for i, s in enumerate(report.sections)]
+    nav = [{"href": "#overview", "label": "Overview"}]
+    if alerts:
+        nav.append({"href": "#alerts", "label": f"Alerts ({len(alerts)})"})
+    nav.append({"href": "#summary", "label": "Summary"})
+    nav.append({"href": "#inputs", "label": "Inputs"})
+    if report.predictions:
+        nav.append({"href": "#predictions", "label": "Predictions"})
+    nav.append({"href": "#layers", "label": "Layers"})
+
+    return {
+        "title": run.title,
+        "random_weights": model.random_weights,
+        "overview": overview,
+        "totals": totals_rows,
+        "notes": list(report.notes),
+        "preprocessing": list(run.preprocessing),
+        "alerts": alerts,
+        "layer_rows": layer_rows,
+        "inputs": inputs,
+        "hidden_inputs": f"{count(hidden_inputs)} more inputs contribute to the statistics but are not drawn." if hidden_inputs else "",
+        "predictions": [prediction_view(p) for p in report.predictions[: len(inputs) or 16]],
+        "sections": sections,
+        "layer_nav": [{"href": f"#{s['anchor']}", "label": s["name"], "type": s["type"], "badges": s["badges"]} for s in sections],
+        "nav": nav,
+        "no_sections": "" if sections else "No convolution layer was hooked: this report holds the summary only.",
+        "footer": f"Generated by reportgen {run.reportgen_version} on {run.date}.",
+    }
