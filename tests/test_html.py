@@ -1,0 +1,83 @@
+"""The HTML is one self-contained file: every picture decodes, nothing points outside."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from html.parser import HTMLParser
+
+import pytest
+from PIL import Image
+
+import reportgen
+from tests.fixtures.models import tiny_cnn, tiny_inputs
+
+
+class Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+@pytest.fixture(scope="module")
+def page() -> tuple[str, reportgen.Report]:
+    report = reportgen.generate_report(tiny_cnn(), tiny_inputs(2), device="cpu", labels=list("abcde"))
+    return report.to_html(), report
+
+
+def parse(html: str) -> Collector:
+    collector = Collector()
+    collector.feed(html)
+    return collector
+
+
+def test_every_image_is_an_inline_png_that_decodes(page: tuple[str, reportgen.Report]) -> None:
+    html, report = page
+    images = [attrs for tag, attrs in parse(html).tags if tag == "img"]
+    # 2 filter grids + 2 layers x 2 inputs of feature maps + 2 thumbnails
+    assert len(images) == 2 + 4 + 2
+    for attrs in images:
+        src = attrs["src"] or ""
+        assert src.startswith("data:image/png;base64,")
+        picture = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        picture.load()
+        assert picture.width > 0 and picture.height > 0
+        assert attrs.get("alt")
+
+
+def test_no_external_reference_of_any_kind(page: tuple[str, reportgen.Report]) -> None:
+    html, _ = page
+    for tag, attrs in parse(html).tags:
+        assert tag not in ("link", "iframe", "object", "embed", "base")
+        for name in ("src", "href", "action", "srcset", "poster", "data"):
+            value = attrs.get(name)
+            if value is None:
+                continue
+            assert value.startswith(("data:", "#")), f"<{tag} {name}={value[:60]}>"
+        if tag == "script":
+            assert "src" not in attrs
+    assert not re.search(r"https?://", html)
+    assert not re.search(r"url\((?!data:)", html)
+    assert "@import" not in html
+
+
+def test_every_selected_layer_has_a_section_and_a_nav_link(page: tuple[str, reportgen.Report]) -> None:
+    html, report = page
+    tags = parse(html).tags
+    ids = {attrs.get("id") for _, attrs in tags}
+    hrefs = {attrs.get("href") for tag, attrs in tags if tag == "a"}
+    assert [s.name for s in report.model.sections] == ["0", "2"]
+    for section in report.model.sections:
+        assert section.anchor in ids
+        assert f"#{section.anchor}" in hrefs
+
+
+def test_predictions_and_labels_are_shown(page: tuple[str, reportgen.Report]) -> None:
+    html, report = page
+    top = report.model.predictions[0].top[0]
+    assert f">{top.label}<" in html
+    assert "Predictions" in html
