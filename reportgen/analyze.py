@@ -5,10 +5,12 @@ Output is an `Analysis` of numpy arrays and plain values; no torch object leaves
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from torch import nn
 from reportgen.capture import ActivationCapture, CapturedLayer, first_tensor
 from reportgen.devices import model_dtype
 from reportgen.errors import ReportError, one_line
+from reportgen.faults import is_out_of_memory, release_cached_memory
 from reportgen.inputs import InputSet
 from reportgen.model_state import on_device, preserved_modes
 from reportgen.summary import SummaryTable, fallback_summary, summarize
@@ -126,12 +129,14 @@ class _OutputCollector:
         self.offset = 0
         self.labels: list[int | None] = []
         self.logits_like = True
+        self.nonfinite_inputs = 0
 
     def __call__(self, module: nn.Module, args: object, output: object) -> None:
-        tensor = first_tensor(output)
+        tensor = logits_tensor(output)
         if tensor is None or tensor.dim() != 2 or tensor.shape[1] < 2 or not tensor.is_floating_point():
             self.logits_like = False
             return
+        self.nonfinite_inputs += int((~torch.isfinite(tensor)).any(dim=1).sum())
         probabilities = torch.softmax(tensor.detach().float(), dim=1)
         k = min(TOP_K, probabilities.shape[1])
         top = torch.topk(probabilities, k, dim=1)
@@ -154,6 +159,23 @@ class _OutputCollector:
                     label_probability=label_probability,
                 )
             )
+
+
+def logits_tensor(output: Any) -> torch.Tensor | None:
+    """The output that holds class scores: `logits` in a dict, else the first (N, K) float tensor.
+
+    Models that return a dict or tuple of several tensors (logits next to features) are common;
+    taking whatever tensor comes first would miss their predictions.
+    """
+    if isinstance(output, dict) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]
+    if isinstance(output, (dict, list, tuple)):
+        items = [output[k] for k in sorted(output, key=str)] if isinstance(output, dict) else list(output)
+        for item in items:
+            found = logits_tensor(item)
+            if found is not None and found.dim() == 2 and found.is_floating_point():
+                return found
+    return first_tensor(output)
 
 
 def thumbnail(sample: torch.Tensor, inputs: InputSet) -> np.ndarray | None:
@@ -188,15 +210,23 @@ def analyze(
     *,
     progress: Callable[[int], None] | None = None,
 ) -> Analysis:
-    """Run every input through the model once, with the hooks attached, and collect the results."""
+    """Run every input through the model once, with the hooks attached, and collect the results.
+
+    A batch that runs out of memory is undone (its partial capture discarded) and re-run at half
+    the size; the smaller size is kept for the rest of the run, and the report says so.
+    """
     if len(inputs) == 0:
         raise ReportError("no inputs to analyse")
-    selected = select_layers(model, options.layers)
+    notes: list[str] = []
+    # PyTorch refuses forward hooks on ScriptModules: run them plainly, predictions only.
+    hookable = not isinstance(model, torch.jit.ScriptModule)
+    selected = select_layers(model, options.layers) if hookable else []
+    if not hookable:
+        notes.append(_scripted_note(options.layers))
     dtype = model_dtype(model)
     collector = _OutputCollector()
     records: list[InputRecord] = []
     summary: SummaryTable | None = None
-    notes: list[str] = []
     batch_size = max(1, options.batch_size)
 
     with preserved_modes(model), on_device(model, device), torch.inference_mode():
@@ -208,46 +238,55 @@ def analyze(
             tile_size=options.tile_size,
             keep_inputs=options.keep_inputs,
         )
-        output_hook = model.register_forward_hook(collector)
+        output_hook = model.register_forward_hook(collector) if hookable else None
         try:
-            with capture:
-                for start in range(0, len(inputs), batch_size):
+            with capture if hookable else contextlib.nullcontext(capture):
+                start = 0
+                while start < len(inputs):
                     stop = min(start + batch_size, len(inputs))
-                    batch = inputs.batch(start, stop)
-                    for offset in range(stop - start):
-                        index = start + offset
-                        shown = index < options.keep_inputs
-                        records.append(
-                            InputRecord(
-                                index=index,
-                                name=inputs.names[index],
-                                shape=tuple(int(d) for d in batch.shape[1:]),
-                                label=inputs.label(index),
-                                thumbnail=thumbnail(batch[offset], inputs) if shown else None,
-                            )
+                    mark = capture.mark()
+                    kept = (len(records), len(collector.records))
+                    try:
+                        summary = _run_batch(model, inputs, start, stop, device, dtype, options, capture,
+                                             collector, records, summary, notes, hookable)
+                    except Exception as exc:
+                        if not is_out_of_memory(exc) or stop - start == 1:
+                            if is_out_of_memory(exc):
+                                raise ReportError(
+                                    f"out of memory on input {inputs.names[start]} even with a batch of 1 "
+                                    f"on {device}: try --device cpu or smaller inputs"
+                                ) from exc
+                            raise
+                        capture.rollback(mark, start)
+                        del records[kept[0]:]
+                        del collector.records[kept[1]:]
+                        release_cached_memory(device)
+                        smaller = max(1, (stop - start) // 2)
+                        notes.append(
+                            f"Out of memory on a batch of {stop - start} input(s) starting at "
+                            f"{inputs.names[start]}: that batch's partial results were discarded and the "
+                            f"run went on with batches of {smaller}."
                         )
-                    batch = batch.to(device=device, dtype=dtype if batch.is_floating_point() else None)
-                    capture.start_batch(start)
-                    collector.offset = start
-                    collector.labels = [inputs.label(i) for i in range(start, stop)]
-                    if summary is None:
-                        summary = _first_pass(model, batch, capture, collector, inputs, start, stop)
-                        if not summary.available:
-                            notes.append(f"torchinfo could not walk this model ({summary.problem}); "
-                                         "the table lists parameters only.")
-                    else:
-                        _forward(model, batch, inputs, start, stop)
+                        batch_size = smaller
+                        continue
                     if progress is not None:
                         progress(stop - start)
+                    start = stop
             layers = capture.results()
         finally:
-            output_hook.remove()
+            if output_hook is not None:
+                output_hook.remove()
         modules = dict(model.named_modules())
         weights = {
             name: found
             for name in selected
             if (found := layer_weights(modules[name], options.max_channels)) is not None
         }
+        if hookable:
+            notes.extend(_unhooked_notes(model, selected, capture.fired, explicit=bool(options.layers)))
+        if collector.nonfinite_inputs:
+            notes.append(f"The model's output held NaN or Inf for {collector.nonfinite_inputs} input(s): "
+                         "their predictions are not meaningful.")
     assert summary is not None
     return Analysis(
         model_type=type(model).__name__,
@@ -263,9 +302,116 @@ def analyze(
     )
 
 
-def _forward(model: nn.Module, batch: torch.Tensor, inputs: InputSet, start: int, stop: int) -> None:
+def _run_batch(
+    model: nn.Module,
+    inputs: InputSet,
+    start: int,
+    stop: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    options: AnalysisOptions,
+    capture: ActivationCapture,
+    collector: _OutputCollector,
+    records: list[InputRecord],
+    summary: SummaryTable | None,
+    notes: list[str],
+    hookable: bool,
+) -> SummaryTable:
+    """Load, record and run inputs start..stop-1; the first batch also yields the summary."""
+    batch = inputs.batch(start, stop)
+    for offset in range(stop - start):
+        index = start + offset
+        shown = index < options.keep_inputs
+        records.append(
+            InputRecord(
+                index=index,
+                name=inputs.names[index],
+                shape=tuple(int(d) for d in batch.shape[1:]),
+                label=inputs.label(index),
+                thumbnail=thumbnail(batch[offset], inputs) if shown else None,
+            )
+        )
+    batch = batch.to(device=device, dtype=dtype if batch.is_floating_point() else None)
+    capture.start_batch(start)
+    collector.offset = start
+    collector.labels = [inputs.label(i) for i in range(start, stop)]
+    if not hookable:
+        output = _forward(model, batch, inputs, start, stop)
+        collector(model, (batch,), output)
+        return summary or fallback_summary(model, "PyTorch cannot attach hooks to a TorchScript module")
+    if summary is None:
+        summary = _first_pass(model, batch, capture, collector, inputs, start, stop)
+        if not summary.available:
+            notes.append(f"torchinfo could not walk this model ({summary.problem}); "
+                         "the table lists parameters only.")
+        return summary
+    _forward(model, batch, inputs, start, stop)
+    return summary
+
+
+def _scripted_note(layers: Sequence[str]) -> str:
+    note = ("TorchScript model: PyTorch cannot attach forward hooks to a ScriptModule, so no feature "
+            "maps or activation statistics were captured; the summary lists parameters only and the "
+            "predictions come from plain forward passes.")
+    if layers:
+        note += f" --layers {' '.join(layers)} was ignored."
+    return note
+
+
+def conv_shaped(module: nn.Module) -> tuple[int, ...] | None:
+    """The shape of a module's own conv-like weight (3 to 5 dims), if it has one."""
+    for parameter in module.parameters(recurse=False):
+        if isinstance(parameter, nn.parameter.UninitializedParameter):
+            continue
+        if 3 <= parameter.dim() <= 5:
+            return tuple(int(d) for d in parameter.shape)
+    return None
+
+
+def _unhooked_notes(model: nn.Module, selected: Sequence[str], fired: set[str], *, explicit: bool) -> list[str]:
+    """Name the layers the hooks could not see, instead of leaving them silently out."""
+    from torch.nn.utils import parametrize
+
+    notes = []
+    silent = [name for name in selected if name not in fired]
+    if silent:
+        modules = dict(model.named_modules())
+        convs = [n for n in silent if isinstance(modules[n], CONV_TYPES)]
+        others = [n for n in silent if n not in convs]
+        if convs:
+            notes.append(
+                f"Conv layer(s) never called through their own forward, so their hooks never fired and "
+                f"no feature maps were captured: {_names(convs)}. The model probably applies their "
+                "weights directly (e.g. F.conv2d(x, self.conv.weight)), which hooks cannot see."
+            )
+        if others:
+            notes.append(f"Selected layer(s) that never ran in the forward pass: {_names(others)}.")
+    if not explicit:
+        hidden = [
+            name
+            for name, module in model.named_modules()
+            if name
+            and name not in selected
+            and not isinstance(module, (parametrize.ParametrizationList, CONV_TYPES))
+            and ".parametrizations." not in f".{name}."
+            and conv_shaped(module) is not None
+        ]
+        if hidden:
+            notes.append(
+                f"Module(s) that own conv-shaped weights but are not torch conv layers, so they are not "
+                f"drawn by default: {_names(hidden)}; pass --layers NAME to draw one."
+            )
+    return notes
+
+
+def _names(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _forward(model: nn.Module, batch: torch.Tensor, inputs: InputSet, start: int, stop: int) -> Any:
     try:
-        model(batch)
+        return model(batch)
     except ReportError:
         raise
     except Exception as exc:
@@ -292,6 +438,8 @@ def _first_pass(
     try:
         return summarize(model, batch)
     except Exception as exc:
+        if is_out_of_memory(exc):
+            raise  # the caller halves the batch and runs this again
         cause = exc.__cause__ or exc
         capture.discard()
         collector.records.clear()

@@ -16,6 +16,7 @@ from reportgen._version import __version__
 from reportgen.analyze import AnalysisOptions, analyze
 from reportgen.devices import resolve_device
 from reportgen.errors import ReportError
+from reportgen.faults import copy_if_lazy
 from reportgen.inputs import InputSet, expand_paths, from_image_files, from_tensor, from_tensors
 from reportgen.labels import check_label_count
 from reportgen.models import LoadedModel
@@ -95,6 +96,7 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
     if options.max_channels < 1:
         raise ReportError(f"--max-channels must be at least 1, got {options.max_channels}")
     device = resolve_device(options.device)
+    loaded = copy_if_lazy(loaded)  # a forward pass would initialise (and so change) lazy layers
     analysis_options = AnalysisOptions(
         layers=options.layers,
         max_channels=options.max_channels,

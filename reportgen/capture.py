@@ -175,6 +175,20 @@ class _Accumulator:
             self.tiles.tile_max[index] = high_host[row]
             self.tiles.flat[index] = flat_host[row]
 
+    def snapshot(self) -> tuple[Any, ...]:
+        """The running state, cloned, so a failed batch can be undone (`restore`)."""
+        tensors = (self.sum_mean, self.max, self.active_positions, self.inputs_active, self.nonfinite)
+        return (*(t.clone() if t is not None else None for t in tensors), self.inputs_seen, self.positions_seen)
+
+    def restore(self, state: tuple[Any, ...], first_index: int) -> None:
+        """Back to `state`; tiles of inputs from `first_index` on are forgotten."""
+        (self.sum_mean, self.max, self.active_positions, self.inputs_active, self.nonfinite,
+         self.inputs_seen, self.positions_seen) = state
+        if self.tiles is not None:
+            for store in (self.tiles.per_input, self.tiles.tile_min, self.tiles.tile_max, self.tiles.flat):
+                for index in [i for i in store if i >= first_index]:
+                    del store[index]
+
     def finish(self) -> CapturedLayer:
         assert self.sum_mean is not None and self.max is not None and self.tiles is not None
         assert self.active_positions is not None and self.inputs_active is not None
@@ -249,6 +263,7 @@ class ActivationCapture:
         self._calls: dict[str, int] = {}
         self._accumulators: dict[str, _Accumulator] = {}
         self._offset = 0
+        self.fired: set[str] = set()  # layer names whose hook ran at least once
 
     def __enter__(self) -> ActivationCapture:
         modules = dict(self.model.named_modules())
@@ -286,10 +301,23 @@ class ActivationCapture:
         self._accumulators.clear()
         self._calls.clear()
 
+    def mark(self) -> dict[str, tuple[Any, ...]]:
+        """Remember the state before a batch, for `rollback` if that batch fails."""
+        return {key: acc.snapshot() for key, acc in self._accumulators.items()}
+
+    def rollback(self, mark: dict[str, tuple[Any, ...]], first_index: int) -> None:
+        """Undo everything captured since `mark` (a batch that ran out of memory part-way)."""
+        for key in [k for k in self._accumulators if k not in mark]:
+            del self._accumulators[key]
+        for key, state in mark.items():
+            self._accumulators[key].restore(state, first_index)
+        self._calls.clear()
+
     def _make_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             call_index = self._calls.get(name, 0)
             self._calls[name] = call_index + 1
+            self.fired.add(name)
             tensor = first_tensor(output)
             if tensor is None or tensor.dim() < 1 or not tensor.is_floating_point():
                 return

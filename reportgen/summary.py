@@ -112,6 +112,13 @@ def summarize(model: nn.Module, batch: torch.Tensor) -> SummaryTable:
     )
 
 
+def _type_name(module: nn.Module) -> str:
+    """The class name; a TorchScript submodule's is its original (`Conv2d`, not `RecursiveScriptModule`)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return str(getattr(module, "original_name", None) or type(module).__name__)
+    return type(module).__name__
+
+
 def fallback_summary(model: nn.Module, problem: str) -> SummaryTable:
     """A parameters-only table for models torchinfo cannot walk (said plainly in the report)."""
     rows = []
@@ -121,7 +128,7 @@ def fallback_summary(model: nn.Module, problem: str) -> SummaryTable:
         rows.append(
             SummaryRow(
                 name=name or model.__class__.__name__,
-                type=type(module).__name__,
+                type=_type_name(module),
                 depth=name.count(".") + 1 if name else 0,
                 output_shape=(),
                 params=own,
