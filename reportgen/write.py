@@ -18,6 +18,15 @@ from pathlib import Path
 from reportgen.errors import ReportError
 
 
+def _mode_for(target: Path) -> int:
+    try:
+        return target.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def write_atomically(outputs: Mapping[Path, bytes]) -> None:
     """Write every path's bytes, all together: temp files first, then renames."""
     staged: list[tuple[str, Path]] = []
@@ -28,6 +37,9 @@ def write_atomically(outputs: Mapping[Path, bytes]) -> None:
                 raise ReportError(f"output folder does not exist: {directory}")
             handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
             staged.append((temp, target))
+            # mkstemp makes the file private (0600); a report is an ordinary file, so give it
+            # the mode any new file would get (or keep the mode of the report it replaces).
+            os.chmod(temp, _mode_for(target))
             with os.fdopen(handle, "wb") as stream:
                 stream.write(data)
                 stream.flush()

@@ -26,3 +26,14 @@ def test_bad_source_date_epoch_is_a_user_error(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
     with pytest.raises(reportgen.ReportError, match="SOURCE_DATE_EPOCH"):
         reportgen.generate_report(tiny_cnn(), tiny_inputs(1), device="cpu")
+
+
+def test_saved_report_has_ordinary_file_permissions(tmp_path: Path) -> None:
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        reportgen.generate_report(tiny_cnn(), tiny_inputs(1), device="cpu").save(tmp_path / "r.html")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "r.html").stat().st_mode & 0o777 == 0o644
