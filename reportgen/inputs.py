@@ -1,25 +1,39 @@
-"""The load stage for inputs: files, folders, tensors or synthetic probes -> an `InputSet`.
+"""The load stage for inputs: files, folders, tensors, datasets or synthetic probes -> an `InputSet`.
 
 An InputSet loads one input at a time (`load(i)`), so any number of inputs can stream through
-the analysis in batches without all of them being in memory at once.
+the analysis in batches without all of them being in memory at once. Whatever had to change to
+fit an input to the model (a gray image repeated to 3 channels, an RGBA image flattened, a rank
+added to a tensor) is written into the input's notes and summarised in `InputSet.notes`.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
-from reportgen.errors import ReportError
-from reportgen.preprocess import Preprocessing
+from reportgen.errors import ReportError, one_line
+from reportgen.preprocess import IMAGE_CHANNELS, Preprocessing
 
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
+TENSOR_SUFFIXES = frozenset({".pt", ".pth", ".npy", ".npz"})
+# Keys searched, in order, when a tensor file holds a dict (npz archives always do).
+INPUT_KEYS = ("x", "inputs", "input", "images", "image", "data", "samples", "arr_0")
+LABEL_KEYS = ("y", "labels", "label", "targets", "target")
+# Sizes tried for synthetic probes when nothing says what the model takes, largest first.
+PROBE_SIZES: dict[int, tuple[tuple[int, ...], ...]] = {
+    1: ((1024,), (256,), (64,)),
+    2: ((224, 224), (128, 128), (64, 64), (32, 32), (28, 28)),
+    3: ((16, 112, 112), (16, 64, 64), (8, 32, 32)),
+}
+NOTE_EXAMPLES = 3  # file names quoted per kind of adaptation in the set-level note
 
 
 @dataclass
@@ -33,6 +47,8 @@ class InputSet:
     notes: list[str] = field(default_factory=list)
     preprocessing: Preprocessing | None = None
     synthetic: bool = False
+    item_notes: list[tuple[str, ...]] = field(default_factory=list)
+    class_names: list[str] | None = None  # from a --dataset folder's class folders
 
     def __len__(self) -> int:
         return len(self.names)
@@ -54,6 +70,9 @@ class InputSet:
     def label(self, index: int) -> int | None:
         return self.labels[index] if index < len(self.labels) else None
 
+    def notes_for(self, index: int) -> tuple[str, ...]:
+        return self.item_notes[index] if index < len(self.item_notes) else ()
+
 
 def from_tensor(batch: torch.Tensor, names: Sequence[str] | None = None) -> InputSet:
     """A (N, C, ...) tensor: each row is one input."""
@@ -71,6 +90,24 @@ def from_tensors(tensors: Sequence[torch.Tensor], names: Sequence[str] | None = 
     return InputSet(names=labels, loader=lambda i: items[i])
 
 
+def concatenate(sets: Sequence[InputSet]) -> InputSet:
+    """Several InputSets as one, in order (e.g. images and tensor files given together)."""
+    if len(sets) == 1:
+        return sets[0]
+    owners = [(k, i) for k, part in enumerate(sets) for i in range(len(part))]
+    preps = {id(s.preprocessing): s.preprocessing for s in sets if s.preprocessing is not None}
+    return InputSet(
+        names=[n for s in sets for n in s.names],
+        loader=lambda index: sets[owners[index][0]].load(owners[index][1]),
+        labels=[s.label(i) for s in sets for i in range(len(s))],
+        paths=[s.paths[i] if i < len(s.paths) else None for s in sets for i in range(len(s))],
+        notes=[n for s in sets for n in s.notes],
+        preprocessing=next(iter(preps.values())) if len(preps) == 1 else None,
+        item_notes=[s.notes_for(i) for s in sets for i in range(len(s))],
+        class_names=next((s.class_names for s in sets if s.class_names), None),
+    )
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -79,34 +116,90 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# --- finding files ---------------------------------------------------------------------------
+
+def image_suffixes() -> frozenset[str]:
+    """Every file suffix PIL can open on this installation (JPEG, PNG, WebP, TIFF, BMP, ...)."""
+    from PIL import Image
+
+    Image.init()
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+
+
+def _visible(path: Path, root: Path) -> bool:
+    """False for anything inside a hidden folder (.git, .ipynb_checkpoints) or a hidden file."""
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def folder_files(folder: Path) -> list[Path]:
+    """A folder's images, recursively and sorted; its tensor files if it holds no image."""
+    images_ok = image_suffixes()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and _visible(p, folder))
+    images = [p for p in files if p.suffix.lower() in images_ok]
+    if images:
+        return images
+    tensors = [p for p in files if p.suffix.lower() in TENSOR_SUFFIXES]
+    if tensors:
+        return tensors
+    raise ReportError(f"no images (or .pt/.npy/.npz tensors) found in folder {folder}")
+
+
 def expand_paths(specs: Sequence[str | Path]) -> list[Path]:
     """Files as given, folders recursively (sorted), globs expanded; duplicates kept once."""
     found: list[Path] = []
     for spec in specs:
         text = str(spec)
         path = Path(text)
-        if any(ch in text for ch in "*?[") and not path.exists():
-            matches = sorted(Path().glob(text)) if not path.is_absolute() else sorted(
-                Path(path.anchor).glob(str(path.relative_to(path.anchor)))
-            )
-            if not matches:
-                raise ReportError(f"no files match {text!r}")
-            found.extend(m for m in matches if m.is_file())
-        elif path.is_dir():
-            images = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not images:
-                raise ReportError(f"no images found in folder {text}")
-            found.extend(images)
+        if path.is_dir():
+            found.extend(folder_files(path))
         elif path.is_file():
             found.append(path)
+        elif any(ch in text for ch in "*?["):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise ReportError(f"no files match {text!r}")
+            for match in map(Path, matches):
+                found.extend(folder_files(match) if match.is_dir() else [match])
+        elif path.exists():
+            raise ReportError(f"input is not a regular file: {text}")
         else:
             raise ReportError(f"input not found: {text}")
     unique: dict[str, Path] = {}
     for path in found:
         unique.setdefault(str(path), path)
     return list(unique.values())
+
+
+# --- images ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImageHeader:
+    mode: str
+    size: tuple[int, int]
+    has_transparency: bool
+
+
+def peek_image(path: Path) -> ImageHeader:
+    """Read only the header: proves the file is an image PIL knows, before any batch runs."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return ImageHeader(image.mode, image.size, "transparency" in image.info)
+    except FileNotFoundError as exc:
+        raise ReportError(f"input not found: {path}") from exc
+    except Image.DecompressionBombError as exc:
+        raise ReportError(f"image too large to open safely: {path} ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        hint = "" if path.suffix.lower() in image_suffixes() else " (tensors must end in .pt, .pth, .npy or .npz)"
+        raise ReportError(f"not an image PIL can read: {path}{hint}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ReportError(f"cannot read image {path}: {one_line(exc)}") from exc
 
 
 def open_image(path: Path) -> Any:
@@ -116,32 +209,360 @@ def open_image(path: Path) -> Any:
     try:
         with Image.open(path) as image:
             image.load()
-            return image.copy() if image.mode != "P" else image.convert("RGBA" if "transparency" in image.info else "RGB")
+            return image.copy()
+    except FileNotFoundError as exc:
+        raise ReportError(f"input not found: {path}") from exc
     except Image.DecompressionBombError as exc:
         raise ReportError(f"image too large to open safely: {path} ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise ReportError(f"not an image PIL can read: {path}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ReportError(f"cannot read image {path}: {exc}") from exc
+        raise ReportError(f"cannot read image {path}: {one_line(exc)}") from exc
 
 
 def from_image_files(
     paths: Sequence[Path], preprocessing: Preprocessing, *, labels: Sequence[int | None] | None = None
 ) -> InputSet:
-    """Image files -> InputSet. Each file is decoded when its batch runs, not before."""
+    """Image files -> InputSet. Headers are read now (to fail early and to note channel
+    adaptations); the pixels are decoded when their batch runs."""
+    item_notes: list[tuple[str, ...]] = []
+    by_note: dict[str, list[str]] = {}
+    for path in paths:
+        header = peek_image(path)
+        note = preprocessing.adaptation_note(header.mode, header.has_transparency)
+        item_notes.append((f"{header.mode} image: {note}",) if note else ())
+        if note:
+            by_note.setdefault(f"{header.mode}: {note}", []).append(path.name)
 
     def load(index: int) -> torch.Tensor:
         return preprocessing.to_tensor(open_image(paths[index]))
 
-    names = [path.name for path in paths]
     return InputSet(
-        names=names,
+        names=[path.name for path in paths],
         loader=load,
         labels=list(labels) if labels is not None else [],
         paths=[str(p) for p in paths],
         preprocessing=preprocessing,
+        item_notes=item_notes,
+        notes=[_adaptation_summary(by_note, preprocessing.target_channels)] if by_note else [],
     )
 
+
+def _adaptation_summary(by_note: dict[str, list[str]], channels: int) -> str:
+    parts = []
+    for note, names in sorted(by_note.items()):
+        shown = ", ".join(names[:NOTE_EXAMPLES]) + (f" and {len(names) - NOTE_EXAMPLES} more" if len(names) > NOTE_EXAMPLES else "")
+        parts.append(f"{len(names)} image(s) {note} ({shown})")
+    return f"Channels adapted to the model's {channels}-channel input: " + "; ".join(parts) + "."
+
+
+# --- tensors ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InputLayout:
+    """What one sample looks like to the model's first layer, to read tensor files by."""
+
+    sample_rank: int | None  # dims of one sample, channel included (Conv2d: 3)
+    channels: int | None
+    layer: str = "the model"
+
+    def describe(self) -> str:
+        if self.sample_rank is None:
+            return "one sample (1D) or a batch (N, ...)"
+        c = str(self.channels) if self.channels else "C"
+        spatial = ["L"] if self.sample_rank == 2 else ["H", "W"] if self.sample_rank == 3 else ["D", "H", "W"]
+        sample = ", ".join([c, *spatial[: self.sample_rank - 1]])
+        return f"({sample}) samples or (N, {sample}) batches"
+
+
+def layout_of(model: nn.Module) -> InputLayout:
+    """The layout the first convolution expects; unknown (any rank, batch first) without one."""
+    for name, sub in model.named_modules():
+        if isinstance(sub, nn.modules.conv._ConvNd):
+            return InputLayout(len(sub.kernel_size) + 1, int(sub.in_channels) or None,
+                               f"{name or 'the model'} ({type(sub).__name__}, {sub.in_channels} input channels)")
+    return InputLayout(None, None)
+
+
+def _pick(mapping: dict[str, Any], keys: Sequence[str], path: Path, what: str) -> Any:
+    tensors = {k: v for k, v in mapping.items() if isinstance(v, (torch.Tensor, np.ndarray))}
+    for key in keys:
+        if key in tensors:
+            return tensors[key]
+    if what == "input" and len(tensors) == 1:
+        return next(iter(tensors.values()))
+    if what == "input":
+        listed = ", ".join(sorted(map(str, mapping))[:8]) or "nothing"
+        raise ReportError(f"{path} holds no input tensor (keys: {listed}; expected one array or a key "
+                          f"named {', '.join(keys[:4])}, ...)")
+    return None
+
+
+def read_tensor_file(path: Path) -> tuple[Any, Any]:
+    """A .pt/.pth (weights_only), .npy or .npz file -> (inputs, labels or None), unshaped."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False), None
+        except ValueError as exc:
+            raise ReportError(f"{path} holds Python objects, not numbers ({one_line(exc)})") from exc
+        except OSError as exc:
+            raise ReportError(f"cannot read {path}: {one_line(exc)}") from exc
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+        except ValueError as exc:
+            raise ReportError(f"{path} holds Python objects, not numbers ({one_line(exc)})") from exc
+        except (OSError, EOFError) as exc:
+            raise ReportError(f"cannot read {path}: {one_line(exc)}") from exc
+        return _pick(arrays, INPUT_KEYS, path, "input"), _pick(arrays, LABEL_KEYS, path, "labels")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        message = str(exc)
+        if "weights_only" in message or "Unsupported global" in message:
+            raise ReportError(f"{path} holds pickled Python objects, not a tensor; input files are read "
+                              "with weights_only=True (save tensors with torch.save(tensor, path))") from exc
+        raise ReportError(f"cannot read {path}: {one_line(exc)}") from exc
+    if isinstance(data, torch.Tensor):
+        return data, None
+    if isinstance(data, dict):
+        return _pick(data, INPUT_KEYS, path, "input"), _pick(data, LABEL_KEYS, path, "labels")
+    if isinstance(data, (list, tuple)) and data and all(isinstance(t, torch.Tensor) for t in data):
+        if len(data) == 2 and data[1].dim() == 1 and data[0].dim() >= 2 and len(data[1]) == len(data[0]) \
+                and not data[1].is_floating_point():
+            return data[0], data[1]  # (inputs, labels), as a TensorDataset's tensors
+        shapes = {tuple(t.shape) for t in data}
+        if len(shapes) == 1:
+            return torch.stack(list(data)), None
+        raise ReportError(f"{path} holds {len(data)} tensors of different shapes, not one input tensor")
+    kind = type(data).__name__
+    raise ReportError(f"{path} holds a {kind}, not a tensor (expected a tensor, a dict of tensors or a list of tensors)")
+
+
+def fit_rank(shape: Sequence[int], layout: InputLayout, path: Path) -> tuple[bool, int, str | None]:
+    """How to read an array of `shape`: (batched, extra leading unit dims, note)."""
+    rank = len(shape)
+    want = layout.sample_rank
+    if want is None:
+        return (rank > 1, 0, None)
+    if rank == want + 1:
+        return (True, 0, None)
+    if rank == want:
+        if layout.channels == 1 and shape[0] != 1 and want >= 2:
+            return (True, 1, f"read {list(shape)} as {shape[0]} one-channel samples (channel axis added)")
+        return (False, 0, None)
+    if rank == want - 1 and layout.channels == 1:
+        return (False, 1, f"read {list(shape)} as one one-channel sample (channel axis added)")
+    raise ReportError(f"{path} has shape {list(shape)}; {layout.layer} takes {layout.describe()}")
+
+
+class _TensorFile:
+    """One tensor file: its rows are inputs. Holds a memory map (.npy) or reloads on demand."""
+
+    def __init__(self, path: Path, layout: InputLayout) -> None:
+        self.path = path
+        self.layout = layout
+        data, labels = read_tensor_file(path)
+        self.shape = tuple(int(d) for d in data.shape)
+        self.batched, self.unit_dims, self.note = fit_rank(self.shape, layout, path)
+        self.count = self.shape[0] if self.batched else 1
+        self.labels = self._labels(labels)
+        self._data = data if isinstance(data, np.memmap) else None
+        self._cached: Any = data
+
+    def _labels(self, labels: Any) -> list[int | None] | None:
+        if labels is None:
+            return None
+        values = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
+        if values.dtype.kind not in "iu" or len(values) != self.count:
+            raise ReportError(f"{self.path}: labels must be {self.count} integers, got shape {list(values.shape)} "
+                              f"of {values.dtype}")
+        return [int(v) for v in values]
+
+    def _array(self) -> Any:
+        if self._cached is None:
+            self._cached = read_tensor_file(self.path)[0]
+        return self._cached
+
+    def release(self) -> None:
+        """Drop the decoded contents (a memory map costs nothing to keep)."""
+        if self._data is None:
+            self._cached = None
+
+    def row(self, index: int) -> torch.Tensor:
+        data = self._array()
+        item = data[index] if self.batched else data
+        if self.unit_dims:
+            item = item[None]
+        tensor = item.clone() if isinstance(item, torch.Tensor) else torch.from_numpy(np.array(item))
+        if self.layout.sample_rank is not None and not tensor.is_floating_point():
+            tensor = tensor.float()  # a conv takes floats; integer pixel values are kept as they are
+        return tensor
+
+
+def from_tensor_files(paths: Sequence[Path], layout: InputLayout) -> InputSet:
+    """.pt/.pth/.npy/.npz files, each one sample or a batch (first axis) -> InputSet."""
+    files = [_TensorFile(path, layout) for path in paths]
+    owners: list[tuple[int, int]] = []
+    names: list[str] = []
+    labels: list[int | None] = []
+    item_notes: list[tuple[str, ...]] = []
+    notes: list[str] = []
+    for k, tensor_file in enumerate(files):
+        for row in range(tensor_file.count):
+            owners.append((k, row))
+            names.append(f"{tensor_file.path.name}[{row}]" if tensor_file.batched else tensor_file.path.name)
+            labels.append(tensor_file.labels[row] if tensor_file.labels else None)
+            item_notes.append((tensor_file.note,) if tensor_file.note else ())
+        if tensor_file.note:
+            notes.append(f"{tensor_file.path.name}: {tensor_file.note}.")
+        if len(files) > 1:
+            tensor_file.release()
+    notes.append(f"Tensor inputs ({len(files)} file(s), {len(owners)} sample(s)) are used as stored: "
+                 "no resizing or normalisation; integer arrays are converted to float32.")
+    last: list[int] = [-1]
+
+    def load(index: int) -> torch.Tensor:
+        k, row = owners[index]
+        if last[0] != k and last[0] >= 0:
+            files[last[0]].release()  # keep at most one decoded file in memory
+        last[0] = k
+        return files[k].row(row)
+
+    return InputSet(
+        names=names,
+        loader=load,
+        labels=labels if any(label is not None for label in labels) else [],
+        paths=[str(files[k].path) for k, _ in owners],
+        notes=notes,
+        item_notes=item_notes,
+    )
+
+
+def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout: InputLayout) -> InputSet:
+    """INPUT arguments (files, folders, globs; images and tensor files) -> one InputSet, in order."""
+    paths = expand_paths(specs)
+    groups: list[tuple[bool, list[Path]]] = []
+    for path in paths:
+        is_tensor = path.suffix.lower() in TENSOR_SUFFIXES
+        if groups and groups[-1][0] == is_tensor:
+            groups[-1][1].append(path)
+        else:
+            groups.append((is_tensor, [path]))
+    if any(not is_tensor for is_tensor, _ in groups):
+        check_image_channels(preprocessing, layout)
+    sets = [from_tensor_files(group, layout) if is_tensor else from_image_files(group, preprocessing)
+            for is_tensor, group in groups]
+    return concatenate(sets)
+
+
+def check_image_channels(preprocessing: Preprocessing, layout: InputLayout) -> None:
+    if layout.channels is not None and layout.channels not in IMAGE_CHANNELS:
+        raise ReportError(f"{layout.layer} takes {layout.channels} channels, which images cannot provide "
+                          "(1, 3 or 4); give the inputs as .pt/.npy/.npz tensors")
+    if layout.sample_rank is not None and layout.sample_rank != 3:  # Conv1d/Conv3d
+        raise ReportError(f"{layout.layer} does not take 2D images; give the inputs as .pt/.npy/.npz tensors")
+
+
+# --- labelled inputs -------------------------------------------------------------------------
+
+def class_index(text: str, class_names: Sequence[str] | None) -> int | None:
+    """A class given as an index ("3") or a name (matched exactly, then ignoring case)."""
+    if text.strip().isdigit():
+        return int(text)
+    if class_names:
+        if text in class_names:
+            return list(class_names).index(text)
+        lowered = [name.lower() for name in class_names]
+        if text.lower() in lowered:
+            return lowered.index(text.lower())
+    return None
+
+
+def load_dataset(root: str | Path, preprocessing: Preprocessing, *, class_names: Sequence[str] | None = None,
+                 names_given: bool = False) -> InputSet:
+    """An ImageFolder-style folder: one subfolder per class, images anywhere below it.
+
+    Classes are numbered in sorted folder order (as torchvision's ImageFolder does) and named
+    after their folders, unless `class_names` is given: then every folder must be one of those
+    names (or an index) and takes that index. With names from a model's metadata
+    (`names_given=False`) folders that don't all match fall back to folder order.
+    """
+    folder = Path(root)
+    if not folder.is_dir():
+        raise ReportError(f"--dataset {folder}: not a folder" if folder.exists() else f"--dataset folder not found: {folder}")
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ReportError(f"--dataset {folder} has no class subfolders (one folder per class); "
+                          "to use its files without labels, pass the folder as INPUT")
+    mapped = [class_index(c.name, class_names) for c in classes] if class_names else [None]
+    if class_names and all(m is not None and m < len(class_names) for m in mapped):
+        indices = [int(m) for m in mapped if m is not None]
+        names: list[str] | None = None
+        how = "folder names matched to the given class names"
+    elif class_names and names_given:
+        bad = next(c.name for c, m in zip(classes, mapped) if m is None or m >= len(class_names))
+        raise ReportError(f"--dataset {folder}: class folder {bad!r} is not one of the --labels names "
+                          f"({', '.join(list(class_names)[:5])}, ...)")
+    else:
+        indices = list(range(len(classes)))
+        names = [c.name for c in classes]
+        how = "classes numbered in sorted folder order and named after the folders"
+    paths: list[Path] = []
+    labels: list[int | None] = []
+    for class_dir, index in zip(classes, indices):
+        images = [p for p in folder_files_or_empty(class_dir) if p.suffix.lower() in image_suffixes()]
+        if not images:
+            raise ReportError(f"--dataset class folder {class_dir} holds no images")
+        paths.extend(images)
+        labels.extend([index] * len(images))
+    check_image_channels(preprocessing, InputLayout(3, preprocessing.channels))
+    inputs = from_image_files(paths, preprocessing, labels=labels)
+    inputs.class_names = names
+    inputs.notes.insert(0, f"Labelled inputs from --dataset {folder.name}: {len(paths)} images in "
+                           f"{len(classes)} class folders ({how}).")
+    return inputs
+
+
+def folder_files_or_empty(folder: Path) -> list[Path]:
+    try:
+        return folder_files(folder)
+    except ReportError:
+        return []
+
+
+def apply_label_pattern(inputs: InputSet, pattern: str, class_names: Sequence[str] | None) -> None:
+    """Set each input's true class from its path: the first group of `pattern` (a regex), read
+    as a class index or a class name."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ReportError(f"--label-pattern {pattern!r} is not a valid regular expression: {exc}") from exc
+    labels: list[int | None] = []
+    unmatched: list[str] = []
+    for index, name in enumerate(inputs.names):
+        path = inputs.paths[index] if index < len(inputs.paths) and inputs.paths[index] else name
+        found = regex.search(Path(path).as_posix())
+        text = (found.group(1) if found and regex.groups else found.group(0) if found else None)
+        value = class_index(text, class_names) if text is not None else None
+        if text is not None and value is None:
+            raise ReportError(f"--label-pattern read {text!r} from {name}, which is neither a class index "
+                              "nor a class name (pass --labels FILE)")
+        if value is None:
+            unmatched.append(name)
+        labels.append(value)
+    if len(unmatched) == len(labels):
+        raise ReportError(f"--label-pattern {pattern!r} matches none of the inputs (e.g. {inputs.names[0]})")
+    inputs.labels = labels
+    note = f"True classes read from the file names with --label-pattern '{pattern}'"
+    if unmatched:
+        note += f"; {len(unmatched)} input(s) did not match and have no label (e.g. {unmatched[0]})"
+    inputs.notes.append(note + ".")
+
+
+# --- synthetic probes ------------------------------------------------------------------------
 
 def synthetic_probes(shape: tuple[int, ...], count: int = 4, seed: int = 0) -> InputSet:
     """Seeded probe inputs when the user gave none: smooth noise, a gradient, stripes, a blob.
@@ -172,6 +593,68 @@ def synthetic_probes(shape: tuple[int, ...], count: int = 4, seed: int = 0) -> I
     return InputSet(
         names=names,
         loader=lambda i: probes[i],
-        notes=[f"No inputs were given: {count} synthetic probe inputs of shape {dims} were used."],
+        notes=[f"No inputs were given: {count} synthetic probe inputs of shape {dims} were used "
+               "(noise, gradient, stripes, blob; not real data, so predictions mean nothing)."],
         synthetic=True,
     )
+
+
+def probe_shape(
+    model: nn.Module,
+    *,
+    hint: tuple[int, ...] | None = None,
+    forward_args: Callable[[torch.Tensor], Any] | None = None,
+) -> tuple[tuple[int, ...], str]:
+    """The shape of one probe input and how it was chosen.
+
+    `hint` (from --input-shape or the weights' metadata) is used as given. Otherwise the first
+    conv gives the channels and rank, and sizes from PROBE_SIZES are tried largest first with
+    one forward pass each, until the model accepts one.
+    """
+    if hint:
+        return tuple(hint), "given"
+    layout = layout_of(model)
+    if layout.sample_rank is None:
+        first_linear = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
+        if first_linear is not None:
+            return (int(first_linear.in_features),), f"from the first Linear layer's {first_linear.in_features} features"
+        raise ReportError("no inputs given and no conv layer to infer their shape from: pass --input-shape C,H,W")
+    channels = layout.channels or 3
+    candidates = PROBE_SIZES.get(layout.sample_rank - 1, ())
+    rejected: list[str] = []
+    for size in candidates:
+        shape = (channels, *size)
+        problem = _try_forward(model, shape, forward_args)
+        if problem is None:
+            tried = f"; larger sizes were rejected ({'; '.join(rejected)})" if rejected else ""
+            return shape, f"the first size the model accepted{tried}"
+        rejected.append(f"{'x'.join(map(str, size))}: {problem}")
+    raise ReportError(f"no inputs given and the model rejected every probe size for {layout.layer} "
+                      f"({'; '.join(rejected[-2:])}); pass --input-shape")
+
+
+def _try_forward(model: nn.Module, shape: tuple[int, ...], forward_args: Callable[[torch.Tensor], Any] | None) -> str | None:
+    from reportgen.devices import model_device, model_dtype
+    from reportgen.model_state import preserved_modes
+
+    batch = torch.zeros((1, *shape), device=model_device(model), dtype=model_dtype(model))
+    try:
+        with preserved_modes(model), torch.inference_mode():
+            model.eval()
+            call_model(model, batch, forward_args)
+    except Exception as exc:
+        return one_line(exc, limit=120)
+    return None
+
+
+def call_model(model: nn.Module, batch: torch.Tensor, forward_args: Callable[[torch.Tensor], Any] | None) -> Any:
+    """model(batch), or model(*args) / model(**kwargs) from `forward_args(batch)` for models that
+    take several inputs or a dict."""
+    if forward_args is None:
+        return model(batch)
+    args = forward_args(batch)
+    if isinstance(args, dict):
+        return model(**args)
+    if isinstance(args, (tuple, list)):
+        return model(*args)
+    return model(args)

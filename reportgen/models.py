@@ -9,9 +9,13 @@ Specs:
 from __future__ import annotations
 
 import ast
-import hashlib
+import contextlib
 import importlib
 import importlib.util
+import io
+import os
+import re
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,10 +26,13 @@ import torch
 from torch import nn
 
 from reportgen.errors import ReportError, one_line
+from reportgen.inputs import file_sha256
 from reportgen.preprocess import Preprocessing
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
+# A weight download that gets no answer fails after this long instead of hanging (seconds).
+DOWNLOAD_TIMEOUT_S = 20.0
 
 
 @dataclass
@@ -43,11 +50,7 @@ class LoadedModel:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def parse_model_args(pairs: list[str]) -> dict[str, Any]:
@@ -73,7 +76,7 @@ def load_model(
 ) -> LoadedModel:
     kwargs = dict(model_args or {})
     if spec.startswith("torchvision:"):
-        return load_torchvision(spec.split(":", 1)[1], weights, kwargs)
+        return load_torchvision(spec.split(":", 1)[1], weights, kwargs, trust_pickle=trust_pickle)
     target, sep, factory = spec.rpartition(":")
     if sep and factory.isidentifier() and (target.endswith(".py") or _looks_like_module(target)):
         loaded = load_factory(target, factory, kwargs)
@@ -110,14 +113,21 @@ def load_factory(target: str, factory: str, kwargs: dict[str, Any]) -> LoadedMod
             raise ReportError(f"importing {target} failed: {one_line(exc)}") from exc
         finally:
             sys.path.remove(str(path.resolve().parent))
-        source = f"{path.name}:{factory}"
+        source = f"{target}:{factory}"
     else:
+        # `package.module` next to where reportgen runs, as `python -m` would find it.
+        added = "" not in sys.path and os.getcwd() not in sys.path
+        if added:
+            sys.path.insert(0, os.getcwd())
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
             raise ReportError(f"cannot import module {target!r}: {one_line(exc)}") from exc
         except Exception as exc:
             raise ReportError(f"importing {target} failed: {one_line(exc)}") from exc
+        finally:
+            if added:
+                sys.path.remove(os.getcwd())
         source = f"{target}:{factory}"
     maker = getattr(module, factory, None)
     if maker is None or not callable(maker):
@@ -135,7 +145,8 @@ def _kwargs_text(kwargs: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
 
 
-def load_torchvision(name: str, weights: str | None, kwargs: dict[str, Any]) -> LoadedModel:
+def load_torchvision(name: str, weights: str | None, kwargs: dict[str, Any], *,
+                     trust_pickle: bool = False) -> LoadedModel:
     import torchvision
     from torchvision import models as tv_models
 
@@ -151,17 +162,14 @@ def load_torchvision(name: str, weights: str | None, kwargs: dict[str, Any]) -> 
     if weights is not None:
         if Path(weights).is_file():
             checkpoint = Path(weights)
+        elif _looks_like_path(weights):
+            raise ReportError(f"checkpoint not found: {weights}")
         else:
             chosen = _weights_member(weights_enum, weights)
-    try:
-        module = tv_models.get_model(name, weights=chosen, **kwargs)
-    except Exception as exc:
-        if chosen is not None and _is_download_failure(exc):
-            raise ReportError(
-                f"could not download torchvision weights {chosen} (no network?); "
-                f"download them elsewhere and pass --weights PATH"
-            ) from exc
-        raise ReportError(f"torchvision:{name}({_kwargs_text(kwargs)}) failed: {one_line(exc)}") from exc
+    if chosen is not None and "num_classes" in kwargs:
+        raise ReportError(f"--model-arg num_classes does not fit the pretrained {chosen}; "
+                          "load your own fine-tuned checkpoint with --weights PATH instead")
+    module = _build_torchvision(tv_models, name, chosen, kwargs)
     meta_source = chosen or default
     loaded = LoadedModel(
         module=module,
@@ -175,8 +183,49 @@ def load_torchvision(name: str, weights: str | None, kwargs: dict[str, Any]) -> 
             loaded.class_names = [str(c) for c in categories]
         loaded.preprocessing, loaded.input_shape = _preprocessing_from_weights(meta_source)
     if checkpoint is not None:
-        apply_checkpoint(loaded, checkpoint, trust_pickle=False)
+        apply_checkpoint(loaded, checkpoint, trust_pickle=trust_pickle)
     return loaded
+
+
+def _build_torchvision(tv_models: Any, name: str, chosen: Any, kwargs: dict[str, Any]) -> nn.Module:
+    """Build the model, downloading its weights into torch's cache if needed.
+
+    torch.hub prints "Downloading ..." to stderr; that line is held back and shown only when the
+    download worked, so an offline failure is exactly one error line. The socket timeout is
+    process-wide in Python, so it is set for the call and put back afterwards.
+    """
+    captured = io.StringIO()
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        with contextlib.redirect_stderr(captured):
+            if chosen is not None:
+                module = tv_models.get_model(name, weights=chosen, progress=False, **kwargs)
+            else:
+                module = tv_models.get_model(name, weights=None, **kwargs)
+        sys.stderr.write(captured.getvalue())
+        return module
+    except Exception as exc:
+        if chosen is not None and _is_download_failure(exc):
+            url = getattr(chosen, "url", "")
+            cache = Path(_hub_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+            raise ReportError(
+                f"could not download torchvision weights {chosen} from {url} (offline? {one_line(exc, 120)}); "
+                f"download the file elsewhere and pass --weights PATH, or put it at {cache}"
+            ) from exc
+        raise ReportError(f"torchvision:{name}({_kwargs_text(kwargs)}) failed: {one_line(exc)}") from exc
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+
+
+def _hub_dir() -> str:
+    import torch.hub
+
+    return torch.hub.get_dir()
+
+
+def _looks_like_path(text: str) -> bool:
+    return "/" in text or os.sep in text or bool(re.search(r"\.(pth?|th|ckpt|bin|safetensors|tar)$", text))
 
 
 def _weights_member(weights_enum: Any, text: str) -> Any:
@@ -272,9 +321,11 @@ def read_checkpoint(path: Path, *, trust_pickle: bool) -> Any:
     except Exception as exc:
         message = str(exc)
         if not trust_pickle and ("weights_only" in message or "Unsupported global" in message):
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+            what = f" (it pickles {found.group(1)})" if found else ""
             raise ReportError(
-                f"{path} contains pickled Python objects, refused for safety (loading it could run code); "
-                "pass --trust-pickle only if you trust its source"
+                f"{path} contains pickled Python objects{what}, refused: loading it with "
+                "weights_only=False could run arbitrary code; pass --trust-pickle only if you trust its source"
             ) from exc
         raise ReportError(f"cannot read checkpoint {path}: {one_line(exc)}") from exc
 

@@ -1,4 +1,10 @@
-"""How an image file becomes the tensor the model sees, stated so the report can repeat it."""
+"""How an image file becomes the tensor the model sees, stated so the report can repeat it.
+
+Channel adaptation is never silent: `adaptation_note(mode, ...)` says, for one image, what had to
+change so that its channel count fits the model's first convolution (gray repeated to 3 channels,
+alpha composited on white, colour reduced to luma for a 1-channel model, ...). The input stage
+attaches that note to the input and summarises it for the whole set.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+# PIL modes holding one channel of intensity; the 16/32-bit ones keep their precision.
+GRAY_MODES = frozenset({"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+IMAGE_CHANNELS = (1, 3, 4)  # what an image can be turned into
+
 
 @dataclass(frozen=True)
 class Preprocessing:
     """Transforms applied to image inputs, in order: channels, resize, center crop, scale, normalise.
 
+    `channels` is what the model's first conv takes (1, 3 or 4; None means 3). `grayscale`
+    first reduces colour to luma; with `channels=3` the gray is then repeated to 3 channels.
     `resize` is (H, W), or a single int meaning "shorter side to this many pixels" (as
     torchvision's Resize(int) does). `mean`/`std` are per channel, applied after scaling to [0, 1].
     """
@@ -23,13 +37,25 @@ class Preprocessing:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     source: str = "options"
+    grayscale: bool = False
+
+    @property
+    def target_channels(self) -> int:
+        return self.channels or 3
 
     def describe(self) -> tuple[str, ...]:
         steps = []
-        if self.channels == 1:
-            steps.append("convert to grayscale (1 channel)")
-        elif self.channels == 3:
-            steps.append("convert to RGB (3 channels)")
+        target = self.target_channels
+        if self.grayscale:
+            steps.append("convert to grayscale (luma: 0.299 R + 0.587 G + 0.114 B)")
+            if target > 1:
+                steps.append(f"repeat the gray channel to {target} channels")
+        elif target == 1:
+            steps.append("convert to 1 channel (colour images reduced to luma)")
+        elif target == 3:
+            steps.append("convert to RGB (3 channels; gray repeated, alpha composited on white)")
+        else:
+            steps.append(f"convert to {target} channels (RGBA)")
         if self.resize is not None:
             if len(self.resize) == 1:
                 steps.append(f"resize shorter side to {self.resize[0]} px (bilinear, antialiased)")
@@ -37,22 +63,25 @@ class Preprocessing:
                 steps.append(f"resize to {self.resize[0]}x{self.resize[1]} (bilinear, antialiased)")
         if self.center_crop is not None:
             steps.append(f"center crop {self.center_crop[0]}x{self.center_crop[1]}")
-        steps.append("scale pixels to [0, 1]")
+        steps.append("scale pixels to [0, 1] (8-bit / 255, 16-bit / 65535)")
         if self.mean is not None and self.std is not None:
             mean = ", ".join(f"{m:g}" for m in self.mean)
             std = ", ".join(f"{s:g}" for s in self.std)
             steps.append(f"normalise: (x - [{mean}]) / [{std}]")
         return tuple(f"{step} ({self.source})" for step in steps)
 
+    def adaptation_note(self, mode: str, has_transparency: bool = False) -> str | None:
+        """What happens to the channels of an image with PIL `mode`; None if nothing changes."""
+        return adaptation_note(mode, self.target_channels, grayscale=self.grayscale,
+                               has_transparency=has_transparency)
+
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> float32 (C, H, W) tensor, normalised."""
         from torchvision.transforms import functional as TF
 
-        image = convert_channels(image, self.channels or 3)
-        tensor = pil_to_unit_tensor(image)
+        tensor = image_to_unit_tensor(image, self.target_channels, grayscale=self.grayscale)
         if self.resize is not None:
-            size = list(self.resize)
-            tensor = TF.resize(tensor, size, antialias=True)
+            tensor = TF.resize(tensor, list(self.resize), antialias=True)
         if self.center_crop is not None:
             tensor = TF.center_crop(tensor, list(self.center_crop))
         return self.normalise(tensor)
@@ -77,34 +106,87 @@ class Preprocessing:
         return tensor * std + mean
 
 
+def _is_gray(mode: str) -> bool:
+    return mode in GRAY_MODES or mode in ("LA", "La")
+
+
+def adaptation_note(mode: str, channels: int, *, grayscale: bool = False,
+                    has_transparency: bool = False) -> str | None:
+    """One sentence on how an image of PIL `mode` is fitted to `channels`; None if it already fits."""
+    parts = []
+    alpha = mode in ALPHA_MODES or (mode == "P" and has_transparency)
+    if mode == "P":
+        parts.append("palette image expanded")
+    elif mode == "CMYK":
+        parts.append("CMYK converted to RGB")
+    elif mode in ("YCbCr", "LAB", "HSV"):
+        parts.append(f"{mode} converted to RGB")
+    if mode in HIGH_DEPTH_MODES:
+        parts.append(f"{'16-bit' if mode.startswith('I;16') else mode + '-mode'} grayscale kept at full precision")
+    if alpha and not (channels == 4 and not grayscale):
+        parts.append("alpha channel composited on white and dropped")
+    gray = _is_gray(mode)
+    if grayscale and not gray:
+        parts.append("colour reduced to gray (luma)")
+        gray = True
+    if channels == 1 and not gray:
+        parts.append("colour reduced to 1 gray channel (luma) for a 1-channel model")
+    elif channels > 1 and gray:
+        parts.append(f"gray channel repeated to {channels} channels")
+    if channels == 4 and not alpha and not grayscale:
+        parts.append("opaque alpha channel added")
+    return "; ".join(parts) if parts else None
+
+
+def _gray_unit(image: Image.Image) -> np.ndarray:
+    """One channel in [0, 1], float32; 16/32-bit modes keep their precision."""
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return np.asarray(image, dtype=np.float32) / 65535.0
+    if mode in ("I", "F"):
+        array = np.asarray(image, dtype=np.float32)
+        # 16-bit PNGs and TIFFs usually arrive as I;16; a 32-bit "I" image is scaled by its own
+        # type range only when it exceeds 8 bits.
+        peak = 65535.0 if array.max(initial=0.0) > 255 else 255.0
+        return array / peak
+    if mode in ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        image = _flatten_alpha(image)
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def image_to_unit_tensor(image: Image.Image, channels: int = 3, *, grayscale: bool = False) -> torch.Tensor:
+    """(channels, H, W) float32 in [0, 1], adapted as `adaptation_note` describes."""
+    mode = image.mode
+    if grayscale or channels == 1 or _is_gray(mode):
+        array = _gray_unit(image)[None]
+        if channels > 1:
+            array = np.repeat(array, 3, axis=0)
+            if channels == 4:
+                array = np.concatenate([array, np.ones_like(array[:1])])
+    elif channels == 4:
+        array = np.asarray(image.convert("RGBA"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    else:
+        if mode in ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+            image = _flatten_alpha(image)
+        array = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
 def convert_channels(image: Image.Image, channels: int) -> Image.Image:
-    """Palette, RGBA, 16-bit and CMYK images to plain L or RGB; 16-bit keeps its precision later."""
-    if channels == 1:
-        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            return image
-        return image.convert("L")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit grayscale: scale to 8 bits before repeating into RGB.
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if image.mode == "RGBA" or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    """Palette, RGBA, 16-bit and CMYK images to plain L or RGB (8 bits); kept for callers that
+    want a PIL image. `Preprocessing.to_tensor` keeps 16-bit precision instead."""
+    tensor = image_to_unit_tensor(image, 1 if channels == 1 else 3)
+    array = (tensor.numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(array[0]) if channels == 1 else Image.fromarray(array.transpose(1, 2, 0))
 
 
 def pil_to_unit_tensor(image: Image.Image) -> torch.Tensor:
-    """(C, H, W) float32 in [0, 1]; 16-bit grayscale keeps its full range."""
-    if image.mode in ("I;16", "I;16B", "I;16L"):
-        array = np.asarray(image, dtype=np.float32) / 65535.0
-    elif image.mode in ("I", "F"):
-        array = np.asarray(image, dtype=np.float32)
-        peak = 65535.0 if array.max() > 255 else 255.0
-        array = array / peak
-    else:
-        array = np.asarray(image, dtype=np.float32) / 255.0
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    """(C, H, W) float32 in [0, 1] without changing the channel count (gray stays 1 channel)."""
+    channels = 1 if _is_gray(image.mode) else 4 if image.mode in ALPHA_MODES else 3
+    return image_to_unit_tensor(image, channels)

@@ -60,8 +60,12 @@ def _kernel(kernel_size: Any) -> tuple[int, ...]:
     return ()
 
 
-def summarize(model: nn.Module, batch: torch.Tensor) -> SummaryTable:
-    """Run torchinfo on `batch` (already on the model's device). Raises what the forward raises."""
+def summarize(model: nn.Module, batch: torch.Tensor, input_data: Any = None) -> SummaryTable:
+    """Run torchinfo on `batch` (already on the model's device). Raises what the forward raises.
+
+    `input_data` replaces `[batch]` as the model's arguments (a tuple/list: positional, a dict:
+    keyword) for models that take several inputs; `batch` still sets the batch size.
+    """
     import torchinfo
     from torchinfo import torchinfo as torchinfo_module
 
@@ -70,7 +74,7 @@ def summarize(model: nn.Module, batch: torch.Tensor) -> SummaryTable:
     try:
         stats = torchinfo.summary(
             model,
-            input_data=[batch],
+            input_data=[batch] if input_data is None else _as_input_data(input_data),
             depth=100,
             verbose=0,
             col_names=("output_size", "num_params", "kernel_size", "mult_adds", "trainable"),
@@ -110,6 +114,15 @@ def summarize(model: nn.Module, batch: torch.Tensor) -> SummaryTable:
         param_bytes=int(stats.total_param_bytes),
         available=True,
     )
+
+
+def _as_input_data(args: Any) -> Any:
+    """torchinfo calls model(*list) or model(**dict); a lone tensor becomes a one-item list."""
+    if isinstance(args, dict):
+        return args
+    if isinstance(args, tuple):
+        return list(args)
+    return args if isinstance(args, list) else [args]
 
 
 def _type_name(module: nn.Module) -> str:

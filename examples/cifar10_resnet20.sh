@@ -1,0 +1,30 @@
+#!/bin/sh
+# The real CIFAR-10 ResNet-20 checkpoint (../shared/data, saved from nn.DataParallel in PyTorch's
+# legacy pickle format) on the 20 lossless CIFAR-10 test PNGs, in ONE reportgen command.
+#
+#   sh examples/cifar10_resnet20.sh            # writes cifar10-resnet20.html and .json
+#
+# - examples/resnet20_cifar.py:resnet20 builds the architecture (shortcut "option A");
+# - --weights strips the `module.` prefix and loads the state_dict strictly (weights_only);
+# - the model was trained on [0, 1] RGB normalised with the ImageNet mean/std, no resizing;
+# - --label-pattern reads the true class from the file name (cifar10_NN_L.png: L is the class).
+# Expected: 20/20 correct (the checkpoint's README reports the same).
+set -eu
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data}
+OUT=${OUT:-cifar10-resnet20}
+
+PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} python3 -m reportgen examples/resnet20_cifar.py:resnet20 \
+    --weights "$DATA/resnet20-12fca82f.th" "$DATA/cifar10_foolbox_samples" \
+    --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 \
+    --labels examples/cifar10_labels.txt --label-pattern '_([0-9])\.png$' \
+    -o "$OUT.html" --json "$OUT.json" --quiet
+
+# Accuracy, straight from the report's JSON.
+python3 -c '
+import json, sys
+predictions = json.load(open(sys.argv[1]))["predictions"]
+right = sum(bool(p["correct"]) for p in predictions)
+print(f"{right}/{len(predictions)} correct")
+sys.exit(0 if right == len(predictions) else 1)
+' "$OUT.json"
