@@ -25,6 +25,7 @@ from reportgen.progress import progress_bar
 from reportgen.render import RenderOptions, render
 from reportgen.report import Report
 from reportgen.report_model import ModelInfo, RunInfo
+from reportgen.size_budget import DEFAULT_MAX_SIZE_MB
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class ReportOptions:
     command: str | None = None
     show_progress: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    max_size_mb: float = DEFAULT_MAX_SIZE_MB  # 0: no limit; see size_budget.py
 
 
 def report_date() -> str:
@@ -95,6 +97,8 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         raise ReportError(f"--batch-size must be at least 1, got {options.batch_size}")
     if options.max_channels < 1:
         raise ReportError(f"--max-channels must be at least 1, got {options.max_channels}")
+    if not options.max_size_mb >= 0:
+        raise ReportError(f"--max-size must be 0 (no limit) or more MB, got {options.max_size_mb:g}")
     device = resolve_device(options.device)
     loaded = copy_if_lazy(loaded)  # a forward pass would initialise (and so change) lazy layers
     analysis_options = AnalysisOptions(
@@ -148,7 +152,22 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
     notes = tuple(loaded.notes) + tuple(inputs.notes) + report_model.notes
     from dataclasses import replace
 
-    return Report(replace(report_model, notes=notes))
+    from reportgen.metadata import input_files
+
+    files = input_files(inputs.paths, inputs.names)
+    report_model = replace(report_model, notes=notes, input_files=files)
+    if options.max_size_mb > 0:
+        from reportgen.size_budget import MEGABYTE, fit_to_budget
+
+        def rerender(reduced: Any) -> Any:
+            # the same render from a reduced Analysis: pictures only, no second forward pass
+            again = render(reduced, run=run, model_info=model_info, class_names=names,
+                           options=RenderOptions(filter_scale=options.filter_scale))
+            return replace(again, notes=notes, input_files=files)
+
+        report_model = fit_to_budget(analysis, report_model, limit_bytes=int(options.max_size_mb * MEGABYTE),
+                                     rerender=rerender)
+    return Report(report_model)
 
 
 def generate_report(
@@ -166,6 +185,7 @@ def generate_report(
     max_inputs_shown: int = 8,
     filter_scale: str = "per-filter",
     random_weights: bool = False,
+    max_size_mb: float = DEFAULT_MAX_SIZE_MB,
 ) -> Report:
     """Analyse `model` on `inputs` and return a Report (`.save(path)`, `.to_html()`, `.to_dict()`).
 
@@ -173,6 +193,7 @@ def generate_report(
     as given; images go through `preprocessing` (default: RGB, scaled to [0, 1]).
     `labels`: class names for the model's output indices. `layers`: glob patterns of qualified
     module names to visualise (default: every convolution). The model is left exactly as it was.
+    `max_size_mb`: draw smaller tiles / fewer channels / fewer inputs until the HTML fits (0: off).
     """
     if not isinstance(model, nn.Module):
         raise ReportError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -187,5 +208,6 @@ def generate_report(
         max_inputs_shown=max_inputs_shown,
         filter_scale=filter_scale,
         title=title,
+        max_size_mb=max_size_mb,
     )
     return build_report(loaded, input_set, options, class_names=labels)

@@ -57,6 +57,19 @@ def _positive(text: str) -> int:
     return value
 
 
+DEFAULT_MAX_SIZE_MB = 6.0  # = size_budget.DEFAULT_MAX_SIZE_MB (not imported: it pulls in torch)
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants a size in MB, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"wants a size in MB, 0 or more (0: no limit), got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reportgen",
@@ -113,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--mean", metavar="a,b,c", type=_float_list, help="per-channel mean to subtract (after scaling to [0, 1])")
     prep.add_argument("--std", metavar="a,b,c", type=_float_list, help="per-channel std to divide by")
     prep.add_argument("--grayscale", action="store_true", help="convert images to one channel")
+
+    size = parser.add_argument_group("size, exports and viewing")
+    size.add_argument("--max-size", metavar="MB", type=_megabytes, default=DEFAULT_MAX_SIZE_MB,
+                      help=f"keep the HTML under MB megabytes by drawing smaller tiles, fewer channels, then "
+                           f"fewer inputs, without a second forward pass (default {DEFAULT_MAX_SIZE_MB:g}; 0: no limit)")
+    size.add_argument("--images", metavar="DIR",
+                      help="also write every grid as a PNG into DIR: filters--<anchor>.png, "
+                           "maps--<anchor>--<input>.png, input--<input>.png")
+    size.add_argument("--tensorboard", metavar="DIR",
+                      help="also write the grids and per-channel histograms as TensorBoard events into DIR "
+                           "(needs: pip install tensorboard)")
+    size.add_argument("--open", action="store_true", help="open the report in the default web browser when written")
     return parser
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from reportgen.inputs import InputSet
     from reportgen.models import LoadedModel
     from reportgen.preprocess import Preprocessing
+    from reportgen.report import Report
 
 DEFAULT_SHAPES = {1: (1024,), 2: (224, 224), 3: (16, 64, 64)}
 
@@ -28,6 +29,9 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
     _check_output(output)
     if json_path is not None:
         _check_output(json_path)
+    images_dir = Path(args.images) if getattr(args, "images", None) else None
+    tensorboard_dir = Path(args.tensorboard) if getattr(args, "tensorboard", None) else None
+    _check_exports(images_dir, tensorboard_dir)
 
     if _is_demo(args):
         loaded, inputs = _demo_sources()
@@ -51,9 +55,10 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
         title=args.title,
         command=command,
         show_progress=not args.quiet,
+        max_size_mb=getattr(args, "max_size", ReportOptions.max_size_mb),
     )
     report = build_report(loaded, inputs, options, class_names=class_names)
-    report.save(output, json_path=json_path)
+    _save_with_exports(report, output, json_path, images_dir, tensorboard_dir)
     size = output.stat().st_size
     if not args.quiet:
         print(f"reportgen: {len(inputs)} input(s), {len(report.model.sections)} layer(s) drawn, "
@@ -61,7 +66,36 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
     print(output)
     if json_path is not None:
         print(json_path)
+    if getattr(args, "open", False):
+        import webbrowser
+
+        webbrowser.open(output.resolve().as_uri())
     return 0
+
+
+def _check_exports(images_dir: Path | None, tensorboard_dir: Path | None) -> None:
+    """--images / --tensorboard mistakes fail before the forward pass, not after it."""
+    from reportgen.exports import check_folder, check_tensorboard
+
+    for folder, option in ((images_dir, "--images"), (tensorboard_dir, "--tensorboard")):
+        if folder is not None:
+            check_folder(folder, option)
+    if tensorboard_dir is not None:
+        check_tensorboard()
+
+
+def _save_with_exports(report: Report, output: Path, json_path: Path | None, images_dir: Path | None,
+                       tensorboard_dir: Path | None) -> None:
+    """HTML, JSON and PNGs land together (atomically); TensorBoard events are removed if they fail."""
+    from reportgen.exports import write_tensorboard
+
+    events = write_tensorboard(report.model, tensorboard_dir) if tensorboard_dir is not None else []
+    try:
+        report.save(output, json_path=json_path, images_dir=images_dir)
+    except BaseException:
+        for event in events:
+            event.unlink(missing_ok=True)
+        raise
 
 
 def _is_demo(args: argparse.Namespace) -> bool:

@@ -41,6 +41,8 @@ def contract_dict(model: ReportModel) -> dict[str, Any]:
             "predictions": model.predictions,
             "alerts": model.alerts,
             "notes": list(model.notes),
+            "input_files": model.input_files,
+            "size_budget": model.budget,
         },
         images=False,
     )
@@ -67,14 +69,21 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False, indent=1) + "\n"
 
-    def save(self, path: str | Path, *, json_path: str | Path | None = None) -> Path:
-        """Write the HTML (and the JSON, if asked) together, atomically. Returns the HTML path."""
+    def save(self, path: str | Path, *, json_path: str | Path | None = None,
+             images_dir: str | Path | None = None) -> Path:
+        """Write the HTML (and the JSON, and every grid as a PNG into `images_dir`, if asked)
+        together, atomically. Returns the HTML path."""
+        from reportgen.exports import created_folders, image_outputs
         from reportgen.write import write_atomically
 
         outputs = {Path(path): self.to_html().encode("utf-8")}
         if json_path is not None:
             outputs[Path(json_path)] = self.to_json().encode("utf-8")
-        write_atomically(outputs)
+        folder = Path(images_dir) if images_dir is not None else None
+        with created_folders((folder, "--images")):
+            if folder is not None:
+                outputs.update(image_outputs(self.model, folder))
+            write_atomically(outputs)
         self._saved = Path(path)
         return Path(path)
 

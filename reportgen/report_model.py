@@ -166,6 +166,29 @@ class RunInfo:
 
 
 @dataclass(frozen=True)
+class BudgetInfo:
+    """What `--max-size` reduced: (before, after) pairs and one sentence for the reader."""
+
+    limit_bytes: int
+    full_bytes: int  # the HTML with everything drawn
+    tile_size: tuple[int, int]
+    channels: tuple[int, int]
+    inputs_drawn: tuple[int, int]
+    fits: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """An input file as given (relative when it can be) and the sha256 of its bytes."""
+
+    name: str
+    path: str
+    sha256: str
+    byte_size: int
+
+
+@dataclass(frozen=True)
 class ReportModel:
     run: RunInfo
     model: ModelInfo
@@ -176,6 +199,8 @@ class ReportModel:
     predictions: tuple[Prediction, ...]
     alerts: tuple[Alert, ...]
     notes: tuple[str, ...] = field(default=())
+    budget: BudgetInfo | None = None  # set when --max-size made the pictures smaller
+    input_files: tuple[InputFile, ...] = ()  # what a reviewer needs to reproduce the run
 
 
 def finite_or_none(value: float) -> float | None:

@@ -1,6 +1,29 @@
-// Conveniences only: with JavaScript off every section is still there and readable.
+// Conveniences only: with JavaScript off every section is open and every picture is there.
 (function () {
   "use strict";
+
+  // Collapsing: the HTML has every section open (readable without JS); all but the first
+  // few start collapsed here, except the one a permalink points at.
+  function hashTarget() {
+    var id = "";
+    try { id = decodeURIComponent(location.hash.slice(1)); } catch (e) { id = location.hash.slice(1); }
+    return id ? document.getElementById(id) : null;
+  }
+  var initial = hashTarget();
+  document.querySelectorAll("details[data-collapse]").forEach(function (d) {
+    if (d !== initial && !d.contains(initial)) { d.open = false; }
+  });
+
+  // Permalinks: opening #anchor expands its section and brings it into view.
+  function openTarget() {
+    var target = hashTarget();
+    if (!target) { return; }
+    var details = target.tagName === "DETAILS" ? target : target.closest("details");
+    if (details) { details.open = true; }
+    target.scrollIntoView();
+  }
+  window.addEventListener("hashchange", openTarget);
+  if (initial) { openTarget(); }
 
   // Filter box: narrow the sidebar's layer list by name or type.
   var filter = document.getElementById("layer-filter");
@@ -15,49 +38,86 @@
     });
   }
 
-  // Permalinks: opening #anchor expands its collapsed section.
-  function openTarget() {
-    var id = decodeURIComponent(location.hash.slice(1));
-    if (!id) { return; }
-    var target = document.getElementById(id);
-    if (target && target.tagName === "DETAILS") { target.open = true; }
-  }
-  window.addEventListener("hashchange", openTarget);
-  openTarget();
-
   // Printing shows every section.
   window.addEventListener("beforeprint", function () {
     document.querySelectorAll("details").forEach(function (d) { d.open = true; });
   });
 
-  // Tile zoom: click a tile to see it large with its channel, min and max.
+  // Tile zoom: click a tile (or focus a grid and press Enter) to see it large with its
+  // channel, its own min and max, and the channel's statistics over all inputs.
   var dialog = document.getElementById("zoom");
   var canvas = document.getElementById("zoom-canvas");
   var text = document.getElementById("zoom-text");
-  function format(value) { return value === null ? "n/a" : Number(value).toPrecision(4); }
+  var statsText = document.getElementById("zoom-stats");
+  var current = null;  // {img, grid, tile}
+  function format(value) { return value === null || value === undefined ? "n/a" : Number(value).toPrecision(4); }
+  function percent(value) { return value === null || value === undefined ? "n/a" : (value * 100).toFixed(1) + "%"; }
+  function gridOf(img) { return JSON.parse(img.getAttribute("data-grid")); }
+  function statsOf(img) {
+    var details = img.closest("details");
+    var raw = details ? details.getAttribute("data-stats") : null;
+    return raw ? JSON.parse(raw) : null;
+  }
+
+  function show(img, grid, tile) {
+    if (tile < 0 || tile >= grid.channels.length) { return; }
+    current = {img: img, grid: grid, tile: tile};
+    var column = tile % grid.columns;
+    var row = Math.floor(tile / grid.columns);
+    var sx = grid.padding + column * (grid.tileWidth + grid.padding);
+    var sy = grid.padding + row * (grid.tileHeight + grid.padding);
+    var context = canvas.getContext("2d");
+    context.imageSmoothingEnabled = false;
+    context.clearRect(0, 0, canvas.width, canvas.height);
+    var fit = Math.min(canvas.width / grid.tileWidth, canvas.height / grid.tileHeight);
+    context.drawImage(img, sx, sy, grid.tileWidth, grid.tileHeight, 0, 0,
+                      grid.tileWidth * fit, grid.tileHeight * fit);
+    var channel = grid.channels[tile];
+    text.textContent = "channel " + channel + " · this tile: min " + format(grid.min[tile]) +
+      " · max " + format(grid.max[tile]);
+    var stats = statsOf(img);
+    var at = stats ? stats.channels.indexOf(channel) : -1;
+    statsText.textContent = at < 0 ? "" : "over all inputs: mean " + format(stats.mean[at]) +
+      " · max " + format(stats.max[at]) + " · active " + percent(stats.active[at]);
+    dialog.setAttribute("data-channel", String(channel));
+    if (!dialog.open && typeof dialog.showModal === "function") { dialog.showModal(); }
+  }
+
+  function tileAt(img, grid, event) {
+    var rect = img.getBoundingClientRect();
+    var scale = img.naturalWidth / rect.width;
+    var x = (event.clientX - rect.left) * scale - grid.padding;
+    var y = (event.clientY - rect.top) * scale - grid.padding;
+    var column = Math.floor(x / (grid.tileWidth + grid.padding));
+    var row = Math.floor(y / (grid.tileHeight + grid.padding));
+    if (column < 0 || row < 0 || column >= grid.columns) { return -1; }
+    return row * grid.columns + column;
+  }
+
   document.querySelectorAll("img.tiles").forEach(function (img) {
     img.addEventListener("click", function (event) {
-      var grid = JSON.parse(img.getAttribute("data-grid"));
-      var rect = img.getBoundingClientRect();
-      var scale = img.naturalWidth / rect.width;
-      var x = (event.clientX - rect.left) * scale - grid.padding;
-      var y = (event.clientY - rect.top) * scale - grid.padding;
-      var column = Math.floor(x / (grid.tileWidth + grid.padding));
-      var row = Math.floor(y / (grid.tileHeight + grid.padding));
-      var tile = row * grid.columns + column;
-      if (column < 0 || row < 0 || column >= grid.columns || tile >= grid.channels.length) { return; }
-      var sx = grid.padding + column * (grid.tileWidth + grid.padding);
-      var sy = grid.padding + row * (grid.tileHeight + grid.padding);
-      var context = canvas.getContext("2d");
-      context.imageSmoothingEnabled = false;
-      context.clearRect(0, 0, canvas.width, canvas.height);
-      var fit = Math.min(canvas.width / grid.tileWidth, canvas.height / grid.tileHeight);
-      context.drawImage(img, sx, sy, grid.tileWidth, grid.tileHeight, 0, 0,
-                        grid.tileWidth * fit, grid.tileHeight * fit);
-      text.textContent = "channel " + grid.channels[tile] + " · min " + format(grid.min[tile]) +
-        " · max " + format(grid.max[tile]);
-      dialog.setAttribute("data-channel", String(grid.channels[tile]));
-      if (typeof dialog.showModal === "function") { dialog.showModal(); }
+      var grid = gridOf(img);
+      show(img, grid, tileAt(img, grid, event));
+    });
+    img.addEventListener("keydown", function (event) {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        show(img, gridOf(img), 0);
+      }
     });
   });
+
+  if (dialog) {
+    dialog.addEventListener("keydown", function (event) {
+      if (!current) { return; }
+      var step = {ArrowRight: 1, ArrowDown: current.grid.columns, ArrowLeft: -1, ArrowUp: -current.grid.columns}[event.key];
+      if (step) {
+        event.preventDefault();
+        show(current.img, current.grid, Math.max(0, Math.min(current.grid.channels.length - 1, current.tile + step)));
+      }
+    });
+    dialog.addEventListener("close", function () {
+      if (current) { current.img.focus(); }
+    });
+  }
 })();

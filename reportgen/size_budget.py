@@ -1,0 +1,278 @@
+"""The size budget: keep the HTML under `--max-size` MB by drawing less, never by running again.
+
+The forward pass is the expensive part and its result, the `Analysis`, is kept. When the first
+render is over the limit, the pictures are re-rendered from a *reduced* Analysis:
+
+- fewer channels: the uint8 tile stacks (and their min/max, the filters) are sliced to the first
+  N channels, so filters and feature maps still show the same channels;
+- smaller tiles: each captured tile is average-pooled (adaptive, like `adaptive_avg_pool2d`)
+  so its longer side is at most T pixels; the tiles already hold levels that are linear in the
+  activation, so the mean of levels is the level of the mean, to within half a level;
+- fewer inputs: feature maps are drawn for the first K inputs only.
+
+Statistics and alerts cover every channel and input whatever is drawn. The size of each
+candidate is estimated from the first render (bytes per pixel of every grid), the best
+candidate that fits is rendered and measured, and the ladder goes on down if it still does not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from reportgen.analyze import Analysis
+from reportgen.capture import CapturedLayer
+from reportgen.grids import default_columns
+from reportgen.report_model import BudgetInfo, LayerSection, ReportModel, TileGrid
+
+DEFAULT_MAX_SIZE_MB = 6.0
+MEGABYTE = 1_000_000  # decimal MB, as the CLI reports sizes
+MAX_RENDERS = 5  # re-renders after the first; each costs PNG encoding only
+HEADROOM = 0.97  # aim a little under the limit: the estimate is not exact
+
+_TILE_META_BYTES = 40  # about what one tile's channel, min and max take in the page
+_FIGURE_BYTES = 400  # about what one grid's markup (figure, caption, attributes) takes
+_TILE_STEPS = (24, 20, 16, 12, 10, 8, 6, 4)
+_CHANNEL_STEPS = (48, 32, 24, 16, 12, 8, 4, 2, 1)
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """How much of the analysis is drawn: tile side, channels per layer, inputs with maps."""
+
+    tile_size: int
+    channels: int
+    inputs: int
+
+
+def html_bytes(model: ReportModel) -> int:
+    from reportgen.assemble import render_html
+
+    return len(render_html(model).encode("utf-8"))
+
+
+def section_bytes(section: LayerSection) -> int:
+    """Bytes the section's pictures take in the HTML (their data: URIs)."""
+    total = len(section.filters.image.data_uri) if section.filters else 0
+    return total + sum(len(fm.grid.image.data_uri) for fm in section.feature_maps)
+
+
+def largest_sections(model: ReportModel, count: int = 5) -> list[tuple[LayerSection, int]]:
+    """The `count` sections with the most picture bytes, largest first (ties: report order)."""
+    sized = [(section, section_bytes(section)) for section in model.sections]
+    order = sorted(range(len(sized)), key=lambda i: (-sized[i][1], i))
+    return [sized[i] for i in order[:count] if sized[i][1] > 0]
+
+
+# --- reducing the analysis ------------------------------------------------------------------
+
+
+def adaptive_pool_levels(stack: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(C, h, w) uint8 levels -> (C, height, width), averaging like adaptive_avg_pool2d.
+
+    Window i covers [floor(i*h/H), ceil((i+1)*h/H)). Flat tiles (all FLAT_INDEX) stay flat;
+    ramp levels (0..253) average to ramp levels. Rounds with +0.5 before the cast.
+    """
+    channels, h, w = stack.shape
+    if (height, width) == (h, w):
+        return stack
+    values = stack.astype(np.float64)
+
+    def pool_axis(array: np.ndarray, size: int, out: int, axis: int) -> np.ndarray:
+        starts = np.array([(i * size) // out for i in range(out)])
+        ends = np.array([-((-(i + 1) * size) // out) for i in range(out)])
+        cumulative = np.concatenate(
+            [np.zeros_like(np.take(array, [0], axis=axis)), np.cumsum(array, axis=axis)], axis=axis
+        )
+        sums = np.take(cumulative, ends, axis=axis) - np.take(cumulative, starts, axis=axis)
+        shape = [1] * array.ndim
+        shape[axis] = out
+        return sums / (ends - starts).reshape(shape)
+
+    pooled = pool_axis(pool_axis(values, h, height, 1), w, width, 2)
+    return np.floor(pooled + 0.5).astype(np.uint8)
+
+
+def _tile_target(h: int, w: int, tile_size: int) -> tuple[int, int]:
+    """Longer side at most tile_size, aspect kept, never larger than the tile already is."""
+    longest = max(h, w)
+    if longest <= tile_size:
+        return h, w
+    return max(1, round(h * tile_size / longest)), max(1, round(w * tile_size / longest))
+
+
+def reduce_layer(layer: CapturedLayer, drawing: Drawing) -> CapturedLayer:
+    keep = [index for index in sorted(layer.tiles)][: drawing.inputs]
+    shown = min(len(layer.channels_shown), drawing.channels)
+
+    def tiles(index: int) -> np.ndarray:
+        stack = layer.tiles[index][:shown]
+        height, width = _tile_target(stack.shape[1], stack.shape[2], drawing.tile_size)
+        return adaptive_pool_levels(stack, height, width)
+
+    return replace(
+        layer,
+        channels_shown=layer.channels_shown[:shown],
+        tiles={index: tiles(index) for index in keep},
+        tile_min={index: layer.tile_min[index][:shown] for index in keep},
+        tile_max={index: layer.tile_max[index][:shown] for index in keep},
+        flat={index: layer.flat[index][:shown] for index in keep},
+    )
+
+
+def reduce_analysis(analysis: Analysis, drawing: Drawing) -> Analysis:
+    """The same analysis with less drawn; statistics untouched."""
+    weights = {
+        name: replace(found, filters=found.filters[: drawing.channels])
+        for name, found in analysis.weights.items()
+    }
+    return replace(
+        analysis,
+        layers=tuple(reduce_layer(layer, drawing) for layer in analysis.layers),
+        weights=weights,
+    )
+
+
+def full_drawing(analysis: Analysis) -> Drawing:
+    tile = max((max(stack.shape[1:]) for layer in analysis.layers for stack in layer.tiles.values()), default=1)
+    channels = max((len(layer.channels_shown) for layer in analysis.layers), default=1)
+    channels = max([channels, *(w.filters.shape[0] for w in analysis.weights.values())])
+    inputs = max((len(layer.tiles) for layer in analysis.layers), default=0)
+    return Drawing(tile_size=tile, channels=channels, inputs=inputs)
+
+
+def ladder(start: Drawing) -> Iterator[Drawing]:
+    """Ever smaller drawings: tiles and channels shrink in turn, then fewer inputs, to nothing."""
+    tiles = [t for t in _TILE_STEPS if t < start.tile_size]
+    channels = [c for c in _CHANNEL_STEPS if c < start.channels]
+    current = start
+    # Tiles down to 12 px and channels down to 16 alternate; then inputs halve; then the rest.
+    while tiles and tiles[0] >= 12 or channels and channels[0] >= 16:
+        if tiles and tiles[0] >= 12:
+            current = replace(current, tile_size=tiles.pop(0))
+            yield current
+        if channels and channels[0] >= 16:
+            current = replace(current, channels=channels.pop(0))
+            yield current
+    while current.inputs > 2:
+        current = replace(current, inputs=max(2, math.ceil(current.inputs / 2)))
+        yield current
+    while tiles or channels:
+        if tiles:
+            current = replace(current, tile_size=tiles.pop(0))
+            yield current
+        if channels:
+            current = replace(current, channels=channels.pop(0))
+            yield current
+    while current.inputs > 0:
+        current = replace(current, inputs=current.inputs - 1)
+        yield current
+
+
+# --- estimating -------------------------------------------------------------------------------
+
+
+def _grid_pixels(count: int, tile_h: int, tile_w: int, padding: int = 1) -> int:
+    if count <= 0:
+        return 0
+    columns = default_columns(count, tile_h, tile_w)
+    rows = math.ceil(count / columns)
+    return (padding + rows * (tile_h + padding)) * (padding + columns * (tile_w + padding))
+
+
+def _bytes_per_pixel(grid: TileGrid) -> float:
+    pixels = _grid_pixels(len(grid.channels), grid.tile_height, grid.tile_width, grid.padding)
+    return len(grid.image.data_uri) / max(pixels, 1)
+
+
+def estimate_bytes(first: ReportModel, first_bytes: int, drawing: Drawing) -> int:
+    """Predicted HTML size for `drawing`, from the first render's bytes per pixel."""
+    picture_bytes = 0
+    predicted = 0.0
+    for section in first.sections:
+        grids: list[tuple[TileGrid, int]] = []
+        if section.filters is not None:
+            grids.append((section.filters, -1))
+        grids += [(fm.grid, rank) for rank, fm in enumerate(sorted(section.feature_maps, key=lambda f: f.input_index))]
+        for grid, rank in grids:
+            picture_bytes += len(grid.image.data_uri)
+            if rank >= drawing.inputs:  # not drawn: its markup and per-tile numbers go too
+                predicted -= _FIGURE_BYTES + _TILE_META_BYTES * len(grid.channels)
+                continue
+            count = min(len(grid.channels), drawing.channels)
+            if rank < 0:  # filters keep their size; only their count changes
+                height, width = grid.tile_height, grid.tile_width
+            else:
+                height, width = _tile_target(grid.tile_height, grid.tile_width, drawing.tile_size)
+            predicted += _bytes_per_pixel(grid) * _grid_pixels(count, height, width, grid.padding)
+            # per-tile numbers (channel, min, max) in the page scale with the channel count
+            predicted -= _TILE_META_BYTES * (len(grid.channels) - count)
+    return int(first_bytes - picture_bytes + predicted)
+
+
+# --- fitting ----------------------------------------------------------------------------------
+
+
+def describe(start: Drawing, end: Drawing, limit_bytes: int, first_bytes: int) -> str:
+    changes = []
+    if end.tile_size < start.tile_size:
+        changes.append(f"feature-map tiles {start.tile_size} → {end.tile_size} px")
+    if end.channels < start.channels:
+        changes.append(f"channels drawn per layer {start.channels} → {end.channels}")
+    if end.inputs < start.inputs:
+        changes.append(f"inputs with feature maps {start.inputs} → {end.inputs}")
+    what = ", ".join(changes) or "nothing"
+    return (f"To stay under --max-size {limit_bytes / MEGABYTE:g} MB (everything drawn would take "
+            f"{first_bytes / MEGABYTE:.2f} MB), less is drawn: {what}. Statistics and alerts still "
+            "cover every channel and input; rerun with --max-size 0 to draw everything.")
+
+
+def fit_to_budget(
+    analysis: Analysis,
+    first: ReportModel,
+    *,
+    limit_bytes: int,
+    rerender: Callable[[Analysis], ReportModel],
+    measure: Callable[[ReportModel], int] = html_bytes,
+) -> ReportModel:
+    """`first` if it fits, else the best re-render from a reduced analysis that does."""
+    first_bytes = measure(first)
+    if limit_bytes <= 0 or first_bytes <= limit_bytes:
+        return first
+    start = full_drawing(analysis)
+    candidates = list(ladder(start))
+    if not candidates:
+        candidates = [start]
+    correction = 1.0
+    position = 0
+    for attempt in range(MAX_RENDERS):
+        if attempt == MAX_RENDERS - 1:
+            position = len(candidates) - 1  # last try: the smallest drawing there is
+        # the first candidate predicted to fit (corrected by what the last render showed)
+        while position < len(candidates) - 1 and (
+            estimate_bytes(first, first_bytes, candidates[position]) * correction > limit_bytes * HEADROOM
+        ):
+            position += 1
+        drawing = candidates[position]
+        info = BudgetInfo(
+            limit_bytes=limit_bytes,
+            full_bytes=first_bytes,
+            tile_size=(start.tile_size, drawing.tile_size),
+            channels=(start.channels, drawing.channels),
+            inputs_drawn=(start.inputs, drawing.inputs),
+            fits=True,
+            message=describe(start, drawing, limit_bytes, first_bytes),
+        )
+        best = replace(rerender(reduce_analysis(analysis, drawing)), alerts=first.alerts, budget=info)
+        actual = measure(best)
+        if actual <= limit_bytes:
+            return best
+        if position == len(candidates) - 1:
+            break
+        correction = max(correction, actual / max(estimate_bytes(first, first_bytes, drawing), 1))
+        position += 1
+    note = info.message.replace("less is drawn", f"less is drawn but it still takes {actual / MEGABYTE:.2f} MB")
+    return replace(best, budget=replace(info, fits=False, message=note))

@@ -1,0 +1,164 @@
+"""--max-size: pictures are re-drawn smaller from the kept analysis until the HTML fits."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import reportgen
+from reportgen.errors import ReportError
+from reportgen.size_budget import (
+    Drawing,
+    adaptive_pool_levels,
+    estimate_bytes,
+    html_bytes,
+    ladder,
+    largest_sections,
+)
+
+
+class CountingNet(nn.Module):
+    """Two wide convs on 48x48 inputs (pictures dominate the page); counts its forward calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1)
+        self.head = nn.Linear(32, 4)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def noise_inputs(count: int = 4) -> torch.Tensor:
+    return torch.rand(count, 3, 48, 48, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def full_and_fitted() -> tuple[reportgen.Report, reportgen.Report, int, int, int]:
+    model = CountingNet()
+    full = reportgen.generate_report(model, noise_inputs(), device="cpu", max_size_mb=0)
+    full_calls = model.calls
+    full_size = len(full.to_html().encode("utf-8"))
+    limit = int(full_size * 0.55)
+    model.calls = 0
+    fitted = reportgen.generate_report(model, noise_inputs(), device="cpu", max_size_mb=limit / 1e6)
+    return full, fitted, limit, full_calls, model.calls
+
+
+def test_adaptive_pool_matches_torch_and_keeps_flat_tiles() -> None:
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 254, size=(3, 28, 20), dtype=np.uint8)
+    stack[1] = 255  # a flat tile
+    pooled = adaptive_pool_levels(stack, 17, 12)
+    expected = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(stack).double()[None], (17, 12))[0]
+    assert pooled.shape == (3, 17, 12)
+    assert np.array_equal(pooled, np.floor(expected.numpy() + 0.5).astype(np.uint8))
+    assert (pooled[1] == 255).all()
+    assert pooled[[0, 2]].max() <= 253
+    assert adaptive_pool_levels(stack, 28, 20) is stack
+
+
+def test_ladder_shrinks_and_estimates_never_grow(full_and_fitted) -> None:  # type: ignore[no-untyped-def]
+    full = full_and_fitted[0]
+    start = Drawing(tile_size=24, channels=32, inputs=4)  # 48 px maps were pooled to 24
+    steps = list(ladder(start))
+    assert steps[-1].inputs == 0
+    for before, after in zip([start, *steps], steps):  # one knob at a time, only ever down
+        changes = [a - b for a, b in zip((before.tile_size, before.channels, before.inputs),
+                                         (after.tile_size, after.channels, after.inputs))]
+        assert sorted(changes)[:2] == [0, 0] and max(changes) > 0
+    first_bytes = html_bytes(full.model)
+    estimates = [estimate_bytes(full.model, first_bytes, d) for d in [start, *steps]]
+    assert estimates[0] == pytest.approx(first_bytes, rel=0.02)
+    assert all(b <= a + 1 for a, b in zip(estimates, estimates[1:]))
+
+
+def test_fitted_report_is_under_the_limit_without_a_second_forward(full_and_fitted) -> None:  # type: ignore[no-untyped-def]
+    full, fitted, limit, full_calls, fitted_calls = full_and_fitted
+    size = len(fitted.to_html().encode("utf-8"))
+    assert size <= limit < len(full.to_html().encode("utf-8"))
+    assert fitted_calls == full_calls  # the analysis was kept: no forward pass was run again
+    budget = fitted.model.budget
+    assert budget is not None and budget.fits and budget.limit_bytes == limit
+    assert (budget.tile_size[1], budget.channels[1], budget.inputs_drawn[1]) < (24, 32, 4)
+    # statistics and alerts are those of the full analysis
+    for a, b in zip(full.model.sections, fitted.model.sections):
+        assert a.stats == b.stats
+    assert fitted.model.alerts == full.model.alerts
+    # what is drawn matches what the budget says
+    for section in fitted.model.sections:
+        assert len(section.channels_shown) <= budget.channels[1]
+        assert len(section.feature_maps) == budget.inputs_drawn[1]
+        for fm in section.feature_maps:
+            assert max(fm.grid.tile_width, fm.grid.tile_height) <= budget.tile_size[1]
+            assert fm.grid.channels == section.channels_shown
+
+
+def test_fitted_pixels_are_pooled_captured_tiles(full_and_fitted) -> None:  # type: ignore[no-untyped-def]
+    from reportgen.grids import decode_data_uri
+
+    full, fitted = full_and_fitted[0], full_and_fitted[1]
+
+    def tiles_of(grid):  # type: ignore[no-untyped-def]
+        import io
+
+        from PIL import Image
+
+        picture = np.asarray(Image.open(io.BytesIO(decode_data_uri(grid.image.data_uri))))
+        step_y, step_x = grid.tile_height + grid.padding, grid.tile_width + grid.padding
+        out = []
+        for i in range(len(grid.channels)):
+            row, column = divmod(i, grid.columns)
+            y, x = grid.padding + row * step_y, grid.padding + column * step_x
+            out.append(picture[y : y + grid.tile_height, x : x + grid.tile_width])
+        return np.stack(out)
+
+    big = full.model.sections[1].feature_maps[0].grid
+    small = fitted.model.sections[1].feature_maps[0].grid
+    expected = adaptive_pool_levels(tiles_of(big)[: len(small.channels)], small.tile_height, small.tile_width)
+    assert np.array_equal(tiles_of(small), expected)
+    assert small.tile_min == big.tile_min[: len(small.channels)]
+
+
+def test_report_says_what_was_reduced_and_lists_largest_sections(full_and_fitted) -> None:  # type: ignore[no-untyped-def]
+    full, fitted = full_and_fitted[0], full_and_fitted[1]
+    page = fitted.to_html()
+    assert "less is drawn" in page and "--max-size 0" in page
+    assert "Largest layer sections" in page
+    biggest, size = largest_sections(fitted.model)[0]
+    assert size == max(len(s.filters.image.data_uri if s.filters else "") +
+                       sum(len(f.grid.image.data_uri) for f in s.feature_maps) for s in fitted.model.sections)
+    assert re.search(rf'<a href="#{biggest.anchor}">{biggest.name}</a></th><td class="num">[0-9.]+ (kB|MB)</td>', page)
+    assert "less is drawn" not in full.to_html()
+    assert fitted.to_dict()["size_budget"]["limit_bytes"] == fitted.model.budget.limit_bytes  # type: ignore[union-attr]
+    assert full.to_dict()["size_budget"] is None
+
+
+def test_a_report_that_fits_is_untouched() -> None:
+    model = CountingNet()
+    report = reportgen.generate_report(model, noise_inputs(1), device="cpu", max_size_mb=50)
+    assert report.model.budget is None
+    assert all(len(s.channels_shown) == 32 for s in report.model.sections)
+
+
+def test_negative_max_size_is_a_user_error() -> None:
+    with pytest.raises(ReportError, match="--max-size"):
+        reportgen.generate_report(CountingNet(), noise_inputs(1), device="cpu", max_size_mb=-1)
+
+
+def test_cli_default_matches_the_library_default() -> None:
+    from reportgen import cli, size_budget
+
+    assert cli.DEFAULT_MAX_SIZE_MB == size_budget.DEFAULT_MAX_SIZE_MB
+    assert cli.build_parser().parse_args(["m"]).max_size == size_budget.DEFAULT_MAX_SIZE_MB
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["m", "--max-size", "-3"])
