@@ -37,6 +37,7 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
         loaded, inputs = _demo_sources()
     else:
         loaded, inputs = _user_sources(args)
+    _check_not_overwriting(args, output, json_path, inputs)
 
     class_names = None
     if args.labels:
@@ -96,6 +97,16 @@ def _save_with_exports(report: Report, output: Path, json_path: Path | None, ima
         for event in events:
             event.unlink(missing_ok=True)
         raise
+
+
+def _check_not_overwriting(args: argparse.Namespace, output: Path, json_path: Path | None, inputs: InputSet) -> None:
+    """-o and --json must be two files, and neither may be an input, the model or its weights."""
+    from reportgen.write import check_distinct
+
+    sources = [Path(p) for p in inputs.paths if p] + [
+        Path(p) for p in (args.model, args.weights, args.labels) if p and Path(p).is_file()
+    ]
+    check_distinct([output] + ([json_path] if json_path is not None else []), protected=sources)
 
 
 def _is_demo(args: argparse.Namespace) -> bool:

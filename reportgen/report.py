@@ -74,10 +74,11 @@ class Report:
         """Write the HTML (and the JSON, and every grid as a PNG into `images_dir`, if asked)
         together, atomically. Returns the HTML path."""
         from reportgen.exports import created_folders, image_outputs
-        from reportgen.write import write_atomically
+        from reportgen.write import check_distinct, write_atomically
 
         outputs = {Path(path): self.to_html().encode("utf-8")}
         if json_path is not None:
+            check_distinct([Path(path), Path(json_path)])  # one dict key would silently drop the HTML
             outputs[Path(json_path)] = self.to_json().encode("utf-8")
         folder = Path(images_dir) if images_dir is not None else None
         with created_folders((folder, "--images")):

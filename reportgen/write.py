@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from reportgen.errors import ReportError
@@ -27,11 +28,47 @@ def _mode_for(target: Path) -> int:
         return 0o666 & ~umask
 
 
+def check_distinct(paths: Sequence[Path], protected: Sequence[Path] = ()) -> None:
+    """Refuse two outputs that are one file, or an output that would replace an input."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        key = os.path.realpath(path)
+        if key in seen:
+            raise ReportError(f"two outputs are the same file: {seen[key]} and {path}")
+        seen[key] = path
+    for source in protected:
+        key = os.path.realpath(source)
+        if key in seen:
+            raise ReportError(f"output {seen[key]} would overwrite the input file {source}")
+
+
+def _keep_previous(target: Path, temp: str) -> str | None:
+    """A second name for the report about to be replaced (a hard link, else a copy), or None."""
+    if not target.exists():
+        return None
+    backup = temp + ".old"
+    try:
+        os.link(target, backup)
+    except OSError:
+        shutil.copy2(target, backup)
+    return backup
+
+
 def write_atomically(outputs: Mapping[Path, bytes]) -> None:
-    """Write every path's bytes, all together: temp files first, then renames."""
+    """Write every path's bytes, all together: temp files first, then renames.
+
+    With several outputs, each report being replaced keeps a second name until every rename is
+    done; if a rename fails or is interrupted, the ones already made are undone, so the HTML
+    and the JSON are never from two different runs.
+    """
+    check_distinct(list(outputs))
     staged: list[tuple[str, Path]] = []
+    backups: list[str | None] = []
+    renamed: list[tuple[Path, str | None]] = []
+    current: Path | None = None
     try:
         for target, data in outputs.items():
+            current = target
             directory = target.parent if str(target.parent) else Path(".")
             if not directory.is_dir():
                 raise ReportError(f"output folder does not exist: {directory}")
@@ -44,14 +81,26 @@ def write_atomically(outputs: Mapping[Path, bytes]) -> None:
                 stream.write(data)
                 stream.flush()
                 os.fsync(stream.fileno())
-        for temp, target in staged:
+        if len(staged) > 1:
+            backups = [_keep_previous(target, temp) for temp, target in staged]
+        for index, (temp, target) in enumerate(staged):
+            if backups:  # recorded first: undoing a rename that never happened changes nothing
+                renamed.append((target, backups[index]))
             os.replace(temp, target)
+        renamed.clear()
         staged.clear()
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise ReportError(f"disk full while writing {staged[-1][1] if staged else 'output'}") from exc
+            raise ReportError(f"disk full while writing {current or 'output'}; nothing was written") from exc
         raise ReportError(f"cannot write output: {exc.strerror or exc} ({exc.filename or ''})".rstrip(" ()")) from exc
     finally:
-        for temp, _ in staged:
+        for target, backup in reversed(renamed):  # a later rename failed: undo the earlier ones
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, target)
+                else:
+                    os.unlink(target)
+        leftovers = [temp for temp, _ in staged] + [b for b in backups if b is not None]
+        for temp in leftovers:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
