@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from reportgen.errors import ReportError
 from reportgen.grids import decode_data_uri
@@ -144,3 +145,12 @@ def write_tensorboard(model: ReportModel, folder: Path) -> list[Path]:
         raise ReportError(f"--tensorboard: cannot write to {folder}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the `--json` document, shipped as reportgen/data/report.schema.json."""
+    import json
+    from importlib import resources
+
+    text = resources.files("reportgen.data").joinpath("report.schema.json").read_text(encoding="utf-8")
+    return dict(json.loads(text))
