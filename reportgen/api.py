@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from reportgen.report import Report
 from reportgen.report_model import ModelInfo, RunInfo
 from reportgen.size_budget import DEFAULT_MAX_SIZE_MB
 
+if TYPE_CHECKING:
+    from reportgen.impact import ImpactOptions
+
 
 @dataclass(frozen=True)
 class ReportOptions:
@@ -44,6 +47,7 @@ class ReportOptions:
     show_progress: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     max_size_mb: float = DEFAULT_MAX_SIZE_MB  # 0: no limit; see size_budget.py
+    impact: ImpactOptions | None = None  # ablation, misfiring filters, probes (impact.py)
 
 
 def report_date() -> str:
@@ -99,6 +103,10 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         raise ReportError(f"--max-channels must be at least 1, got {options.max_channels}")
     if not options.max_size_mb >= 0:
         raise ReportError(f"--max-size must be 0 (no limit) or more MB, got {options.max_size_mb:g}")
+    if options.impact is not None and options.impact.enabled:
+        from reportgen.impact import validate_impact
+
+        validate_impact(loaded.module, options.impact)
     device = resolve_device(options.device)
     loaded = copy_if_lazy(loaded)  # a forward pass would initialise (and so change) lazy layers
     analysis_options = AnalysisOptions(
@@ -167,6 +175,14 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
 
         report_model = fit_to_budget(analysis, report_model, limit_bytes=int(options.max_size_mb * MEGABYTE),
                                      rerender=rerender)
+    if options.impact is not None and options.impact.enabled:
+        from reportgen.impact import impact_for_report
+
+        impact = impact_for_report(model, inputs, device, options.impact, selected=analysis.selected,
+                                   sections=report_model.sections, class_names=names,
+                                   batch_size=options.batch_size, max_inputs_shown=options.max_inputs_shown,
+                                   show_progress=options.show_progress)
+        report_model = replace(report_model, impact=impact)
     return Report(report_model)
 
 
@@ -186,6 +202,8 @@ def generate_report(
     filter_scale: str = "per-filter",
     random_weights: bool = False,
     max_size_mb: float = DEFAULT_MAX_SIZE_MB,
+    targets: Sequence[int | None] | None = None,
+    impact: ImpactOptions | None = None,
 ) -> Report:
     """Analyse `model` on `inputs` and return a Report (`.save(path)`, `.to_html()`, `.to_dict()`).
 
@@ -194,10 +212,16 @@ def generate_report(
     `labels`: class names for the model's output indices. `layers`: glob patterns of qualified
     module names to visualise (default: every convolution). The model is left exactly as it was.
     `max_size_mb`: draw smaller tiles / fewer channels / fewer inputs until the HTML fits (0: off).
+    `targets`: the true class index of each input (None for unknown), for ablation and misfiring.
+    `impact`: `reportgen.impact.ImpactOptions(ablation=True, probes=("rotate", "fgsm"), ...)`.
     """
     if not isinstance(model, nn.Module):
         raise ReportError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     input_set = coerce_inputs(inputs, preprocessing, input_names)
+    if targets is not None:
+        if len(targets) != len(input_set):
+            raise ReportError(f"targets has {len(targets)} entries but there are {len(input_set)} inputs")
+        input_set.labels = [None if t is None else int(t) for t in targets]
     loaded = LoadedModel(module=model, name=type(model).__name__, source="Python object",
                          random_weights=random_weights)
     options = ReportOptions(
@@ -209,5 +233,6 @@ def generate_report(
         filter_scale=filter_scale,
         title=title,
         max_size_mb=max_size_mb,
+        impact=impact,
     )
     return build_report(loaded, input_set, options, class_names=labels)

@@ -43,6 +43,7 @@ def contract_dict(model: ReportModel) -> dict[str, Any]:
             "notes": list(model.notes),
             "input_files": model.input_files,
             "size_budget": model.budget,
+            "impact": model.impact,
         },
         images=False,
     )

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reportgen.impact_model import ImpactReport
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,7 @@ class ReportModel:
     notes: tuple[str, ...] = field(default=())
     budget: BudgetInfo | None = None  # set when --max-size made the pictures smaller
     input_files: tuple[InputFile, ...] = ()  # what a reviewer needs to reproduce the run
+    impact: ImpactReport | None = None  # ablation, misfiring filters, probes (impact_model.py)
 
 
 def finite_or_none(value: float) -> float | None:

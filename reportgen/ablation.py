@@ -1,0 +1,478 @@
+"""Filter ablation: zero one output channel of a layer at a time and measure what the model loses.
+
+For every ablated channel the whole set of labelled inputs goes through the model with that
+channel's output set to zero, and we record accuracy, mean true-class probability and mean
+cross-entropy loss (overall and per true class). The impact of a filter is the change against
+the unablated model; filters are ranked by the loss increase.
+
+Batched method. One forward per ablated channel would rerun the whole network A times per
+batch. Instead, for a chunk of A channels, a forward pre-hook on an *expansion module* M
+(an ancestor of the layer, or the layer itself) repeats each of the B input rows A times, and a
+forward hook on the layer multiplies its output by a (A, C) channel mask, so row b*A + a has
+channel a zeroed. Upstream of M runs once on B rows; only M and what follows run on B*A rows.
+
+M is chosen per layer as the deepest ancestor for which expansion is exact: starting at the layer
+itself and walking up to the model input. A tensor computed before M that meets an expanded one
+later (a residual shortcut, say) either fails to broadcast (B != B*A, so the forward raises) or
+broadcasts correctly (B == 1: every expanded row came from that same input). The first chunk of
+the first batch carries one extra, unmasked slot whose logits must equal a plain forward; a
+candidate that raises, changes the batch size of the output or fails that check is rejected
+and the next one up is tried. The model input always works for models that treat inputs
+independently (eval mode); a layer for which even that fails is skipped, with the reason.
+
+Hooks live only inside `_AblationHooks` (a context manager); the caller runs this in eval mode
+under `torch.inference_mode()` and restores the model's modes (see `impact.py`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reportgen.capture import first_tensor
+from reportgen.devices import model_dtype
+from reportgen.errors import ReportError, one_line
+from reportgen.hook_owner import HookOwner
+from reportgen.inputs import InputSet, call_model
+
+ForwardArgs = Optional[Callable[[torch.Tensor], Any]]  # batch -> the model's arguments (inputs.call_model)
+
+DEFAULT_MAX_CHANNELS = 16
+DEFAULT_MAX_ROWS = 512  # rows (inputs x ablated channels) in one forward pass
+
+
+@dataclass(frozen=True)
+class AblationOptions:
+    """`layers`: globs over qualified module names (empty: the report's layers). `max_channels`:
+    the first N output channels of each layer are ablated (None: all). `max_rows`: inputs times
+    ablated channels in one forward pass (memory bound)."""
+
+    layers: tuple[str, ...] = ()
+    max_channels: int | None = DEFAULT_MAX_CHANNELS
+    batch_size: int = 16
+    max_rows: int = DEFAULT_MAX_ROWS
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Metrics over the labelled inputs; arrays are per ablated channel, `per_class` is
+    (..., classes) mean true-class probability per true class."""
+
+    accuracy: np.ndarray
+    probability: np.ndarray
+    loss: np.ndarray
+    per_class: np.ndarray
+
+
+@dataclass(frozen=True)
+class LayerAblation:
+    name: str
+    type: str
+    channels_total: int
+    channels: tuple[int, ...]  # the ablated output channels, in order
+    scores: Scores  # arrays of length len(channels); per_class (len(channels), classes)
+    expanded_at: str  # module whose input was expanded; "" = the model input
+    rows: int  # forward rows run for this layer
+    seconds: float  # wall time (benchmarks only: never rendered, output stays deterministic)
+
+
+@dataclass(frozen=True)
+class AblationResult:
+    inputs: int  # inputs that counted (those with a target)
+    targets: str  # "labels" (true labels) or "predictions" (the unablated model's own top-1)
+    classes: tuple[int, ...]  # class indices present among the targets, sorted
+    class_counts: tuple[int, ...]
+    baseline: Scores  # scalars as 0-d arrays; per_class (classes,)
+    layers: tuple[LayerAblation, ...]
+    skipped: tuple[tuple[str, str], ...]  # (layer, reason)
+    max_channels: int | None
+    forward_rows: int
+    seconds: float
+
+
+def select_ablation_layers(model: nn.Module, patterns: Sequence[str], default: Sequence[str]) -> list[str]:
+    """Names matching any glob in `patterns` (must match something), or `default`."""
+    if not patterns:
+        return list(default)
+    names = [name for name, _ in model.named_modules() if name]
+    chosen = [name for name in names if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+    if not chosen:
+        sample = ", ".join(names[:8]) or "(the model has no submodules)"
+        raise ReportError(f"--ablation-layers {' '.join(patterns)} matches no layer; names look like: {sample}")
+    return chosen
+
+
+def ancestors(name: str) -> list[str]:
+    """`a.b.c` -> [`a.b.c`, `a.b`, `a`, ``]: the expansion candidates, deepest first."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)] + [""]
+
+
+class _Rejected(Exception):
+    """An expansion candidate that does not give exact per-row ablations."""
+
+
+def _expand(value: Any, batch: int, slots: int) -> Any:
+    """Repeat each row of every batch-sized tensor in `value` (also inside tuples, lists, dicts)."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() > 0 and value.shape[0] == batch:
+            return value.repeat_interleave(slots, dim=0)
+        return value
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return type(value)(*(_expand(v, batch, slots) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_expand(v, batch, slots) for v in value)
+    if isinstance(value, dict):
+        return {k: _expand(v, batch, slots) for k, v in value.items()}
+    return value
+
+
+class _AblationHooks(HookOwner):
+    """Expands the batch at `expand` (pre-hook) and masks `layer`'s output channels (hook).
+
+    Row b*S + s of everything after the expansion belongs to input b with mask row s.
+    """
+
+    def __init__(self, expand: nn.Module, layer: nn.Module, batch: int, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.expand = expand
+        self.layer = layer
+        self.batch = batch
+        self.mask = mask  # (S, C)
+        self.slots = int(mask.shape[0])
+
+    def _register(self) -> None:
+        self._handles.append(self.expand.register_forward_pre_hook(self._pre, with_kwargs=True))
+        self._handles.append(self.layer.register_forward_hook(self._post))
+
+    def _pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        new_args = tuple(_expand(a, self.batch, self.slots) for a in args)
+        new_kwargs = {k: _expand(v, self.batch, self.slots) for k, v in kwargs.items()}
+        return new_args, new_kwargs
+
+    def _post(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor) or output.dim() < 2:
+            raise _Rejected("the layer's output is not a (N, C, ...) tensor")
+        rows, channels = output.shape[0], output.shape[1]
+        if rows != self.batch * self.slots or channels != self.mask.shape[1]:
+            raise _Rejected(f"the layer saw {rows} rows, not {self.batch} x {self.slots}")
+        shaped = output.reshape(self.batch, self.slots, channels, -1)
+        mask = self.mask.to(dtype=output.dtype)[None, :, :, None]
+        return (shaped * mask).reshape(output.shape)
+
+
+@dataclass
+class _Sums:
+    """Running sums on the device for one layer (or the baseline: one 'channel')."""
+
+    correct: torch.Tensor
+    probability: torch.Tensor
+    loss: torch.Tensor
+    per_class: torch.Tensor  # (A, K) sum of true-class probability by true class
+
+    @classmethod
+    def zeros(cls, count: int, classes: int, device: torch.device) -> _Sums:
+        def z(*shape: int) -> torch.Tensor:
+            return torch.zeros(shape, dtype=torch.float64, device=device)
+
+        return cls(z(count), z(count), z(count), z(count, classes))
+
+    def add(self, positions: slice, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> None:
+        """logits (B, A, K); targets (B,) (clamped valid indices); weight (B,) 1 = counts."""
+        logp = F.log_softmax(logits.float(), dim=2)
+        index = targets[:, None, None].expand(logits.shape[0], logits.shape[1], 1)
+        true_logp = logp.gather(2, index).squeeze(2).double()  # (B, A)
+        w = weight.double()[:, None]
+        prob = true_logp.exp()
+        self.loss[positions] += (-true_logp * w).sum(0)
+        self.probability[positions] += (prob * w).sum(0)
+        hits = (logits.argmax(dim=2) == targets[:, None]).double()
+        self.correct[positions] += (hits * w).sum(0)
+        onehot = F.one_hot(targets, self.per_class.shape[1]).double() * weight.double()[:, None]  # (B, K)
+        self.per_class[positions] += prob.transpose(0, 1) @ onehot
+
+    def scores(self, total: float, counts: np.ndarray, present: np.ndarray) -> Scores:
+        denominator = max(total, 1.0)
+        per_class = self.per_class.cpu().numpy()[:, present] / np.maximum(counts, 1)[None, :]
+        return Scores(
+            accuracy=(self.correct / denominator).cpu().numpy(),
+            probability=(self.probability / denominator).cpu().numpy(),
+            loss=(self.loss / denominator).cpu().numpy(),
+            per_class=per_class,
+        )
+
+
+@dataclass
+class _LayerState:
+    name: str
+    module: nn.Module
+    channels: list[int]
+    channels_total: int
+    candidates: list[str]
+    expanded_at: str | None = None
+    sums: _Sums | None = None
+    rows: int = 0
+    seconds: float = 0.0
+    skipped: str | None = None
+
+
+def _output_channels(model: nn.Module, modules: dict[str, nn.Module], names: Sequence[str],
+                     batch: torch.Tensor, forward_args: ForwardArgs) -> dict[str, int]:
+    """Channel count of each named module's (first) output: one forward of the first input."""
+    seen: dict[str, int] = {}
+    handles = []
+
+    def make(name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(mod: nn.Module, args: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() >= 2:
+                seen.setdefault(name, int(output.shape[1]))
+        return hook
+
+    try:
+        for name in names:
+            if name in modules:
+                handles.append(modules[name].register_forward_hook(make(name)))
+        call_model(model, batch[:1], forward_args)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def _logits(output: Any) -> torch.Tensor | None:
+    tensor = first_tensor(output)
+    if tensor is None or tensor.dim() != 2 or tensor.shape[1] < 2 or not tensor.is_floating_point():
+        return None
+    return tensor
+
+
+def chunks(count: int, batch: int, max_rows: int) -> list[range]:
+    """Ablation slots per pass: as many channels as fit in `max_rows` rows of `batch` inputs."""
+    per_pass = max(1, max_rows // max(batch, 1))
+    return [range(start, min(start + per_pass, count)) for start in range(0, count, per_pass)]
+
+
+def run_ablation(
+    model: nn.Module,
+    inputs: InputSet,
+    device: torch.device,
+    layer_names: Sequence[str],
+    options: AblationOptions,
+    *,
+    on_clean_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], None] | None = None,
+    clean_forward: Callable[[torch.Tensor], Any] | None = None,
+    forward_args: ForwardArgs = None,
+    progress: Callable[[int], None] | None = None,
+) -> AblationResult:
+    """Ablate each channel of each layer in `layer_names` over all of `inputs` (see module doc).
+
+    Call in eval mode under `torch.inference_mode()`. `clean_forward(batch)` replaces the plain
+    forward of the unablated pass (so a caller can attach its own hooks to it), and
+    `on_clean_batch(logits, targets, valid, offset)` sees its result.
+    """
+    started = time.perf_counter()
+    if len(inputs) == 0:
+        raise ReportError("no inputs to ablate")
+    if options.max_rows < 1:
+        raise ReportError(f"ablation rows per pass must be at least 1, got {options.max_rows}")
+    if options.max_channels is not None and options.max_channels < 1:
+        raise ReportError(f"--ablation-max-channels must be at least 1, got {options.max_channels}")
+    modules = dict(model.named_modules())
+    dtype = model_dtype(model)
+    labelled = any(inputs.label(i) is not None for i in range(len(inputs)))
+    states: list[_LayerState] = []
+    skipped: list[tuple[str, str]] = []
+    baseline: _Sums | None = None
+    num_classes: int | None = None
+    class_counts: np.ndarray | None = None
+    counted = 0
+    clean_rows = 0
+    batch_size = max(1, options.batch_size)
+
+    for start in range(0, len(inputs), batch_size):
+        stop = min(start + batch_size, len(inputs))
+        batch = inputs.batch(start, stop)
+        batch = batch.to(device=device, dtype=dtype if batch.is_floating_point() else None)
+        rows = stop - start
+        try:
+            output = clean_forward(batch) if clean_forward is not None else call_model(model, batch, forward_args)
+        except ReportError:
+            raise
+        except Exception as exc:
+            raise ReportError(f"ablation: the model failed on inputs {inputs.names[start]}..: {one_line(exc)}") from exc
+        clean = _logits(output)
+        clean_rows += rows
+        if clean is None:
+            raise ReportError("--ablation needs a classifier: the model's output must be (N, classes) logits")
+        if num_classes is None:
+            num_classes = int(clean.shape[1])
+            baseline = _Sums.zeros(1, num_classes, device)
+            class_counts = np.zeros(num_classes, dtype=np.int64)
+            states = _layer_states(model, modules, layer_names, batch, options, skipped, forward_args)
+        assert baseline is not None and class_counts is not None
+        if labelled:
+            raw = [inputs.label(i) for i in range(start, stop)]
+            bad = [lbl for lbl in raw if lbl is not None and not 0 <= lbl < num_classes]
+            if bad:
+                raise ReportError(f"label {bad[0]} is outside the model's {num_classes} classes")
+            valid = torch.tensor([lbl is not None for lbl in raw], device=device)
+            targets = torch.tensor([lbl if lbl is not None else 0 for lbl in raw], device=device, dtype=torch.long)
+        else:
+            valid = torch.ones(rows, dtype=torch.bool, device=device)
+            targets = clean.argmax(dim=1)
+        if on_clean_batch is not None:
+            on_clean_batch(clean, targets, valid, start)
+        weight = valid.double()
+        counted += int(valid.sum())
+        np.add.at(class_counts, targets[valid].cpu().numpy(), 1)
+        baseline.add(slice(0, 1), clean[:, None, :], targets, weight)
+
+        for state in states:
+            if state.skipped is not None:
+                continue
+            layer_started = time.perf_counter()
+            if state.sums is None:
+                state.sums = _Sums.zeros(len(state.channels), num_classes, device)
+            for part in chunks(len(state.channels), rows, options.max_rows):
+                verify = clean if state.expanded_at is None else None
+                try:
+                    logits = _ablated(model, modules, batch, state, list(part), verify, forward_args)
+                except _Rejected as exc:
+                    state.skipped = str(exc)
+                    skipped.append((state.name, str(exc)))
+                    break
+                state.rows += logits.shape[0] * logits.shape[1]
+                state.sums.add(slice(part.start, part.stop), logits, targets, weight)
+            state.seconds += time.perf_counter() - layer_started
+            if progress is not None:
+                progress(rows)
+
+    assert baseline is not None and class_counts is not None
+    present = np.flatnonzero(class_counts)
+    counts = class_counts[present]
+    base = baseline.scores(counted, counts, present)
+    layers = tuple(
+        LayerAblation(
+            name=state.name,
+            type=type(state.module).__name__,
+            channels_total=state.channels_total,
+            channels=tuple(state.channels),
+            scores=state.sums.scores(counted, counts, present),
+            expanded_at=state.expanded_at or "",
+            rows=state.rows,
+            seconds=state.seconds,
+        )
+        for state in states
+        if state.skipped is None and state.sums is not None
+    )
+    return AblationResult(
+        inputs=counted,
+        targets="labels" if labelled else "predictions",
+        classes=tuple(int(c) for c in present),
+        class_counts=tuple(int(c) for c in counts),
+        baseline=Scores(
+            accuracy=base.accuracy[0], probability=base.probability[0], loss=base.loss[0],
+            per_class=base.per_class[0],
+        ),
+        layers=layers,
+        skipped=tuple(skipped),
+        max_channels=options.max_channels,
+        forward_rows=clean_rows + sum(state.rows for state in states),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _layer_states(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    layer_names: Sequence[str],
+    batch: torch.Tensor,
+    options: AblationOptions,
+    skipped: list[tuple[str, str]],
+    forward_args: ForwardArgs,
+) -> list[_LayerState]:
+    states = []
+    found = _output_channels(model, modules, layer_names, batch, forward_args)
+    for name in layer_names:
+        module = modules.get(name)
+        if module is None:
+            skipped.append((name, "no such module"))
+            continue
+        channels = found.get(name)
+        if channels is None:
+            skipped.append((name, "its output is not a (N, C, ...) tensor, or it never ran"))
+            continue
+        limit = channels if options.max_channels is None else min(channels, options.max_channels)
+        states.append(
+            _LayerState(
+                name=name,
+                module=module,
+                channels=list(range(limit)),
+                channels_total=channels,
+                candidates=[c for c in ancestors(name) if c in modules or c == ""],
+            )
+        )
+    return states
+
+
+def _ablated(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    batch: torch.Tensor,
+    state: _LayerState,
+    channels: list[int],
+    verify: torch.Tensor | None,
+    forward_args: ForwardArgs = None,
+) -> torch.Tensor:
+    """Logits (B, A, K) with channel channels[a] of the layer zeroed in slot a.
+
+    With `verify` (the clean logits of this batch), the expansion module is chosen first: an
+    extra all-ones slot 0 must reproduce `verify`.
+    """
+    rows = batch.shape[0]
+    extra = 1 if verify is not None else 0
+    mask = torch.ones(len(channels) + extra, state.channels_total, device=batch.device)
+    for slot, channel in enumerate(channels):
+        mask[slot + extra, channel] = 0.0
+    candidates = [state.expanded_at] if state.expanded_at is not None else state.candidates
+    reasons = []
+    for candidate in candidates:
+        expand = modules[candidate] if candidate else model
+        try:
+            with _AblationHooks(expand, state.module, rows, mask):
+                output = call_model(model, batch, forward_args)
+            logits = _logits(output)
+            if logits is None or logits.shape[0] != rows * mask.shape[0]:
+                raise _Rejected("the output lost the expanded batch")
+            shaped = logits.reshape(rows, mask.shape[0], -1)
+            if verify is not None:
+                scale = float(verify.abs().max()) + 1.0
+                tolerance = (1e-2 if verify.dtype in (torch.float16, torch.bfloat16) else 1e-3) * scale
+                if float((shaped[:, 0].float() - verify.float()).abs().max()) > tolerance:
+                    raise _Rejected("unablated rows differ from a plain forward")
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # a candidate that breaks the forward is rejected, not fatal
+            reasons.append(f"{candidate or 'model input'}: {one_line(exc)}")
+            continue
+        state.expanded_at = candidate
+        return shaped[:, extra:]
+    detail = reasons[-1] if reasons else "no candidate"
+    raise _Rejected(f"no exact batched ablation (the model mixes inputs across the batch?): {detail}")
+
+
+def ranking(deltas: np.ndarray, channels: Sequence[int]) -> list[int]:
+    """Positions into `channels`, most impact (largest delta) first; ties by channel index.
+    NaN (a non-finite loss) ranks first: it is the largest damage there is."""
+    keys = [(-math.inf if not math.isfinite(float(d)) else -float(d), int(c), i)
+            for i, (d, c) in enumerate(zip(deltas, channels))]
+    return [i for _, _, i in sorted(keys)]
