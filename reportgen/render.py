@@ -52,9 +52,14 @@ class _Pending:
     colormap: str | None
 
 
+# ids the page itself uses that a layer's anchor could spell: a module named `filter` must not
+# take the filter box's id (its permalink would land on the box and never open its section).
+PAGE_IDS = frozenset({"layer-filter", "nav-layers"})
+
+
 def anchors_for(names: Sequence[str], prefix: str = "layer-") -> dict[str, str]:
     """Stable, unique, URL-safe ids: odd characters become '-', collisions get a counter."""
-    taken: set[str] = set()
+    taken: set[str] = set(PAGE_IDS)
     result: dict[str, str] = {}
     for name in names:
         base = prefix + (re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "x")
