@@ -17,6 +17,7 @@ from reportgen.analyze import AnalysisOptions, analyze
 from reportgen.devices import resolve_device
 from reportgen.errors import ReportError
 from reportgen.faults import copy_if_lazy
+from reportgen.metadata import display_path
 from reportgen.inputs import InputSet, expand_paths, from_image_files, from_tensor, from_tensors
 from reportgen.labels import check_label_count
 from reportgen.models import LoadedModel
@@ -141,7 +142,7 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         name=loaded.name,
         type=type(model).__name__,
         source=loaded.source,
-        file=loaded.file,
+        file=display_path(loaded.file) if loaded.file else None,  # no home folders in a shared report
         sha256=loaded.sha256,
         random_weights=loaded.random_weights,
         total_params=sum(p.numel() for p in model.parameters()),

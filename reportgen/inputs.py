@@ -22,6 +22,7 @@ from torch import nn
 
 from reportgen.errors import ReportError, one_line
 from reportgen.preprocess import IMAGE_CHANNELS, Preprocessing
+from reportgen.untrusted import check_archive, refuse_huge_images
 
 TENSOR_SUFFIXES = frozenset({".pt", ".pth", ".npy", ".npz"})
 # Keys searched, in order, when a tensor file holds a dict (npz archives always do).
@@ -189,11 +190,11 @@ def peek_image(path: Path) -> ImageHeader:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with refuse_huge_images(), Image.open(path) as image:
             return ImageHeader(image.mode, image.size, "transparency" in image.info)
     except FileNotFoundError as exc:
         raise ReportError(f"input not found: {path}") from exc
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ReportError(f"image too large to open safely: {path} ({exc})") from exc
     except UnidentifiedImageError as exc:
         hint = "" if path.suffix.lower() in image_suffixes() else " (tensors must end in .pt, .pth, .npy or .npz)"
@@ -207,12 +208,12 @@ def open_image(path: Path) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with refuse_huge_images(), Image.open(path) as image:
             image.load()
             return image.copy()
     except FileNotFoundError as exc:
         raise ReportError(f"input not found: {path}") from exc
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ReportError(f"image too large to open safely: {path} ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise ReportError(f"not an image PIL can read: {path}") from exc
@@ -308,6 +309,7 @@ def read_tensor_file(path: Path) -> tuple[Any, Any]:
             raise ReportError(f"{path} holds Python objects, not numbers ({one_line(exc)})") from exc
         except OSError as exc:
             raise ReportError(f"cannot read {path}: {one_line(exc)}") from exc
+    check_archive(path)  # numpy and torch inflate each zip entry in full before any check
     if suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as archive:

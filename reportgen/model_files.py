@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from reportgen.errors import ReportError, one_line
+from reportgen.untrusted import check_archive
 
 if TYPE_CHECKING:
     from reportgen.models import LoadedModel
@@ -24,6 +25,7 @@ def load_model_file(path: Path, *, trust_pickle: bool) -> LoadedModel:
         )
     if not path.is_file():
         raise ReportError(f"model is not a file: {path}")
+    check_archive(path)  # TorchScript and .pt2 files are zip archives too
     digest = sha256_of(path)
     if path.suffix == ".pt2":
         try:

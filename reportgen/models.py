@@ -28,6 +28,8 @@ from torch import nn
 from reportgen.errors import ReportError, one_line
 from reportgen.inputs import file_sha256
 from reportgen.preprocess import Preprocessing
+from reportgen.metadata import display_path
+from reportgen.untrusted import check_archive
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
@@ -113,7 +115,7 @@ def load_factory(target: str, factory: str, kwargs: dict[str, Any]) -> LoadedMod
             raise ReportError(f"importing {target} failed: {one_line(exc)}") from exc
         finally:
             sys.path.remove(str(path.resolve().parent))
-        source = f"{target}:{factory}"
+        source = f"{display_path(path)}:{factory}"  # shown in the report: no home folders
     else:
         # `package.module` next to where reportgen runs, as `python -m` would find it.
         added = "" not in sys.path and os.getcwd() not in sys.path
@@ -316,6 +318,7 @@ def read_checkpoint(path: Path, *, trust_pickle: bool) -> Any:
             return load_file(str(path))
         except Exception as exc:
             raise ReportError(f"cannot read {path}: {one_line(exc)}") from exc
+    check_archive(path)  # a zip bomb would be inflated in full before torch.load could fail
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as exc:
