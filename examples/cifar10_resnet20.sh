@@ -2,7 +2,7 @@
 # The real CIFAR-10 ResNet-20 checkpoint (../shared/data, saved from nn.DataParallel in PyTorch's
 # legacy pickle format) on the 20 lossless CIFAR-10 test PNGs, in ONE reportgen command.
 #
-#   sh examples/cifar10_resnet20.sh            # writes cifar10-resnet20.html and .json
+#   sh examples/cifar10_resnet20.sh     # writes out/cifar10-resnet20.html and .json
 #
 # - examples/resnet20_cifar.py:resnet20 builds the architecture (shortcut "option A");
 # - --weights strips the `module.` prefix and loads the state_dict strictly (weights_only);
@@ -12,7 +12,8 @@
 set -eu
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
-OUT=${OUT:-cifar10-resnet20}
+OUT=${OUT:-out/cifar10-resnet20}  # out/ is git-ignored
+mkdir -p "$(dirname "$OUT")"
 
 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} python3 -m reportgen examples/resnet20_cifar.py:resnet20 \
     --weights "$DATA/resnet20-12fca82f.th" "$DATA/cifar10_foolbox_samples" \

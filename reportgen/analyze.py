@@ -20,7 +20,7 @@ from reportgen.capture import ActivationCapture, CapturedLayer, first_tensor
 from reportgen.devices import model_dtype
 from reportgen.errors import ReportError, one_line
 from reportgen.faults import is_out_of_memory, release_cached_memory
-from reportgen.inputs import InputSet
+from reportgen.inputs import InputSet, call_model
 from reportgen.model_state import on_device, preserved_modes
 from reportgen.summary import SummaryTable, fallback_summary, summarize
 
@@ -36,6 +36,9 @@ class AnalysisOptions:
     batch_size: int = 16
     tile_size: int = 28
     keep_inputs: int = 8  # inputs whose feature maps are drawn; statistics use all inputs
+    # batch -> the model's arguments (tuple: positional, dict: keyword), for models that take
+    # several inputs or a dict; None calls model(batch).
+    forward_args: Callable[[torch.Tensor], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class InputRecord:
     shape: tuple[int, ...]
     label: int | None
     thumbnail: np.ndarray | None  # uint8 (H, W, 3) or (H, W): what the model saw
+    notes: tuple[str, ...] = ()  # how the input was fitted to the model (channels, rank)
 
 
 @dataclass(frozen=True)
@@ -329,6 +333,7 @@ def _run_batch(
                 shape=tuple(int(d) for d in batch.shape[1:]),
                 label=inputs.label(index),
                 thumbnail=thumbnail(batch[offset], inputs) if shown else None,
+                notes=inputs.notes_for(index),
             )
         )
     batch = batch.to(device=device, dtype=dtype if batch.is_floating_point() else None)
@@ -336,16 +341,16 @@ def _run_batch(
     collector.offset = start
     collector.labels = [inputs.label(i) for i in range(start, stop)]
     if not hookable:
-        output = _forward(model, batch, inputs, start, stop)
+        output = _forward(model, batch, inputs, start, stop, options.forward_args)
         collector(model, (batch,), output)
         return summary or fallback_summary(model, "PyTorch cannot attach hooks to a TorchScript module")
     if summary is None:
-        summary = _first_pass(model, batch, capture, collector, inputs, start, stop)
+        summary = _first_pass(model, batch, capture, collector, inputs, start, stop, options.forward_args)
         if not summary.available:
             notes.append(f"torchinfo could not walk this model ({summary.problem}); "
                          "the table lists parameters only.")
         return summary
-    _forward(model, batch, inputs, start, stop)
+    _forward(model, batch, inputs, start, stop, options.forward_args)
     return summary
 
 
@@ -409,9 +414,10 @@ def _names(names: Sequence[str], limit: int = 8) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _forward(model: nn.Module, batch: torch.Tensor, inputs: InputSet, start: int, stop: int) -> Any:
+def _forward(model: nn.Module, batch: torch.Tensor, inputs: InputSet, start: int, stop: int,
+             forward_args: Callable[[torch.Tensor], Any] | None = None) -> Any:
     try:
-        return model(batch)
+        return call_model(model, batch, forward_args)
     except ReportError:
         raise
     except Exception as exc:
@@ -433,9 +439,12 @@ def _first_pass(
     inputs: InputSet,
     start: int,
     stop: int,
+    forward_args: Callable[[torch.Tensor], Any] | None = None,
 ) -> SummaryTable:
     """The first batch runs inside torchinfo, so the summary costs no forward pass of its own."""
     try:
+        if forward_args is not None:
+            return summarize(model, batch, input_data=forward_args(batch))
         return summarize(model, batch)
     except Exception as exc:
         if is_out_of_memory(exc):
@@ -445,7 +454,7 @@ def _first_pass(
         collector.records.clear()
         model.eval()
         try:
-            model(batch)
+            call_model(model, batch, forward_args)
         except Exception as plain_exc:
             raise _model_failure(plain_exc, batch, inputs, start, stop) from plain_exc
         return fallback_summary(model, one_line(cause))

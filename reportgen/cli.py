@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--std", metavar="a,b,c", type=_float_list, help="per-channel std to divide by")
     prep.add_argument("--grayscale", action="store_true", help="convert images to one channel")
 
+    sources = parser.add_argument_group("labelled inputs")
+    sources.add_argument("--dataset", metavar="DIR",
+                         help="ImageFolder-style folder, one subfolder per class: labelled inputs "
+                              "(class names from the folder names unless --labels is given)")
+    sources.add_argument("--label-pattern", metavar="REGEX",
+                         help="read each input's true class from its path: the regex's first group, "
+                              r"a class index or name (e.g. '_(\d+)\.png$')")
+
     size = parser.add_argument_group("size, exports and viewing")
     size.add_argument("--max-size", metavar="MB", type=_megabytes, default=DEFAULT_MAX_SIZE_MB,
                       help=f"keep the HTML under MB megabytes by drawing smaller tiles, fewer channels, then "

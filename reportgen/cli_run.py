@@ -11,14 +11,11 @@ from reportgen.errors import ReportError
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from reportgen.inputs import InputSet
     from reportgen.models import LoadedModel
     from reportgen.preprocess import Preprocessing
     from reportgen.report import Report
-
-DEFAULT_SHAPES = {1: (1024,), 2: (224, 224), 3: (16, 64, 64)}
 
 
 def run_cli(args: argparse.Namespace, command: str) -> int:
@@ -48,7 +45,7 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
     options = ReportOptions(
         layers=tuple(args.layers),
         device=args.device,
-        batch_size=args.batch_size,
+        batch_size=loaded.batch_size or args.batch_size,  # an exported program fixes its batch
         max_channels=args.max_channels,
         tile_size=args.tile_size,
         max_inputs_shown=args.max_inputs_shown,
@@ -150,9 +147,17 @@ def _normalise_batch(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 
 def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
-    from reportgen.inputs import expand_paths, from_image_files, synthetic_probes
+    from reportgen.inputs import (
+        apply_label_pattern,
+        concatenate,
+        layout_of,
+        load_dataset,
+        load_paths,
+        probe_shape,
+        synthetic_probes,
+    )
+    from reportgen.labels import read_labels
     from reportgen.models import load_model, parse_model_args
-    from reportgen.preprocess import Preprocessing
 
     loaded = load_model(
         args.model,
@@ -160,48 +165,77 @@ def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
         model_args=parse_model_args(args.model_arg),
         trust_pickle=args.trust_pickle,
     )
-    channels = _first_conv_channels(loaded.module)
-    prep = _preprocessing(args, loaded.preprocessing, channels)
+    refuse_multi_input(loaded)
+    layout = layout_of(loaded.module)
+    prep = _preprocessing(args, loaded.preprocessing, layout.channels)
+    given_names = read_labels(args.labels) if args.labels else None
+    dataset = getattr(args, "dataset", None)
+    label_pattern = getattr(args, "label_pattern", None)
+    if dataset and label_pattern:
+        raise ReportError("--dataset already labels its inputs by folder; drop --label-pattern")
+    sets = []
+    if dataset:
+        labelled = load_dataset(dataset, prep, class_names=given_names or loaded.class_names,
+                                names_given=given_names is not None)
+        if labelled.class_names and given_names is None:
+            loaded.class_names = labelled.class_names
+        sets.append(labelled)
     if args.inputs:
-        inputs = from_image_files(expand_paths(args.inputs), prep)
+        sets.append(load_paths(args.inputs, prep, layout))
+    if sets:
+        inputs = concatenate(sets)
     else:
-        shape = args.input_shape or _probe_shape(loaded, channels)
+        shape, how = probe_shape(loaded.module, hint=args.input_shape or loaded.input_shape)
         inputs = synthetic_probes(tuple(shape))
+        if how == "given":
+            how = "from --input-shape" if args.input_shape else "from the weights' metadata"
+        inputs.notes.append(f"Probe shape {'x'.join(map(str, shape))}: {how}.")
+    if label_pattern:
+        apply_label_pattern(inputs, label_pattern, given_names or loaded.class_names)
     return loaded, inputs
 
 
-def _first_conv_channels(module: nn.Module) -> int | None:
-    from torch import nn
+def refuse_multi_input(loaded: LoadedModel) -> None:
+    """The CLI feeds one tensor per call; a forward with more required inputs (or one dict)
+    needs the Python API's `forward_args`."""
+    import inspect
 
-    for sub in module.modules():
-        if isinstance(sub, nn.modules.conv._ConvNd):
-            in_channels = getattr(sub, "in_channels", 0)
-            return int(in_channels) if in_channels else None
-    return None
-
-
-def _probe_shape(loaded: LoadedModel, channels: int | None) -> tuple[int, ...]:
-    from torch import nn
-
-    if loaded.input_shape:
-        return loaded.input_shape
-    for sub in loaded.module.modules():
-        if isinstance(sub, nn.modules.conv._ConvNd):
-            dims = len(sub.kernel_size)
-            return (channels or 3, *DEFAULT_SHAPES.get(dims, (224, 224)))
-    raise ReportError("no inputs given and no conv layer to infer their shape from: pass --input-shape C,H,W")
+    try:
+        signature = inspect.signature(loaded.module.forward)
+    except (TypeError, ValueError):
+        return
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+             inspect.Parameter.KEYWORD_ONLY)
+    required = [p for p in signature.parameters.values() if p.kind in kinds and p.default is p.empty]
+    dict_input = len(required) == 1 and str(required[0].annotation).replace("typing.", "").startswith(
+        ("dict", "Dict", "Mapping", "collections.abc.Mapping"))
+    if len(required) > 1 or dict_input:
+        what = f"{len(required)} inputs ({', '.join(p.name for p in required)})" if len(required) > 1 \
+            else f"a dict ({required[0].name}: {required[0].annotation})"
+        raise ReportError(
+            f"{loaded.name}.forward takes {what}, but the command line feeds it one tensor; use the Python "
+            "API: reportgen.generate_report(model, inputs, forward_args=lambda batch: (batch, ...))"
+        )
 
 
 def _preprocessing(args: argparse.Namespace, base: Preprocessing | None, channels: int | None) -> Preprocessing:
+    """The weights' own preprocessing (if known), overridden option by option."""
     from dataclasses import replace
 
-    from reportgen.preprocess import Preprocessing
+    from reportgen.preprocess import IMAGE_CHANNELS, Preprocessing
 
-    prep = base or Preprocessing(channels=channels if channels in (1, 3) else 3)
+    target = channels if channels in IMAGE_CHANNELS else None
+    prep = base or Preprocessing(channels=target)
+    if base is not None and target is not None and base.channels != target:
+        prep = replace(prep, channels=target)
     changes: dict[str, object] = {}
     if args.resize:
+        if len(args.resize) > 2:
+            raise ReportError(f"--resize wants H,W or one number (the shorter side), got {len(args.resize)} numbers")
         changes["resize"] = args.resize
     if args.center_crop:
+        if len(args.center_crop) > 2:
+            raise ReportError(f"--center-crop wants H,W or one number, got {len(args.center_crop)} numbers")
         crop = args.center_crop
         changes["center_crop"] = (crop[0], crop[-1])
     if args.mean is not None:
@@ -209,9 +243,15 @@ def _preprocessing(args: argparse.Namespace, base: Preprocessing | None, channel
     if args.std is not None:
         changes["std"] = args.std
     if args.grayscale:
-        changes["channels"] = 1
+        changes["grayscale"] = True
     if (args.mean is None) != (args.std is None) and not (base and base.mean):
         raise ReportError("--mean and --std go together")
     if changes:
         prep = replace(prep, source="options" if base is None else prep.source + " + options", **changes)
+    for option, values in (("--mean", prep.mean), ("--std", prep.std)):
+        if values is not None and len(values) not in (1, prep.target_channels):
+            raise ReportError(f"{option} has {len(values)} values but the model's input has "
+                              f"{prep.target_channels} channel(s)")
+    if prep.std is not None and any(v == 0 for v in prep.std):
+        raise ReportError("--std values must not be 0")
     return prep

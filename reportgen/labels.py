@@ -8,9 +8,20 @@ from pathlib import Path
 from reportgen.errors import ReportError
 
 
+class ClassNames(list):  # type: ignore[type-arg]
+    """A list of class names that remembers where it came from, for error messages."""
+
+    source: str = "--labels"
+
+
 def read_labels(path: str | Path) -> list[str]:
     """One name per line, a JSON list, or a JSON {index: name} map (indices 0..N-1, all present)."""
-    file = Path(path)
+    names = ClassNames(_read_labels(Path(path)))
+    names.source = f"--labels {path}"
+    return names
+
+
+def _read_labels(file: Path) -> list[str]:
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
@@ -24,7 +35,11 @@ def read_labels(path: str | Path) -> list[str]:
         except json.JSONDecodeError as exc:
             raise ReportError(f"labels file {file} is not valid JSON: {exc.msg} (line {exc.lineno})") from exc
         if isinstance(data, list):
+            if not data:
+                raise ReportError(f"labels file {file} is an empty JSON list")
             return [str(item) for item in data]
+        if not isinstance(data, dict):
+            raise ReportError(f"labels file {file}: JSON must be a list of names or an {{index: name}} map")
         try:
             mapping = {int(key): str(value) for key, value in data.items()}
         except (TypeError, ValueError) as exc:
@@ -41,4 +56,5 @@ def read_labels(path: str | Path) -> list[str]:
 
 def check_label_count(labels: list[str], num_classes: int | None, source: str) -> None:
     if num_classes is not None and len(labels) != num_classes:
-        raise ReportError(f"{source} has {len(labels)} labels but the model outputs {num_classes} classes")
+        raise ReportError(f"{getattr(labels, 'source', source)} has {len(labels)} labels but the model outputs "
+                          f"{num_classes} classes")

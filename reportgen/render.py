@@ -314,7 +314,7 @@ def _input_summary(
         shape=record.shape,
         label=_label(record.label, class_names),
         thumbnail=images[slot] if slot is not None else None,
-        notes=(),
+        notes=tuple(record.notes),
     )
 
 
