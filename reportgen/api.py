@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,16 @@ from reportgen.devices import resolve_device
 from reportgen.errors import ReportError
 from reportgen.faults import copy_if_lazy
 from reportgen.metadata import display_path
-from reportgen.inputs import InputSet, expand_paths, from_image_files, from_tensor, from_tensors
+from reportgen.inputs import (
+    InputLayout,
+    InputSet,
+    from_tensor,
+    from_tensors,
+    layout_of,
+    load_paths,
+    probe_shape,
+    synthetic_probes,
+)
 from reportgen.labels import check_label_count
 from reportgen.models import LoadedModel
 from reportgen.preprocess import Preprocessing
@@ -46,6 +55,8 @@ class ReportOptions:
     title: str | None = None
     command: str | None = None
     show_progress: bool = False
+    # batch -> the model's arguments, for models with several inputs or a dict input (API only).
+    forward_args: Callable[[torch.Tensor], Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     max_size_mb: float = DEFAULT_MAX_SIZE_MB  # 0: no limit; see size_budget.py
     impact: ImpactOptions | None = None  # ablation, misfiring filters, probes (impact.py)
@@ -64,8 +75,11 @@ def report_date() -> str:
     return moment.strftime("%Y-%m-%d")
 
 
-def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Sequence[str] | None = None) -> InputSet:
-    """Tensor, list of tensors, PIL images, paths, or an InputSet -> InputSet."""
+def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Sequence[str] | None = None,
+                  layout: InputLayout | None = None) -> InputSet:
+    """Tensor, list of tensors, PIL images, paths (images, folders, globs, .pt/.npy/.npz), or an
+    InputSet -> InputSet. `layout` (from the model's first conv) says how to read tensor files and
+    how many channels images need."""
     if isinstance(inputs, InputSet):
         return inputs
     if isinstance(inputs, torch.Tensor):
@@ -78,7 +92,9 @@ def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Seque
     if all(isinstance(item, torch.Tensor) for item in items):
         return from_tensors(items, names)
     if all(isinstance(item, (str, Path)) for item in items):
-        return from_image_files(expand_paths(items), preprocessing or Preprocessing())
+        layout = layout or InputLayout(None, None)
+        prep = preprocessing or Preprocessing(channels=layout.channels if layout.channels in (1, 3, 4) else None)
+        return load_paths(items, prep, layout)
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - pillow is a dependency
@@ -116,12 +132,13 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         batch_size=options.batch_size,
         tile_size=options.tile_size,
         keep_inputs=options.max_inputs_shown,
+        forward_args=options.forward_args,
     )
     with progress_bar(len(inputs), "forward", options.show_progress) as advance:
         analysis = analyze(loaded.module, inputs, device, analysis_options, progress=advance)
     names = list(class_names) if class_names is not None else loaded.class_names
     if class_names is not None:
-        check_label_count(list(class_names), analysis.num_classes, "--labels")
+        check_label_count(class_names, analysis.num_classes, getattr(class_names, "source", "--labels"))
     elif names is not None and analysis.num_classes is not None and len(names) != analysis.num_classes:
         names = None  # metadata for another head size (e.g. num_classes=10): show indices
 
@@ -202,6 +219,7 @@ def generate_report(
     max_inputs_shown: int = 8,
     filter_scale: str = "per-filter",
     random_weights: bool = False,
+    forward_args: Callable[[torch.Tensor], Any] | None = None,
     max_size_mb: float = DEFAULT_MAX_SIZE_MB,
     targets: Sequence[int | None] | None = None,
     impact: ImpactOptions | None = None,
@@ -212,13 +230,22 @@ def generate_report(
     as given; images go through `preprocessing` (default: RGB, scaled to [0, 1]).
     `labels`: class names for the model's output indices. `layers`: glob patterns of qualified
     module names to visualise (default: every convolution). The model is left exactly as it was.
+    `inputs=None`: synthetic probe inputs shaped from the model's first conv (said in the report).
+    `forward_args`: for models that take several inputs or a dict, maps each (N, C, ...) batch to
+    the model's arguments: a tuple (positional), a dict (keyword) or one tensor, e.g.
+    `forward_args=lambda batch: (batch, batch.flip(-1))` or `lambda batch: {"image": batch}`.
     `max_size_mb`: draw smaller tiles / fewer channels / fewer inputs until the HTML fits (0: off).
     `targets`: the true class index of each input (None for unknown), for ablation and misfiring.
     `impact`: `reportgen.impact.ImpactOptions(ablation=True, probes=("rotate", "fgsm"), ...)`.
     """
     if not isinstance(model, nn.Module):
         raise ReportError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-    input_set = coerce_inputs(inputs, preprocessing, input_names)
+    if inputs is None:
+        shape, how = probe_shape(model, forward_args=forward_args)
+        input_set = synthetic_probes(shape)
+        input_set.notes.append(f"Probe shape {'x'.join(map(str, shape))}: {how}.")
+    else:
+        input_set = coerce_inputs(inputs, preprocessing, input_names, layout_of(model))
     if targets is not None:
         if len(targets) != len(input_set):
             raise ReportError(f"targets has {len(targets)} entries but there are {len(input_set)} inputs")
@@ -234,6 +261,7 @@ def generate_report(
         filter_scale=filter_scale,
         title=title,
         max_size_mb=max_size_mb,
+        forward_args=forward_args,
         impact=impact,
     )
     return build_report(loaded, input_set, options, class_names=labels)

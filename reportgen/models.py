@@ -49,6 +49,7 @@ class LoadedModel:
     preprocessing: Preprocessing | None = None
     input_shape: tuple[int, ...] | None = None
     notes: list[str] = field(default_factory=list)
+    batch_size: int | None = None  # the only batch size the model takes (a torch.export program)
 
 
 def sha256_of(path: Path) -> str:
