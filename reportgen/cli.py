@@ -146,7 +146,37 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also write the grids and per-channel histograms as TensorBoard events into DIR "
                            "(needs: pip install tensorboard)")
     size.add_argument("--open", action="store_true", help="open the report in the default web browser when written")
+
+    impact = parser.add_argument_group(
+        "impact and robustness",
+        "which filters matter (ablation over labelled inputs) and how they react when the input changes")
+    impact.add_argument("--ablation", action="store_true",
+                        help="zero each filter's output in turn and rank filters by the loss increase over all "
+                             "inputs (true labels from --dataset/--label-pattern, else the model's own "
+                             "predictions); also reports misfiring filters")
+    impact.add_argument("--ablation-layers", metavar="GLOB", action="append", default=[],
+                        help="layers to ablate (repeatable; default: the layers drawn)")
+    impact.add_argument("--ablation-max-channels", metavar="N", type=_channels_or_all, default=16,
+                        help="ablate the first N channels of each layer (default 16; `all` for every channel)")
+    impact.add_argument("--misfiring", action="store_true",
+                        help="list filters that fire much harder on misclassified inputs (needs true labels)")
+    impact.add_argument("--probes", metavar="LIST",
+                        help="perturb the shown inputs and compare feature maps: any of "
+                             "rotate,noise,blur,brightness,fgsm (or all)")
+    impact.add_argument("--probe-strength", metavar="KIND=X,...",
+                        help="rotate=degrees (90), noise=fraction of the input std (0.1), blur=sigma px (1), "
+                             "brightness=fraction (0.3); one number sets noise, blur and brightness")
+    impact.add_argument("--fgsm-epsilon", metavar="EPS", type=float, default=0.03,
+                        help="FGSM step in [0, 1] pixel units when the normalisation is known, else in the "
+                             "model's input units (default 0.03)")
     return parser
+
+
+def _channels_or_all(text: str) -> int | None:
+    """A positive integer, or `all` (None): every channel."""
+    if text.strip().lower() == "all":
+        return None
+    return _positive(text)
 
 
 def _command_line(argv: Sequence[str]) -> str:

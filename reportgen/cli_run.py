@@ -12,6 +12,7 @@ from reportgen.errors import ReportError
 if TYPE_CHECKING:
     import torch
 
+    from reportgen.impact import ImpactOptions
     from reportgen.inputs import InputSet
     from reportgen.models import LoadedModel
     from reportgen.preprocess import Preprocessing
@@ -54,6 +55,7 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
         command=command,
         show_progress=not args.quiet,
         max_size_mb=getattr(args, "max_size", ReportOptions.max_size_mb),
+        impact=impact_options(args),
     )
     report = build_report(loaded, inputs, options, class_names=class_names)
     _save_with_exports(report, output, json_path, images_dir, tensorboard_dir)
@@ -104,6 +106,23 @@ def _check_not_overwriting(args: argparse.Namespace, output: Path, json_path: Pa
         Path(p) for p in (args.model, args.weights, args.labels) if p and Path(p).is_file()
     ]
     check_distinct([output] + ([json_path] if json_path is not None else []), protected=sources)
+
+
+def impact_options(args: argparse.Namespace) -> ImpactOptions | None:
+    """--ablation, --misfiring, --probes and their bounds (impact.py); None when none is asked for."""
+    from reportgen.impact import ImpactOptions
+    from reportgen.probes import parse_kinds, parse_strength
+
+    options = ImpactOptions(
+        ablation=bool(getattr(args, "ablation", False)),
+        ablation_layers=tuple(getattr(args, "ablation_layers", None) or ()),
+        ablation_max_channels=getattr(args, "ablation_max_channels", 16),
+        misfiring=bool(getattr(args, "misfiring", False)),
+        probes=parse_kinds(getattr(args, "probes", None) or ""),
+        probe_strength=parse_strength(getattr(args, "probe_strength", None)),
+        fgsm_epsilon=getattr(args, "fgsm_epsilon", 0.03),
+    )
+    return options if options.enabled else None
 
 
 def _is_demo(args: argparse.Namespace) -> bool:

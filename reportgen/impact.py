@@ -363,8 +363,9 @@ class _ImpactRenderer:
         elif result.wrong < result.min_wrong:
             note = (f"Only {result.wrong} labelled input was misclassified; at least {result.min_wrong} "
                     "are needed before a filter is flagged.")
-        elif result.correct == 0:
-            note = "No labelled input was classified correctly: there is nothing to compare against."
+        elif result.correct < result.min_wrong:
+            note = (f"Only {result.correct} labelled input(s) were classified correctly; at least {result.min_wrong} "
+                    "are needed to compare against.")
         elif not channels:
             note = f"No channel's activation is {result.threshold:g} pooled standard deviations higher on the misclassified inputs."
         else:
@@ -445,7 +446,9 @@ def _coverage(result: AblationResult, ablated: int, total: int) -> str:
     if ablated == total:
         which = f"every channel of {layers} layer{plural}"
     else:
-        which = f"the first {result.max_channels} channels of each of {layers} layer{plural} (fewer where a layer has fewer)"
+        which = f"the first {result.max_channels} channels of each of {layers} layer{plural}"
+        if any(layer.channels_total < (result.max_channels or 0) for layer in result.layers):
+            which += " (all of a layer's channels where it has fewer)"
     over = (f"over {result.inputs:,} labelled inputs" if result.targets == "labels"
             else f"over {result.inputs:,} inputs, against the unablated model's own predictions (no labels)")
     text = f"{ablated:,} of {total:,} filters ablated one at a time: {which}, {over}"

@@ -31,7 +31,7 @@ from reportgen.errors import ReportError, one_line
 from reportgen.inputs import InputSet, call_model
 
 MISFIRE_EFFECT = 1.0  # d at or above this (and at least MIN_WRONG wrong inputs) flags a channel
-MIN_WRONG = 2
+MIN_WRONG = 2  # inputs needed in each group (wrong, correct) before anything is flagged
 TOP_INPUTS = 3  # wrong inputs kept per channel, by activation
 
 
@@ -225,7 +225,7 @@ def find_misfiring(
 
 def flagged(layer: LayerMisfiring, result: MisfiringResult) -> list[int]:
     """Channels of `layer` that misfire, highest d first (ties by channel index)."""
-    if result.wrong < result.min_wrong:
+    if result.wrong < result.min_wrong or result.correct < result.min_wrong:
         return []
     order = [(-float(d), c) for c, d in enumerate(layer.effect) if np.isfinite(d) and d >= result.threshold]
     return [c for _, c in sorted(order)]
