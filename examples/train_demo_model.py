@@ -12,6 +12,7 @@ versions reproduces the checkpoint; it takes a couple of minutes on two CPU core
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import tempfile
@@ -138,11 +139,15 @@ def save_atomically(model: nn.Module, out: Path) -> None:
     state_dict = {
         name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
     }
+    # Serialise in memory: torch.save names the zip's inner folder after the file it writes to,
+    # so saving straight to a random temp name would make every run's bytes differ.
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
-    os.close(handle)
     try:
-        torch.save(state_dict, temporary)
+        with os.fdopen(handle, "wb") as file:
+            file.write(buffer.getvalue())
         # mkstemp creates the file owner-only; the checkpoint ships as package data, so make it
         # readable like any other file in the package.
         os.chmod(temporary, 0o644)
