@@ -299,25 +299,28 @@ def _pick(mapping: dict[str, Any], keys: Sequence[str], path: Path, what: str) -
     return None
 
 
+def _numpy_failure(path: Path, exc: Exception) -> ReportError:
+    """numpy's many ways to fail on a foreign file, as one user error."""
+    if isinstance(exc, ValueError) and "allow_pickle" in str(exc):
+        return ReportError(f"{path} holds Python objects, not numbers ({one_line(exc)})")
+    return ReportError(f"cannot read {path}: {one_line(exc)}")
+
+
 def read_tensor_file(path: Path) -> tuple[Any, Any]:
     """A .pt/.pth (weights_only), .npy or .npz file -> (inputs, labels or None), unshaped."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False), None
-        except ValueError as exc:
-            raise ReportError(f"{path} holds Python objects, not numbers ({one_line(exc)})") from exc
-        except OSError as exc:
-            raise ReportError(f"cannot read {path}: {one_line(exc)}") from exc
+        except Exception as exc:  # a file from outside: EOFError when empty, and so on
+            raise _numpy_failure(path, exc) from exc
     check_archive(path)  # numpy and torch inflate each zip entry in full before any check
     if suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in archive.files}
-        except ValueError as exc:
-            raise ReportError(f"{path} holds Python objects, not numbers ({one_line(exc)})") from exc
-        except (OSError, EOFError) as exc:
-            raise ReportError(f"cannot read {path}: {one_line(exc)}") from exc
+        except Exception as exc:  # a file from outside: BadZipFile, zlib.error, EOFError, ...
+            raise _numpy_failure(path, exc) from exc
         return _pick(arrays, INPUT_KEYS, path, "input"), _pick(arrays, LABEL_KEYS, path, "labels")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
