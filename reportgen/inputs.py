@@ -301,7 +301,7 @@ def _pick(mapping: dict[str, Any], keys: Sequence[str], path: Path, what: str) -
 
 def _numpy_failure(path: Path, exc: Exception) -> ReportError:
     """numpy's many ways to fail on a foreign file, as one user error."""
-    if isinstance(exc, ValueError) and "allow_pickle" in str(exc):
+    if isinstance(exc, ValueError) and ("allow_pickle" in str(exc) or "Python objects" in str(exc)):
         return ReportError(f"{path} holds Python objects, not numbers ({one_line(exc)})")
     return ReportError(f"cannot read {path}: {one_line(exc)}")
 
