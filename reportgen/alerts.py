@@ -1,18 +1,23 @@
 """Alerts: the conditions a reviewer must not miss, each with why it matters.
 
-Thresholds are options with documented defaults (`AlertThresholds`). Every alert names its
-layer and links to its section.
+Thresholds are options with documented defaults (`AlertThresholds`, CLI `--dead-threshold`,
+`--duplicate-threshold`, `--explode-threshold`). Every alert names its layer and links to its
+section. Weight alerts come from the FULL weight tensors (`weight_stats`), not only the filters
+drawn; activation alerts from statistics over every input.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reportgen.analyze import Analysis
-from reportgen.report_model import Alert, LayerSection, ModelInfo
+from reportgen.report_model import Alert, LayerSection, ModelInfo, WeightStats
+
+if TYPE_CHECKING:
+    from reportgen.analyze import Analysis
 
 # One sentence per kind: why a reviewer should care. Shown next to each alert.
 WHY = {
@@ -21,6 +26,10 @@ WHY = {
     "nonfinite-weight": "NaN or Inf in weights make every output that touches them NaN.",
     "dead-filter": "A filter that never fires on any input contributes nothing; many of them waste capacity or signal a training problem.",
     "flat-filter": "An all-zero or constant filter detects nothing: it was pruned, never trained, or collapsed.",
+    "duplicate-filter": "Near-duplicate filters compute the same feature twice: wasted capacity that pruning could remove, or a sign of collapsed training.",
+    "constant-channel": "A channel with the same value on every input and position is saturated or stuck: it carries no information.",
+    "exploding-activation": "Huge activations overflow in half precision and make training unstable; they usually mean missing normalisation or a bad weight scale.",
+    "unreachable-layer": "A layer whose output never reaches the model's output costs compute but cannot change any prediction.",
     "no-conv": "Without convolution layers there are no filters or feature maps to show; the report holds the summary only.",
     "summary-unavailable": "torchinfo could not walk the model, so output shapes and mult-adds are missing.",
 }
@@ -28,9 +37,22 @@ WHY = {
 
 @dataclass(frozen=True)
 class AlertThresholds:
-    """Defaults: a channel is dead if it is > 0 on at most `dead_fraction` of inputs (0 = never)."""
+    """When an alert fires. Defaults:
+
+    - `dead_fraction` 0.0: a channel is dead when it is > 0 on at most this fraction of inputs
+      (0 = on none of them). `--dead-threshold`.
+    - `duplicate_cosine` 0.99: two filters of one layer (and group) are near-duplicates when the
+      cosine similarity of their flattened weights is at least this. `--duplicate-threshold`.
+    - `explode` 1e4: activations are exploding when a channel's max (or |mean|) exceeds this
+      in absolute value. `--explode-threshold`.
+    - `untrained_check` True: flag a model whose conv weights, pooled, are indistinguishable from
+      a default initialisation (Kolmogorov-Smirnov, see `weight_stats.untrained_test`).
+    """
 
     dead_fraction: float = 0.0
+    duplicate_cosine: float = 0.99
+    explode: float = 1e4
+    untrained_check: bool = True
 
 
 def find_alerts(
@@ -40,35 +62,88 @@ def find_alerts(
     thresholds: AlertThresholds = AlertThresholds(),
 ) -> tuple[Alert, ...]:
     alerts: list[Alert] = []
+    insight = getattr(analysis, "insight", None)
+    stats: dict[str, WeightStats] = dict(insight.weight_stats) if insight is not None else {}
+    init_test = insight.init_test if insight is not None else None
     if model.random_weights:
         alerts.append(Alert("random-weights", None, "The model has random (untrained) weights.", None))
+    elif thresholds.untrained_check and init_test is not None and init_test.match:
+        alerts.append(Alert(
+            "random-weights", None,
+            f"The weights of all {init_test.layers} conv layer(s), pooled, are statistically indistinguishable "
+            f"from a fresh initialisation ({init_test.match}; Kolmogorov-Smirnov distance "
+            f"{init_test.distance:.3g} < {init_test.critical:.3g}): the model looks untrained.", None))
     if not analysis.selected:
         alerts.append(Alert("no-conv", None, "No convolution layer was found or selected.", None))
     if not analysis.summary.available:
         alerts.append(Alert("summary-unavailable", None, f"torchinfo failed: {analysis.summary.problem}", None))
     for section in sections:
-        nonfinite = sum(section.stats.nonfinite)
-        if nonfinite:
-            channels = sum(1 for v in section.stats.nonfinite if v)
-            alerts.append(Alert("nonfinite-activation", section.name,
-                                f"{nonfinite} NaN/Inf activation values in {channels} channel(s).", section.anchor))
-        dead = [i for i, f in enumerate(section.stats.fraction_inputs_active) if f <= thresholds.dead_fraction]
-        if dead:
-            alerts.append(Alert("dead-filter", section.name,
-                                f"{len(dead)} of {section.channels_total} channels never active: {_list(dead)}.",
-                                section.anchor))
-    weights_by_layer = analysis.weights
+        alerts.extend(_activation_alerts(section, thresholds))
     anchors = {section.name: section.anchor for section in sections}
-    for name, weights in weights_by_layer.items():
-        bad = int((~np.isfinite(weights.filters)).sum())
-        if bad:
-            alerts.append(Alert("nonfinite-weight", name, f"{bad} NaN/Inf weight values.", anchors.get(name)))
-        flat = [i for i, f in enumerate(weights.filters.reshape(len(weights.filters), -1))
-                if np.isfinite(f).all() and np.ptp(f) == 0]
-        if flat:
-            alerts.append(Alert("flat-filter", name,
-                                f"{len(flat)} all-zero or constant filter(s): {_list(flat)}.", anchors.get(name)))
+    for name, weights in analysis.weights.items():
+        full = stats.get(name)
+        alerts.extend(_weight_alerts(name, anchors.get(name), full, weights.filters))
     return tuple(alerts)
+
+
+def _activation_alerts(section: LayerSection, thresholds: AlertThresholds) -> list[Alert]:
+    alerts = []
+    total = section.channels_total
+    nonfinite = sum(section.stats.nonfinite)
+    if nonfinite:
+        channels = sum(1 for v in section.stats.nonfinite if v)
+        alerts.append(Alert("nonfinite-activation", section.name,
+                            f"{nonfinite} NaN/Inf activation values in {channels} channel(s).", section.anchor))
+    insight = section.insight
+    dead = list(insight.dead_channels) if insight is not None else [
+        i for i, f in enumerate(section.stats.fraction_inputs_active) if f <= thresholds.dead_fraction]
+    if dead:
+        share = len(dead) / total if total else 0.0
+        alerts.append(Alert("dead-filter", section.name,
+                            f"{len(dead)} of {total} channels ({share:.1%}) never active: {_list(dead)}.",
+                            section.anchor))
+    if insight is None:
+        return alerts
+    if insight.constant_channels:
+        alerts.append(Alert("constant-channel", section.name,
+                            f"{len(insight.constant_channels)} channel(s) output one constant value on every input: "
+                            f"{_list(insight.constant_channels)}.", section.anchor))
+    if insight.max_abs_activation is not None and insight.max_abs_activation > thresholds.explode:
+        alerts.append(Alert("exploding-activation", section.name,
+                            f"activations reach {insight.max_abs_activation:.3g} in absolute value "
+                            f"(threshold {thresholds.explode:.3g}).", section.anchor))
+    if insight.reaches_output is False:
+        alerts.append(Alert("unreachable-layer", section.name,
+                            "its output has no path to the model's output (checked on the autograd graph).",
+                            section.anchor))
+    return alerts
+
+
+def _weight_alerts(name: str, anchor: str | None, full: WeightStats | None, shown: np.ndarray) -> list[Alert]:
+    alerts = []
+    if full is None:  # no full statistics: judge the filters that are drawn
+        bad = int((~np.isfinite(shown)).sum())
+        flat = [i for i, f in enumerate(shown.reshape(len(shown), -1)) if np.isfinite(f).all() and np.ptp(f) == 0]
+        duplicates, pairs_total, threshold = (), 0, 0.0
+    else:
+        bad = full.nonfinite
+        flat = list(full.flat_filters)
+        duplicates, pairs_total, threshold = full.duplicates, full.duplicate_pairs, full.duplicate_threshold
+    if bad:
+        where = ""
+        if full is not None:
+            filters = [i for i, n in enumerate(full.filters.nonfinite) if n]
+            where = f" in filter(s) {_list(filters)}"
+        alerts.append(Alert("nonfinite-weight", name, f"{bad} NaN/Inf weight values{where}.", anchor))
+    if flat:
+        alerts.append(Alert("flat-filter", name, f"{len(flat)} all-zero or constant filter(s): {_list(flat)}.", anchor))
+    if pairs_total:
+        shown_pairs = ", ".join(f"{p.a} ≈ {p.b} (cos {p.cosine:.4f})" for p in duplicates[:6])
+        more = f" and {pairs_total - min(len(duplicates), 6)} more" if pairs_total > min(len(duplicates), 6) else ""
+        alerts.append(Alert("duplicate-filter", name,
+                            f"{pairs_total} pair(s) of near-duplicate filters (cosine >= {threshold:g}): "
+                            f"{shown_pairs}{more}.", anchor))
+    return alerts
 
 
 def _list(indices: Sequence[int], limit: int = 12) -> str:

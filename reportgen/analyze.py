@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from reportgen import insight as insight_stage
 from reportgen.capture import ActivationCapture, CapturedLayer, first_tensor
 from reportgen.devices import model_dtype
+from reportgen.embedding import FeatureCollector
 from reportgen.errors import ReportError, one_line
 from reportgen.faults import is_out_of_memory, release_cached_memory
 from reportgen.inputs import InputSet, call_model
@@ -39,6 +41,7 @@ class AnalysisOptions:
     # batch -> the model's arguments (tuple: positional, dict: keyword), for models that take
     # several inputs or a dict; None calls model(batch).
     forward_args: Callable[[torch.Tensor], Any] | None = None
+    insight: insight_stage.InsightOptions = insight_stage.InsightOptions()  # statistics, Grad-CAM, top-k
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Analysis:
     num_classes: int | None
     device: str
     notes: tuple[str, ...]
+    insight: insight_stage.InsightData | None = None  # weight stats, Grad-CAM, top-k crops, features
 
 
 def select_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
@@ -241,10 +245,13 @@ def analyze(
             max_channels=options.max_channels,
             tile_size=options.tile_size,
             keep_inputs=options.keep_inputs,
+            top_k=options.insight.top_k,
         )
+        features = FeatureCollector(model, enabled=hookable and options.insight.embedding,
+                                    offset=lambda: capture.offset)
         output_hook = model.register_forward_hook(collector) if hookable else None
         try:
-            with capture if hookable else contextlib.nullcontext(capture):
+            with capture if hookable else contextlib.nullcontext(capture), features:
                 start = 0
                 while start < len(inputs):
                     stop = min(start + batch_size, len(inputs))
@@ -291,6 +298,12 @@ def analyze(
         if collector.nonfinite_inputs:
             notes.append(f"The model's output held NaN or Inf for {collector.nonfinite_inputs} input(s): "
                          "their predictions are not meaningful.")
+        insight = insight_stage.collect(
+            model, inputs, device=device, dtype=dtype, options=options.insight, keep_inputs=options.keep_inputs,
+            selected=selected, layers=layers, summary=summary, records=records,
+            classifier=collector.logits_like and collector.num_classes is not None,
+            features=features.result(), call=lambda m, b: call_model(m, b, options.forward_args),
+        ) if hookable else None
     assert summary is not None
     return Analysis(
         model_type=type(model).__name__,
@@ -303,6 +316,7 @@ def analyze(
         num_classes=collector.num_classes if collector.logits_like else None,
         device=str(device),
         notes=tuple(notes),
+        insight=insight,
     )
 
 

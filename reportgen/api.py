@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from reportgen._version import __version__
+from reportgen.alerts import AlertThresholds
 from reportgen.analyze import AnalysisOptions, analyze
+from reportgen.insight import InsightOptions
 from reportgen.devices import resolve_device
 from reportgen.errors import ReportError
 from reportgen.faults import copy_if_lazy
@@ -60,6 +62,13 @@ class ReportOptions:
     extra: dict[str, Any] = field(default_factory=dict)
     max_size_mb: float = DEFAULT_MAX_SIZE_MB  # 0: no limit; see size_budget.py
     impact: ImpactOptions | None = None  # ablation, misfiring filters, probes (impact.py)
+    # insight (insight.py): statistics, alerts, Grad-CAM, top-k inputs per channel, embedding
+    top_k: int = 5  # inputs kept per shown channel (crops drawn when inputs > max_inputs_shown); 0: off
+    top_k_channels: int = 16  # channels per layer whose top-k crops are drawn
+    cam: bool = True  # Grad-CAM for the shown inputs (classifiers)
+    cam_layer: str | None = None  # default: the last convolution
+    embedding: bool = True  # PCA of the penultimate features
+    thresholds: AlertThresholds = AlertThresholds()
 
 
 def report_date() -> str:
@@ -133,6 +142,7 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         tile_size=options.tile_size,
         keep_inputs=options.max_inputs_shown,
         forward_args=options.forward_args,
+        insight=insight_options(options),
     )
     with progress_bar(len(inputs), "forward", options.show_progress) as advance:
         analysis = analyze(loaded.module, inputs, device, analysis_options, progress=advance)
@@ -174,6 +184,7 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
             class_names=names,
             options=RenderOptions(filter_scale=options.filter_scale),
             progress=advance,
+            thresholds=options.thresholds,
         )
     notes = tuple(loaded.notes) + tuple(inputs.notes) + report_model.notes
     from dataclasses import replace
@@ -223,6 +234,11 @@ def generate_report(
     max_size_mb: float = DEFAULT_MAX_SIZE_MB,
     targets: Sequence[int | None] | None = None,
     impact: ImpactOptions | None = None,
+    top_k: int = 5,
+    cam: bool = True,
+    cam_layer: str | None = None,
+    embedding: bool = True,
+    thresholds: AlertThresholds | None = None,
 ) -> Report:
     """Analyse `model` on `inputs` and return a Report (`.save(path)`, `.to_html()`, `.to_dict()`).
 
@@ -237,6 +253,10 @@ def generate_report(
     `max_size_mb`: draw smaller tiles / fewer channels / fewer inputs until the HTML fits (0: off).
     `targets`: the true class index of each input (None for unknown), for ablation and misfiring.
     `impact`: `reportgen.impact.ImpactOptions(ablation=True, probes=("rotate", "fgsm"), ...)`.
+    `top_k`: inputs kept per shown channel, by max activation (0: off); their crops are drawn when
+    there are more inputs than `max_inputs_shown`. `cam`: Grad-CAM for the shown inputs, at
+    `cam_layer` (default: the last conv). `embedding`: PCA scatter of the penultimate features.
+    `thresholds`: `reportgen.alerts.AlertThresholds(dead_fraction=..., duplicate_cosine=..., ...)`.
     """
     if not isinstance(model, nn.Module):
         raise ReportError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -263,5 +283,28 @@ def generate_report(
         max_size_mb=max_size_mb,
         forward_args=forward_args,
         impact=impact,
+        top_k=top_k,
+        cam=cam,
+        cam_layer=cam_layer,
+        embedding=embedding,
+        thresholds=thresholds if thresholds is not None else AlertThresholds(),
     )
     return build_report(loaded, input_set, options, class_names=labels)
+
+
+def insight_options(options: ReportOptions) -> InsightOptions:
+    """The insight knobs of `options`, checked (a bad value is a ReportError naming its flag)."""
+    if options.top_k < 0:
+        raise ReportError(f"--top-k must be 0 or more, got {options.top_k}")
+    if options.top_k_channels < 1:
+        raise ReportError(f"--top-k-channels must be at least 1, got {options.top_k_channels}")
+    limits = options.thresholds
+    if not 0.0 <= limits.dead_fraction < 1.0:
+        raise ReportError(f"--dead-threshold must be in [0, 1), got {limits.dead_fraction}")
+    if not 0.0 < limits.duplicate_cosine <= 1.0:
+        raise ReportError(f"--duplicate-threshold must be in (0, 1], got {limits.duplicate_cosine}")
+    if not limits.explode > 0:
+        raise ReportError(f"--explode-threshold must be positive, got {limits.explode}")
+    return InsightOptions(top_k=options.top_k, top_k_channels=options.top_k_channels, cam=options.cam,
+                          cam_layer=options.cam_layer, embedding=options.embedding,
+                          duplicate_threshold=limits.duplicate_cosine)

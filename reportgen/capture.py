@@ -57,9 +57,8 @@ class CapturedLayer:
     tile_max: dict[int, np.ndarray]
     flat: dict[int, np.ndarray]
     inputs_seen: int
-    # Insight (top_activations.py): running min, and per shown channel the top-k inputs by
-    # max activation: scores (C, k), input indices (C, k), peak cell as a flat index (C, k).
-    min: np.ndarray | None = None
+    # Insight (top_activations.py): per shown channel the top-k inputs by max activation:
+    # scores (C, k), input indices (C, k), peak cell as a flat index into spatial_shape (C, k).
     top_scores: np.ndarray | None = None
     top_inputs: np.ndarray | None = None
     top_positions: np.ndarray | None = None
@@ -148,7 +147,6 @@ class _Accumulator:
         self.inputs_active: torch.Tensor | None = None
         self.nonfinite: torch.Tensor | None = None
         self.tiles: LayerTiles | None = None
-        self.min: torch.Tensor | None = None
         self.top: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def update(
@@ -210,12 +208,14 @@ class _Accumulator:
     def snapshot(self) -> tuple[Any, ...]:
         """The running state, cloned, so a failed batch can be undone (`restore`)."""
         tensors = (self.sum_mean, self.max, self.active_positions, self.inputs_active, self.nonfinite)
-        return (*(t.clone() if t is not None else None for t in tensors), self.inputs_seen, self.positions_seen)
+        # self.top is replaced, never changed in place, on each update: a reference is a snapshot.
+        return (*(t.clone() if t is not None else None for t in tensors), self.inputs_seen, self.positions_seen,
+                self.top)
 
     def restore(self, state: tuple[Any, ...], first_index: int) -> None:
         """Back to `state`; tiles of inputs from `first_index` on are forgotten."""
         (self.sum_mean, self.max, self.active_positions, self.inputs_active, self.nonfinite,
-         self.inputs_seen, self.positions_seen) = state
+         self.inputs_seen, self.positions_seen, self.top) = state
         if self.tiles is not None:
             for store in (self.tiles.per_input, self.tiles.tile_min, self.tiles.tile_max, self.tiles.flat):
                 for index in [i for i in store if i >= first_index]:
@@ -245,7 +245,6 @@ class _Accumulator:
             tile_max=dict(self.tiles.tile_max),
             flat=dict(self.tiles.flat),
             inputs_seen=self.inputs_seen,
-            min=self.min.cpu().numpy() if self.min is not None else None,
             top_scores=self.top[0].cpu().numpy() if self.top is not None else None,
             top_inputs=self.top[1].cpu().numpy() if self.top is not None else None,
             top_positions=self.top[2].cpu().numpy() if self.top is not None else None,
@@ -254,26 +253,34 @@ class _Accumulator:
         )
 
     def _update_insight(self, flat: torch.Tensor, per_input_max: torch.Tensor, offset: int, top_k: int) -> None:
-        """Running min, and the per-channel top-k inputs of the shown channels, on the device.
+        """Per shown channel, the top-k inputs by max activation, kept on the device.
 
-        The top-k merge sorts (k + batch) candidates per channel, stably, with the kept ones
-        first: ties go to the earlier input, and memory stays (C, k) however many inputs run.
+        No extra pass over the activation: candidates are ranked by `per_input_max` (already
+        computed), merged with the kept ones by a stable sort of (k + batch) scores per channel
+        (kept ones first, so ties go to the earlier input), and the peak cell is looked up only
+        for the entries that enter the top-k. Memory stays (C, k) however many inputs run.
         """
-        low = flat.amin(dim=2).amin(dim=0).double()
-        self.min = low if self.min is None else torch.minimum(self.min, low)
-        if top_k <= 0 or self.tiles is None:
+        if top_k <= 0 or self.tiles is None or flat.dim() != 3:
             return
         shown = len(self.tiles.channels)
         batch = flat.shape[0]
-        scores = torch.nan_to_num(per_input_max[:, :shown].T.float(), nan=float("-inf"))
-        positions = flat[:, :shown].argmax(dim=2).T
+        scores = torch.nan_to_num(per_input_max[:, :shown].T.float(), nan=float("-inf"))  # (C, B)
         inputs = torch.arange(offset, offset + batch, device=flat.device).expand(shown, batch)
+        kept = 0 if self.top is None else self.top[0].shape[1]
         if self.top is not None:
             scores = torch.cat([self.top[0], scores], dim=1)
             inputs = torch.cat([self.top[1], inputs], dim=1)
-            positions = torch.cat([self.top[2], positions], dim=1)
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :top_k]
-        self.top = (scores.gather(1, order), inputs.gather(1, order), positions.gather(1, order))
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :top_k]  # (C, k)
+        fresh = order >= kept
+        rows = (order - kept).clamp(min=0)  # batch row of each fresh entry
+        # (C, B, S) view of the shown channels; gather only the k rows per channel that won.
+        maps = flat[:, :shown].transpose(0, 1)
+        picked = maps.gather(1, rows[:, :, None].expand(-1, -1, maps.shape[2]))
+        positions = picked.argmax(dim=2)
+        if self.top is not None:
+            previous = self.top[2].gather(1, order.clamp(max=kept - 1)) if kept else positions
+            positions = torch.where(fresh, positions, previous)
+        self.top = (scores.gather(1, order), inputs.gather(1, order), positions)
 
 
 def call_key(module_name: str, call_index: int) -> str:
@@ -353,6 +360,11 @@ class ActivationCapture:
 
     def _reset_calls(self, module: nn.Module, args: Any) -> None:
         self._calls.clear()
+
+    @property
+    def offset(self) -> int:
+        """Global index of the current batch's first input."""
+        return self._offset
 
     def start_batch(self, offset: int) -> None:
         """Tell the hooks the global index of the next batch's first input."""

@@ -169,7 +169,48 @@ def build_parser() -> argparse.ArgumentParser:
     impact.add_argument("--fgsm-epsilon", metavar="EPS", type=float, default=0.03,
                         help="FGSM step in [0, 1] pixel units when the normalisation is known, else in the "
                              "model's input units (default 0.03)")
+
+    insight = parser.add_argument_group(
+        "insight and alerts",
+        "statistics, Grad-CAM, the inputs that excite each channel most, embedding, alert thresholds")
+    insight.add_argument("--top-k", metavar="K", type=_non_negative, default=5,
+                         help="keep the K inputs that excite each shown channel most (default 5; 0: off); "
+                              "their crops are drawn when there are more inputs than --max-inputs-shown")
+    insight.add_argument("--top-k-channels", metavar="N", type=_positive, default=16,
+                         help="channels per layer whose top-K crops are drawn (default 16)")
+    insight.add_argument("--no-cam", dest="cam", action="store_false",
+                         help="skip Grad-CAM (and the check of which layers reach the output)")
+    insight.add_argument("--cam-layer", metavar="NAME",
+                         help="module for Grad-CAM (default: the last convolution)")
+    insight.add_argument("--no-embedding", dest="embedding", action="store_false",
+                         help="skip the PCA scatter of the penultimate features")
+    insight.add_argument("--dead-threshold", metavar="F", type=_fraction, default=0.0,
+                         help="a channel is dead when > 0 on at most this fraction of inputs (default 0: never)")
+    insight.add_argument("--duplicate-threshold", metavar="COS", type=_fraction, default=0.99,
+                         help="filters with cosine similarity at or above this are near-duplicates (default 0.99)")
+    insight.add_argument("--explode-threshold", metavar="X", type=float, default=1e4,
+                         help="alert when a channel's activations exceed this in absolute value (default 1e4)")
     return parser
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"wants an integer >= 0, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"wants a number between 0 and 1, got {text!r}")
+    return value
 
 
 def _channels_or_all(text: str) -> int | None:

@@ -56,6 +56,7 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
         show_progress=not args.quiet,
         max_size_mb=getattr(args, "max_size", ReportOptions.max_size_mb),
         impact=impact_options(args),
+        **insight_options(args),
     )
     report = build_report(loaded, inputs, options, class_names=class_names)
     _save_with_exports(report, output, json_path, images_dir, tensorboard_dir)
@@ -106,6 +107,25 @@ def _check_not_overwriting(args: argparse.Namespace, output: Path, json_path: Pa
         Path(p) for p in (args.model, args.weights, args.labels) if p and Path(p).is_file()
     ]
     check_distinct([output] + ([json_path] if json_path is not None else []), protected=sources)
+
+
+def insight_options(args: argparse.Namespace) -> dict[str, object]:
+    """--top-k, --top-k-channels, --no-cam, --cam-layer, --no-embedding and the alert thresholds
+    (insight.py, alerts.py), as ReportOptions keyword arguments."""
+    from reportgen.alerts import AlertThresholds
+
+    return {
+        "top_k": getattr(args, "top_k", 5),
+        "top_k_channels": getattr(args, "top_k_channels", 16),
+        "cam": getattr(args, "cam", True),
+        "cam_layer": getattr(args, "cam_layer", None),
+        "embedding": getattr(args, "embedding", True),
+        "thresholds": AlertThresholds(
+            dead_fraction=getattr(args, "dead_threshold", 0.0),
+            duplicate_cosine=getattr(args, "duplicate_threshold", 0.99),
+            explode=getattr(args, "explode_threshold", 1e4),
+        ),
+    }
 
 
 def impact_options(args: argparse.Namespace) -> ImpactOptions | None:

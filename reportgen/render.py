@@ -16,6 +16,7 @@ import numpy as np
 
 from reportgen.alerts import find_alerts
 from reportgen.alerts import AlertThresholds
+from reportgen import insight as insight_stage
 from reportgen.analyze import Analysis, InputRecord, LayerWeights, PredictionRecord
 from reportgen.capture import CapturedLayer
 from reportgen.filters import filter_tiles
@@ -262,6 +263,8 @@ def render(
     inputs = tuple(_input_summary(record, thumb_slots, images, class_names) for record in analysis.inputs)
     predictions = tuple(_prediction(p, names_by_index, class_names) for p in analysis.predictions)
     report_sections = tuple(sections)
+    report_sections, report_insight = insight_stage.build(
+        analysis, report_sections, label_of=lambda i: _label(i, class_names), thresholds=thresholds)
     alerts = find_alerts(analysis, report_sections, model_info, thresholds)
     return ReportModel(
         run=run,
@@ -273,6 +276,7 @@ def render(
         predictions=predictions,
         alerts=alerts,
         notes=analysis.notes,
+        insight=report_insight,
     )
 
 

@@ -24,6 +24,7 @@ def contract_dict(model: ReportModel) -> dict[str, Any]:
             "output_shape": list(s.output_shape),
             "weight_shape": list(s.weight_shape),
             "stats": to_plain(s.stats, images=False),
+            "insight": _layer_insight(s),
         }
         for s in model.sections
     ]
@@ -44,9 +45,44 @@ def contract_dict(model: ReportModel) -> dict[str, Any]:
             "input_files": model.input_files,
             "size_budget": model.budget,
             "impact": model.impact,
+            "insight": _report_insight(model),
         },
         images=False,
     )
+
+
+def _layer_insight(section: Any) -> dict[str, Any] | None:
+    """A layer's insight numbers (weight statistics, dead fraction, top activations); pictures
+    only as their sha256."""
+    if section.insight is None:
+        return None
+    plain: dict[str, Any] = to_plain(section.insight, images=False)
+    return plain
+
+
+def _report_insight(model: ReportModel) -> dict[str, Any] | None:
+    """Grad-CAM, embedding and per-class numbers, plus totals a CI job can gate on:
+    `dead_fraction` (dead channels over all channels of all drawn layers), `duplicate_pairs`,
+    `nonfinite_weights`, `flat_filters`, `unreachable_layers`, `looks_untrained`."""
+    if model.insight is None:
+        return None
+    sections = [s for s in model.sections if s.insight is not None]
+    channels = sum(s.channels_total for s in sections)
+    dead = sum(len(s.insight.dead_channels) for s in sections)
+    weights = [s.insight.weights for s in sections if s.insight.weights is not None]
+    totals = {
+        "channels": channels,
+        "dead_channels": dead,
+        "dead_fraction": dead / channels if channels else 0.0,
+        "duplicate_pairs": sum(w.duplicate_pairs for w in weights),
+        "nonfinite_weights": sum(w.nonfinite for w in weights),
+        "flat_filters": sum(len(w.flat_filters) for w in weights),
+        "unreachable_layers": [s.name for s in sections if s.insight.reaches_output is False],
+        "looks_untrained": any(a.kind == "random-weights" for a in model.alerts),
+    }
+    plain: dict[str, Any] = to_plain(model.insight, images=False)
+    plain["totals"] = totals
+    return plain
 
 
 class Report:

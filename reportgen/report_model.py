@@ -93,6 +93,7 @@ class LayerSection:
     filter_note: str
     feature_maps: tuple[FeatureMaps, ...]
     stats: ChannelStats
+    insight: LayerInsight | None = None  # weight/activation statistics, top activations (insight.py)
 
 
 @dataclass(frozen=True)
@@ -202,9 +203,201 @@ class ReportModel:
     predictions: tuple[Prediction, ...]
     alerts: tuple[Alert, ...]
     notes: tuple[str, ...] = field(default=())
+    insight: ReportInsight | None = None  # Grad-CAM, embedding, per-class view (insight.py)
     budget: BudgetInfo | None = None  # set when --max-size made the pictures smaller
     input_files: tuple[InputFile, ...] = ()  # what a reviewer needs to reproduce the run
     impact: ImpactReport | None = None  # ablation, misfiring filters, probes (impact_model.py)
+
+
+
+# ---- Insight (issue 4): statistics, Grad-CAM, top activations, embedding, per-class ----------
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """`counts[i]` values fall in bin i of `len(counts)` equal bins spanning [low, high]."""
+
+    counts: tuple[int, ...]
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class FilterStats:
+    """Per-filter (output channel) weight statistics over the FULL weight tensor, NaN/Inf excluded."""
+
+    norm: tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    min: tuple[float, ...]
+    max: tuple[float, ...]
+    sparsity: tuple[float, ...]  # fraction of weights exactly 0
+    nonfinite: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DuplicatePair:
+    a: int
+    b: int
+    cosine: float
+
+
+@dataclass(frozen=True)
+class WeightStats:
+    """Statistics of one layer's whole weight tensor (every filter, not only those drawn)."""
+
+    shape: tuple[int, ...]
+    count: int
+    norm: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    sparsity: float
+    nonfinite: int
+    histogram: Histogram
+    filters: FilterStats
+    flat_filters: tuple[int, ...]  # all-zero or constant (finite) filters
+    duplicates: tuple[DuplicatePair, ...]  # strongest first, at most weight_stats.MAX_PAIRS
+    duplicate_pairs: int  # how many pairs are above the threshold in all
+    duplicate_threshold: float
+    fan_in: int
+    init_match: str  # "" or the default initialisation the weights are indistinguishable from
+    init_distance: float  # smallest Kolmogorov-Smirnov distance to a default initialisation
+    init_critical: float  # the distance below which the weights count as "indistinguishable"
+
+
+@dataclass(frozen=True)
+class TopActivation:
+    """One of the inputs that excite a channel most: its peak cell and the input window shown."""
+
+    input_index: int
+    input_name: str
+    score: float  # the channel's max activation on this input
+    peak: tuple[int, ...]  # (row, column) of the peak cell in the layer's output
+    box: tuple[int, int, int, int]  # (top, left, bottom, right) in input pixels, clipped
+
+
+@dataclass(frozen=True)
+class ChannelTop:
+    channel: int
+    top: tuple[TopActivation, ...]
+
+
+@dataclass(frozen=True)
+class LayerInsight:
+    weights: WeightStats | None
+    weight_histogram: EncodedImage | None
+    activity_chart: EncodedImage | None  # fraction of positions > 0 per channel
+    max_abs_activation: float | None  # largest |max| or |mean| of any channel (None: none finite)
+    dead_channels: tuple[int, ...]
+    dead_fraction: float
+    constant_channels: tuple[int, ...]  # same value everywhere, and not dead
+    reaches_output: bool | None  # None: not checked
+    receptive_field: tuple[int, ...]  # (height, width) in input pixels, estimated
+    stride: tuple[float, ...]  # input pixels per output cell
+    top_activations: tuple[ChannelTop, ...]
+    top_strip: EncodedImage | None  # rows: channels, columns: the top-k input crops
+    top_strip_channels: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CamMap:
+    kind: str  # "predicted" or "true"
+    target: int
+    target_label: str
+    cam: tuple[tuple[float, ...], ...]  # at the layer's resolution (pooled to at most 16x16), 0..1
+    peak: tuple[float, float]  # (y, x) of the hottest point, as fractions of height and width
+    overlay: EncodedImage | None
+
+
+@dataclass(frozen=True)
+class GradCamInput:
+    input_index: int
+    input_name: str
+    maps: tuple[CamMap, ...]
+
+
+@dataclass(frozen=True)
+class GradCam:
+    layer: str
+    anchor: str | None
+    inputs: tuple[GradCamInput, ...]
+    note: str
+
+
+@dataclass(frozen=True)
+class EmbeddingPoint:
+    input_index: int
+    input_name: str
+    x: float
+    y: float
+    label: str | None
+    outlier: bool
+
+
+@dataclass(frozen=True)
+class Embedding:
+    source: str
+    dimension: int
+    total_inputs: int
+    colour_by: str  # "true label", "predicted label" or ""
+    explained_variance: tuple[float, ...]  # fraction of the variance along each axis
+    points: tuple[EmbeddingPoint, ...]
+    outliers: tuple[int, ...]  # input indices, farthest first
+    legend: tuple[tuple[str, str], ...]  # (label, colour)
+    chart: EncodedImage | None
+
+
+@dataclass(frozen=True)
+class ClassRow:
+    index: int
+    label: str
+    count: int
+    correct: int
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class Misclassified:
+    input_index: int
+    input_name: str
+    true_label: str
+    top: tuple[TopClass, ...]
+
+
+@dataclass(frozen=True)
+class PerClass:
+    labelled: int
+    correct: int
+    accuracy: float
+    classes: tuple[ClassRow, ...]
+    confusion_classes: tuple[int, ...]  # rows (true) and columns (predicted) of `confusion`
+    confusion: tuple[tuple[int, ...], ...]
+    confusion_pairs: tuple[tuple[int, int, int], ...]  # every (true, predicted, count), sparse
+    wrong: tuple[Misclassified, ...]
+    chart: EncodedImage | None
+
+
+@dataclass(frozen=True)
+class InitTest:
+    """Are ALL conv weights, pooled, indistinguishable from a default initialisation?"""
+
+    match: str  # "" or the initialisation
+    distance: float  # Kolmogorov-Smirnov distance of the pooled, standardised weights (smallest)
+    critical: float  # factor / sqrt(pooled sample size)
+    layers: int  # conv layers judged
+    sample: int  # weights in the pooled sample
+    note: str  # why nothing was judged, when so
+
+
+@dataclass(frozen=True)
+class ReportInsight:
+    gradcam: GradCam | None = None
+    embedding: Embedding | None = None
+    per_class: PerClass | None = None
+    notes: tuple[str, ...] = ()
+    init_test: InitTest | None = None
 
 
 def finite_or_none(value: float) -> float | None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from reportgen.alerts import WHY
+from reportgen.insight_view import layer_view, nav_entries, report_view
 from reportgen.report_model import (
     EncodedImage,
     LayerSection,
@@ -148,6 +149,7 @@ def section_view(section: LayerSection, position: int, alert_kinds: dict[str, li
             {"input_name": fm.input_name, **grid_view(fm.grid, f"feature maps of {section.name} for {fm.input_name}")}
             for fm in section.feature_maps
         ],
+        "insight": layer_view(section),
     }
 
 
@@ -282,6 +284,7 @@ def page(report: ReportModel) -> dict[str, Any]:
         nav.append({"href": "#predictions", "label": "Predictions"})
     if report.impact is not None:
         nav.append({"href": "#impact", "label": "Impact"})
+    nav.extend(nav_entries(report))
     nav.append({"href": "#layers", "label": "Layers"})
     reproduce = reproduce_view(report)
     if reproduce["command"] or reproduce["files"]:
@@ -300,6 +303,7 @@ def page(report: ReportModel) -> dict[str, Any]:
         "hidden_inputs": f"{count(hidden_inputs)} more inputs contribute to the statistics but are not drawn." if hidden_inputs else "",
         "predictions": [prediction_view(p) for p in report.predictions[: len(inputs) or 16]],
         "sections": sections,
+        "insight": report_view(report),
         "layer_nav": [{"href": f"#{s['anchor']}", "label": s["name"], "type": s["type"], "badges": s["badges"]} for s in sections],
         "nav": nav,
         "no_sections": "" if sections else "No convolution layer was hooked: this report holds the summary only.",

@@ -1,0 +1,276 @@
+"""Grad-CAM for classifiers, and which layers' outputs reach the model's output.
+
+One extra pass over the shown inputs only (at most `max_inputs_shown`, in chunks of
+`CHUNK`), the only place reportgen computes gradients:
+- autograd on for this pass alone (`torch.inference_mode(False)` + `torch.enable_grad()`), on a
+  fresh copy of the inputs that requires grad, so the graph exists even for frozen models;
+- hooks only inside `CamHooks`, a context manager whose `__exit__` removes them. The target
+  layer's forward hook copies its output (before any in-place op after it can change it) and
+  registers a tensor hook on that output for the gradient; the backward is
+  `torch.autograd.grad(score, inputs=[gradient edge of that output])`, which stops at the layer
+  and never writes `.grad` of any parameter (every `p.grad` is checked and put back regardless);
+- `requires_grad` flags are not touched; training flags and device are restored by the caller
+  (`analyze` runs this inside `preserved_modes` and `on_device`, with the model in eval mode).
+
+Grad-CAM (Selvaraju et al. 2017): weights = spatial mean of d score / d A per channel;
+map = ReLU(sum_k weight_k A_k), scaled by its own max to 0..1 (all 0 when no location speaks for
+the class). Reachability: the autograd graph from the output is walked (no computation) and a
+layer whose output's gradient edge is not in it cannot affect the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reportgen.capture import first_tensor
+from reportgen.errors import ReportError
+from reportgen.hook_owner import HookOwner
+from reportgen.inputs import InputSet
+
+CHUNK = 4  # inputs per Grad-CAM forward: bounds the memory the autograd graph holds
+MAX_CAM_SIDE = 16  # the JSON holds the map at the layer's resolution, pooled to at most this
+
+
+@dataclass(frozen=True)
+class CamRecord:
+    """One Grad-CAM map of one input for one class, at the layer's resolution (numpy)."""
+
+    input_index: int
+    kind: str  # "predicted" or "true"
+    target: int
+    cam: np.ndarray  # (h, w) float32, 0..1
+
+
+@dataclass(frozen=True)
+class CamResult:
+    layer: str
+    records: tuple[CamRecord, ...]
+    reaches_output: dict[str, bool]
+    note: str = ""
+
+
+@dataclass
+class _Captured:
+    activation: torch.Tensor | None = None
+    edge: Any = None
+    gradient: torch.Tensor | None = None
+    edges: dict[str, list[Any]] = field(default_factory=dict)
+
+
+def default_cam_layer(model: nn.Module) -> str | None:
+    """The last convolution, in definition order."""
+    last = None
+    for name, module in model.named_modules():
+        if name and isinstance(module, nn.modules.conv._ConvNd) and not isinstance(
+            module, nn.modules.conv._ConvTransposeNd
+        ):
+            last = name
+    return last
+
+
+def check_cam_layer(model: nn.Module, name: str) -> None:
+    names = [n for n, _ in model.named_modules() if n]
+    if name not in names:
+        convs = [n for n, m in model.named_modules() if n and isinstance(m, nn.modules.conv._ConvNd)]
+        sample = ", ".join((convs or names)[-6:]) or "(the model has no submodules)"
+        raise ReportError(f"--cam-layer {name} is not a module of the model; the last convs are: {sample}")
+
+
+class CamHooks(HookOwner):
+    """Forward hooks for one Grad-CAM pass; `__exit__` always removes them (HookOwner)."""
+
+    def __init__(self, model: nn.Module, target: str, watched: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.target = target
+        self.watched = [name for name in watched if name != target]
+        self.captured = _Captured()
+
+    def _register(self) -> None:
+        modules = dict(self.model.named_modules())
+        self._handles.append(modules[self.target].register_forward_hook(self._target_hook))
+        for name in self.watched:
+            if name in modules:
+                self._handles.append(modules[name].register_forward_hook(self._watch_hook(name)))
+
+    def _remove(self) -> None:
+        super()._remove()
+        self.captured = _Captured()  # drop the graph's tensors with the hooks
+
+    def reset(self) -> None:
+        self.captured = _Captured()
+
+    def _edge(self, tensor: torch.Tensor) -> Any:
+        return torch.autograd.graph.get_gradient_edge(tensor) if tensor.requires_grad else None
+
+    def _target_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        tensor = first_tensor(output)
+        if tensor is None or not tensor.is_floating_point():
+            return
+        captured = self.captured
+        captured.activation = tensor.detach().clone()  # before any in-place op after the layer
+        captured.edge = self._edge(tensor)
+        self.captured.edges.setdefault(self.target, []).append(captured.edge)
+        if tensor.requires_grad:
+            def keep(gradient: torch.Tensor) -> None:
+                captured.gradient = gradient.detach()
+
+            tensor.register_hook(keep)
+
+    def _watch_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            tensor = first_tensor(output)
+            if tensor is not None and tensor.is_floating_point():
+                self.captured.edges.setdefault(name, []).append(self._edge(tensor))
+
+        return hook
+
+
+def graph_nodes(root: Any) -> set[Any]:
+    """Every autograd node reachable from `root` (iterative: graphs are deep)."""
+    seen: set[Any] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return seen
+
+
+def _saved_grads(model: nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    for parameter in model.parameters():
+        yield parameter, parameter.grad
+
+
+def grad_cam(
+    model: nn.Module,
+    inputs: InputSet,
+    *,
+    count: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    layer: str,
+    watched: Sequence[str] = (),
+    call: Callable[[nn.Module, torch.Tensor], Any] | None = None,
+) -> CamResult:
+    """Grad-CAM maps for the first `count` inputs (predicted class, and the true class when a
+    label is known and differs), and whether each watched layer reaches the output."""
+    saved = list(_saved_grads(model))
+    records: list[CamRecord] = []
+    reaches: dict[str, bool] = {}
+    note = ""
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), CamHooks(model, layer, watched) as hooks:
+            for start in range(0, count, CHUNK):
+                stop = min(start + CHUNK, count)
+                batch = inputs.batch(start, stop)
+                if not batch.is_floating_point():
+                    return CamResult(layer, (), {}, "Grad-CAM needs floating-point inputs.")
+                batch = batch.to(device=device, dtype=dtype).clone().requires_grad_(True)
+                hooks.reset()
+                output = call(model, batch) if call is not None else model(batch)
+                logits = first_tensor(output)
+                if start == 0:
+                    reaches = _reachability(logits, hooks.captured.edges)
+                captured = hooks.captured
+                if logits is None or logits.dim() != 2 or logits.shape[1] < 2 or logits.grad_fn is None:
+                    note = "Grad-CAM needs a classifier: a (batch, classes) output with a gradient."
+                    break
+                if captured.activation is None or captured.edge is None or captured.activation.dim() != 4:
+                    note = f"Grad-CAM needs a 2D feature map from {layer}, which did not produce one."
+                    break
+                records.extend(_maps(logits, captured, inputs, start, stop))
+                del output, logits, captured
+                hooks.reset()
+    finally:
+        for parameter, grad in saved:
+            if parameter.grad is not grad:
+                parameter.grad = grad
+    return CamResult(layer, tuple(records), reaches, note)
+
+
+def _reachability(logits: torch.Tensor | None, edges: dict[str, list[Any]]) -> dict[str, bool]:
+    if logits is None or logits.grad_fn is None:
+        return {}
+    nodes = graph_nodes(logits.grad_fn)
+    result = {}
+    for name, found in edges.items():
+        usable = [edge for edge in found if edge is not None]
+        if usable:
+            result[name] = any(edge.node in nodes for edge in usable)
+    return result
+
+
+def _maps(logits: torch.Tensor, captured: _Captured, inputs: InputSet, start: int, stop: int) -> list[CamRecord]:
+    predicted = logits.detach().argmax(dim=1)
+    targets: list[tuple[str, torch.Tensor, list[int]]] = [("predicted", predicted, list(range(stop - start)))]
+    labels = [inputs.label(i) for i in range(start, stop)]
+    true_rows = [row for row, label in enumerate(labels)
+                 if label is not None and 0 <= label < logits.shape[1] and label != int(predicted[row])]
+    if true_rows:
+        true = predicted.clone()
+        for row in true_rows:
+            true[row] = int(labels[row])  # type: ignore[arg-type]
+        targets.append(("true", true, true_rows))
+    records = []
+    activation = captured.activation
+    assert activation is not None
+    for number, (kind, classes, rows) in enumerate(targets):
+        score = logits.gather(1, classes[:, None]).sum()
+        captured.gradient = None
+        (returned,) = torch.autograd.grad(score, inputs=[captured.edge], retain_graph=number + 1 < len(targets))
+        # The tensor hook saw the same gradient (of the layer's output as it left the layer).
+        gradient = captured.gradient if captured.gradient is not None else returned
+        weights = gradient.float().mean(dim=(2, 3), keepdim=True)
+        cams = F.relu((weights * activation.float()).sum(dim=1))
+        cams = torch.nan_to_num(cams, nan=0.0, posinf=0.0, neginf=0.0)  # NaN model: a cold map, not garbage
+        peak = cams.flatten(1).amax(dim=1).clamp(min=1e-12)
+        cams = torch.where(cams.flatten(1).amax(dim=1)[:, None, None] > 0, cams / peak[:, None, None],
+                           torch.zeros_like(cams))
+        host = cams.detach().cpu().numpy().astype(np.float32)
+        for row in rows:
+            records.append(CamRecord(input_index=start + row, kind=kind, target=int(classes[row]), cam=host[row]))
+    return records
+
+
+def pooled(cam: np.ndarray, side: int = MAX_CAM_SIDE) -> np.ndarray:
+    """The map average-pooled so neither side exceeds `side` (for the JSON)."""
+    height, width = cam.shape
+    if max(height, width) <= side:
+        return cam
+    target = (min(height, side), min(width, side))
+    return F.adaptive_avg_pool2d(torch.from_numpy(cam)[None, None], target)[0, 0].numpy()
+
+
+def upsampled(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear upsampling to (height, width): the map laid over the input."""
+    tensor = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
+    return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def overlay(thumbnail: np.ndarray, cam: np.ndarray, strength: float = 0.6) -> np.ndarray:
+    """The map on the thumbnail: thumbnail dimmed to gray, heat (black-red-yellow-white) blended in
+    with opacity `strength * heat`, so cold regions show the input and hot ones the colour."""
+    height, width = thumbnail.shape[:2]
+    heat = np.clip(upsampled(cam, height, width), 0.0, 1.0)[..., None]
+    gray = thumbnail.astype(np.float32) if thumbnail.ndim == 3 else np.repeat(thumbnail[..., None], 3, 2).astype(np.float32)
+    colour = np.concatenate([np.clip(3 * heat, 0, 1), np.clip(3 * heat - 1, 0, 1), np.clip(3 * heat - 2, 0, 1)], axis=2) * 255
+    alpha = strength * heat
+    blended = gray * (1 - alpha) + colour * alpha
+    return np.floor(blended + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def peak_fraction(cam: np.ndarray) -> tuple[float, float]:
+    """(y, x) of the hottest cell's centre as fractions of the height and width."""
+    height, width = cam.shape
+    row, column = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    return ((row + 0.5) / height, (column + 0.5) / width)

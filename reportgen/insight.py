@@ -1,0 +1,374 @@
+"""Insight beyond pictures: the glue between analyze/render and the modules that compute it.
+
+- `collect` (analyze stage, model on its device, hooks already removed): full-weight statistics
+  (`weight_stats`), receptive fields and top-activation crops (`top_activations`), the Grad-CAM
+  pass (`gradcam`), the penultimate features (`embedding`, collected during the main pass).
+  It returns `InsightData` (numpy and plain values).
+- `build` (render stage): `LayerInsight` per section and the report-level `ReportInsight`
+  (Grad-CAM overlays, embedding scatter, per-class view), pictures encoded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from reportgen import gradcam, svg
+from reportgen.embedding import Features, colour_keys, pca_2d
+from reportgen.errors import ReportError, one_line
+from reportgen.faults import is_out_of_memory, release_cached_memory
+from reportgen.grids import embed, encode_png, tile_grid
+from reportgen.report_model import (
+    CamMap,
+    ChannelTop,
+    EncodedImage,
+    InitTest,
+    Embedding,
+    EmbeddingPoint,
+    GradCam,
+    GradCamInput,
+    LayerInsight,
+    LayerSection,
+    ReportInsight,
+    WeightStats,
+)
+from reportgen.top_activations import Geometry, channel_tops, collect_crops, layer_geometry
+from reportgen.weight_stats import untrained_test, weight_stats
+
+if TYPE_CHECKING:
+    from reportgen.alerts import AlertThresholds
+    from reportgen.analyze import Analysis, InputRecord
+    from reportgen.capture import CapturedLayer
+    from reportgen.inputs import InputSet
+    from reportgen.summary import SummaryTable
+
+CONSTANT_TOLERANCE = 1e-5  # a channel is constant when (max - mean) <= this * |max|
+ACTIVITY_HEIGHT = 24  # pixels of the per-channel activity bars
+
+
+@dataclass(frozen=True)
+class InsightOptions:
+    """Knobs of the insight features (CLI: --top-k, --top-k-channels, --no-cam, --cam-layer,
+    --no-embedding, --duplicate-threshold)."""
+
+    top_k: int = 5  # inputs kept per shown channel; 0 disables
+    top_k_channels: int = 16  # channels per layer whose top-k crops are drawn (dataset mode)
+    cam: bool = True
+    cam_layer: str | None = None  # default: the last convolution
+    embedding: bool = True
+    duplicate_threshold: float = 0.99
+
+
+@dataclass(frozen=True)
+class InsightData:
+    """What the analyze stage hands on for the insight features (numpy and plain values)."""
+
+    weight_stats: dict[str, WeightStats] = field(default_factory=dict)
+    geometry: dict[str, Geometry] = field(default_factory=dict)
+    input_spatial: tuple[int, ...] = ()
+    tops: dict[str, tuple[ChannelTop, ...]] = field(default_factory=dict)
+    crops: dict[str, np.ndarray] = field(default_factory=dict)
+    cam: gradcam.CamResult | None = None
+    features: Features | None = None
+    notes: tuple[str, ...] = ()
+    init_test: InitTest | None = None
+
+
+def collect(
+    model: nn.Module,
+    inputs: InputSet,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    options: InsightOptions,
+    keep_inputs: int,
+    selected: Sequence[str],
+    layers: Sequence[CapturedLayer],
+    summary: SummaryTable | None,
+    records: Sequence[InputRecord],
+    classifier: bool,
+    features: Features | None,
+    call: Callable[[nn.Module, torch.Tensor], Any] | None = None,
+) -> InsightData:
+    """Run after the main pass, inside its `preserved_modes`/`on_device`, model in eval mode."""
+    notes: list[str] = []
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        stats = {
+            name: found
+            for name in selected
+            if name in modules
+            and (found := weight_stats(modules[name], duplicate_threshold=options.duplicate_threshold)) is not None
+        }
+        kernels = [module.weight for module in modules.values()
+                   if isinstance(module, nn.modules.conv._ConvNd) and isinstance(module.weight, torch.Tensor)
+                   and not isinstance(module.weight, nn.parameter.UninitializedParameter)]
+        init_test = untrained_test(kernels)
+    input_spatial = tuple(int(d) for d in records[0].shape[1:]) if records else ()
+    geometry = layer_geometry(model, summary.rows if summary is not None else (), layers, input_spatial) \
+        if input_spatial else {}
+    names = list(inputs.names)
+    tops = {layer.key: channel_tops(layer, names, geometry.get(layer.key), input_spatial) for layer in layers}
+    tops = {key: value for key, value in tops.items() if value}
+    crops: dict[str, np.ndarray] = {}
+    if options.top_k > 0 and len(inputs) > keep_inputs and len(input_spatial) == 2 and tops:
+        # Dataset mode: more inputs than feature-map rows, so show who excites each channel.
+        crops = collect_crops(tops, inputs, channels=options.top_k_channels)
+    cam = None
+    if options.cam and classifier and layers and input_spatial:
+        target = options.cam_layer or gradcam.default_cam_layer(model)
+        if options.cam_layer is not None:
+            gradcam.check_cam_layer(model, options.cam_layer)
+        if target is not None:
+            try:
+                cam = gradcam.grad_cam(model, inputs, count=min(keep_inputs, len(inputs)), device=device,
+                                       dtype=dtype, layer=target, watched=[layer.module_name for layer in layers],
+                                       call=call)
+            except ReportError:
+                raise
+            except Exception as exc:  # the main pass worked: report without Grad-CAM, and say why
+                if is_out_of_memory(exc):
+                    release_cached_memory(device)
+                notes.append(f"Grad-CAM was skipped: the model failed in the gradient pass ({one_line(exc)}).")
+                cam = None
+            if cam is not None and cam.note:
+                notes.append(cam.note)
+    elif options.cam and not classifier and layers:
+        notes.append("Grad-CAM was skipped: the model's output is not a (batch, classes) score.")
+    return InsightData(weight_stats=stats, geometry=geometry, input_spatial=input_spatial, tops=tops, crops=crops,
+                       cam=cam, features=features, notes=tuple(notes), init_test=init_test)
+
+
+# ---- render stage ------------------------------------------------------------------------
+
+
+def dead_channels(section: LayerSection, dead_fraction: float) -> tuple[int, ...]:
+    """Channels > 0 on at most `dead_fraction` of the inputs. A channel holding NaN/Inf is
+    reported as non-finite instead (NaN is never > 0, so it would look dead)."""
+    nonfinite = section.stats.nonfinite
+    return tuple(i for i, f in enumerate(section.stats.fraction_inputs_active)
+                 if f <= dead_fraction and not (i < len(nonfinite) and nonfinite[i]))
+
+
+def constant_channels(section: LayerSection, dead: Sequence[int]) -> tuple[int, ...]:
+    """Channels with the same value at every position of every input, other than dead ones.
+
+    Over all inputs and positions mean <= max, with equality only when every value equals the
+    max; the tolerance absorbs float32 rounding of the sums.
+    """
+    dead_set = set(dead)
+    stats = section.stats
+    found = []
+    for i, (mean, high) in enumerate(zip(stats.mean, stats.max)):
+        if i in dead_set or not (math.isfinite(mean) and math.isfinite(high)):
+            continue
+        if high - mean <= CONSTANT_TOLERANCE * abs(high):
+            found.append(i)
+    return tuple(found)
+
+
+def activity_picture(values: Sequence[float], marked: Sequence[int]) -> np.ndarray:
+    """(ACTIVITY_HEIGHT, channels, 3) uint8: one column per channel, bar height = value (0..1);
+    marked (dead) channels are a full red column."""
+    count = len(values)
+    picture = np.full((ACTIVITY_HEIGHT, max(count, 1), 3), 255, dtype=np.uint8)
+    picture[-1, :] = (200, 205, 212)
+    for i, value in enumerate(values):
+        v = value if math.isfinite(value) else 0.0
+        height = int(round(min(max(v, 0.0), 1.0) * (ACTIVITY_HEIGHT - 1)))
+        if height:
+            picture[ACTIVITY_HEIGHT - 1 - height: ACTIVITY_HEIGHT - 1, i] = (31, 111, 235)
+    for i in marked:
+        picture[: ACTIVITY_HEIGHT - 1, i] = (209, 36, 47)
+    return picture
+
+
+class _Encoder:
+    """PNG encodings queued and run in a thread pool (zlib releases the GIL)."""
+
+    def __init__(self) -> None:
+        self.pending: list[np.ndarray] = []
+
+    def queue(self, picture: np.ndarray) -> int:
+        self.pending.append(picture)
+        return len(self.pending) - 1
+
+    def run(self) -> list[EncodedImage]:
+        def encode(picture: np.ndarray) -> EncodedImage:
+            return embed(encode_png(picture), width=picture.shape[1], height=picture.shape[0])
+
+        if not self.pending:
+            return []
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            return list(pool.map(encode, self.pending))
+
+
+def build(
+    analysis: Analysis,
+    sections: Sequence[LayerSection],
+    *,
+    label_of: Callable[[int | None], str | None],
+    thresholds: AlertThresholds,
+) -> tuple[tuple[LayerSection, ...], ReportInsight | None]:
+    """Sections with their `insight` filled in, and the report-level insight."""
+    data: InsightData | None = getattr(analysis, "insight", None)
+    if data is None:
+        return tuple(sections), None
+    encoder = _Encoder()
+    layer_by_key = {layer.key: layer for layer in analysis.layers}
+    reaches = data.cam.reaches_output if data.cam is not None else {}
+    pending_layers = []
+    for section in sections:
+        layer = layer_by_key.get(section.name)
+        module_name = layer.module_name if layer is not None else section.name
+        first_call = layer is None or layer.call_index == 0
+        stats = data.weight_stats.get(module_name) if first_call else None
+        dead = dead_channels(section, thresholds.dead_fraction)
+        activity_slot = encoder.queue(activity_picture(section.stats.fraction_active, dead)) \
+            if section.stats.fraction_active else None
+        crops = data.crops.get(section.name)
+        strip_slot = None
+        if crops is not None:
+            rows, k = crops.shape[:2]
+            picture, _ = tile_grid(crops.reshape(rows * k, *crops.shape[2:]), columns=k, pad_value=(255, 255, 255))
+            strip_slot = encoder.queue(picture)
+        pending_layers.append((section, layer, stats, dead, activity_slot, strip_slot, crops))
+
+    cam_slots = []
+    thumbnails = {record.index: record for record in analysis.inputs}
+    if data.cam is not None:
+        for record in data.cam.records:
+            thumb = thumbnails.get(record.input_index)
+            slot = encoder.queue(gradcam.overlay(thumb.thumbnail, record.cam)) \
+                if thumb is not None and thumb.thumbnail is not None else None
+            cam_slots.append(slot)
+    images = encoder.run()
+
+    def image(slot: int | None) -> EncodedImage | None:
+        return images[slot] if slot is not None else None
+
+    updated = []
+    for section, layer, stats, dead, activity_slot, strip_slot, crops in pending_layers:
+        geometry = data.geometry.get(section.name)
+        finite_max = [abs(v) for v in (*section.stats.max, *section.stats.mean) if math.isfinite(v)]
+        insight = LayerInsight(
+            weights=stats,
+            weight_histogram=svg.histogram(stats.histogram.counts, stats.histogram.low, stats.histogram.high,
+                                           title=f"weights of {section.name}") if stats is not None else None,
+            activity_chart=image(activity_slot),
+            max_abs_activation=max(finite_max) if finite_max else None,
+            dead_channels=dead,
+            dead_fraction=len(dead) / section.channels_total if section.channels_total else 0.0,
+            constant_channels=constant_channels(section, dead),
+            reaches_output=reaches.get(layer.module_name) if layer is not None else None,
+            receptive_field=geometry.receptive_field if geometry is not None else (),
+            stride=geometry.stride if geometry is not None else (),
+            top_activations=data.tops.get(section.name, ()),
+            top_strip=image(strip_slot),
+            top_strip_channels=tuple(t.channel for t in data.tops.get(section.name, ())[: crops.shape[0]])
+            if crops is not None else (),
+        )
+        updated.append(replace(section, insight=insight))
+
+    names = {record.index: record.name for record in analysis.inputs}
+    anchors = {section.name: section.anchor for section in sections}
+    report = ReportInsight(
+        gradcam=_gradcam(data.cam, cam_slots, images, names, anchors, label_of),
+        embedding=_embedding(data.features, analysis, names, label_of),
+        per_class=_per_class(analysis, names, label_of),
+        notes=data.notes,
+        init_test=data.init_test,
+    )
+    return tuple(updated), report
+
+
+def _gradcam(cam: gradcam.CamResult | None, slots: Sequence[int | None], images: Sequence[EncodedImage],
+             names: dict[int, str], anchors: dict[str, str],
+             label_of: Callable[[int | None], str | None]) -> GradCam | None:
+    if cam is None or not cam.records:
+        return None
+    by_input: dict[int, list[CamMap]] = {}
+    for record, slot in zip(cam.records, slots):
+        small = gradcam.pooled(record.cam)
+        by_input.setdefault(record.input_index, []).append(CamMap(
+            kind=record.kind,
+            target=record.target,
+            target_label=label_of(record.target) or str(record.target),
+            cam=tuple(tuple(round(float(v), 4) for v in row) for row in small),
+            peak=tuple(round(float(v), 4) for v in gradcam.peak_fraction(record.cam)),  # type: ignore[arg-type]
+            overlay=images[slot] if slot is not None else None,
+        ))
+    order = {"predicted": 0, "true": 1}
+    entries = tuple(
+        GradCamInput(input_index=index, input_name=names.get(index, str(index)),
+                     maps=tuple(sorted(maps, key=lambda m: order.get(m.kind, 2))))
+        for index, maps in sorted(by_input.items())
+    )
+    return GradCam(
+        layer=cam.layer,
+        anchor=anchors.get(cam.layer),
+        inputs=entries,
+        note=(f"Grad-CAM at {cam.layer}: heat = ReLU(sum over channels of (mean gradient of the class score) "
+              "x activation), scaled to its own max, upsampled bilinearly onto the input."),
+    )
+
+
+def _embedding(features: Features | None, analysis: Analysis, names: dict[int, str],
+               label_of: Callable[[int | None], str | None]) -> Embedding | None:
+    if features is None:
+        return None
+    projection = pca_2d(features.vectors)
+    if projection is None:
+        return None
+    labels_by_index = {record.index: record.label for record in analysis.inputs}
+    predicted = {p.index: p.top_indices[0] for p in analysis.predictions if p.top_indices}
+    indices = [int(i) for i in features.indices]
+    if any(labels_by_index.get(i) is not None for i in indices):
+        colour_by = "true label"
+        keys = [label_of(labels_by_index.get(i)) for i in indices]
+    elif predicted:
+        colour_by = "predicted label"
+        keys = [label_of(predicted.get(i)) for i in indices]
+    else:
+        colour_by = ""
+        keys = [None for _ in indices]
+    mapping, colours = colour_keys(keys, svg.CATEGORICAL, svg.OTHER)
+    outlier_rows = set(projection.outliers)
+    points = tuple(
+        EmbeddingPoint(input_index=index, input_name=names.get(index, str(index)),
+                       x=float(projection.coordinates[row, 0]), y=float(projection.coordinates[row, 1]),
+                       label=keys[row], outlier=row in outlier_rows)
+        for row, index in enumerate(indices)
+    )
+    marked = [(row, names.get(indices[row], str(indices[row]))) for row in projection.outliers]
+    chart = svg.scatter([p.x for p in points], [p.y for p in points], colours, marked=marked,
+                        title=f"PCA of {features.source}")
+    legend = tuple((label, colour) for label, colour in mapping.items())
+    if any(colour == svg.OTHER for colour in colours):
+        legend += (("other", svg.OTHER),)
+    return Embedding(
+        source=features.source,
+        dimension=int(features.vectors.shape[1]),
+        total_inputs=features.total,
+        colour_by=colour_by,
+        explained_variance=tuple(projection.explained),
+        points=points,
+        outliers=tuple(indices[row] for row in projection.outliers),
+        legend=legend,
+        chart=chart,
+    )
+
+
+def _per_class(analysis: Analysis, names: dict[int, str],
+               label_of: Callable[[int | None], str | None]) -> Any:
+    from reportgen.per_class import per_class
+
+    return per_class(analysis.predictions, names, label_of)

@@ -1,0 +1,172 @@
+"""Display decisions for the insight parts of the page (templates/insight*.html.jinja2).
+
+Like `view.py`: every number is formatted and every CSS class chosen here; the templates only
+loop and print. Everything returned is plain strings, lists and dicts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from reportgen.report_model import EncodedImage, LayerSection, ReportModel
+
+THUMB_WIDTH = 96
+STRIP_WIDTH = 200  # CSS px of a top-activation strip (k crops wide)
+MAX_TOP_LINES = 8  # channels whose top inputs are listed in words under the strip
+MAX_WRONG_SHOWN = 24
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+
+def _percent(value: float) -> str:
+    return f"{value * 100:.1f}%"
+
+
+def _image(image: EncodedImage | None, width: int | None = None) -> dict[str, Any] | None:
+    """Natural size, or about `width` CSS px: small pictures scale up by a whole factor (crisp
+    pixels), large ones scale down to it."""
+    if image is None:
+        return None
+    natural = max(image.width, 1)
+    shown = natural if width is None else (natural * max(1, width // natural) if natural < width else width)
+    return {"src": image.data_uri, "width": shown, "height": max(1, round(image.height * shown / natural))}
+
+
+def _bars(image: EncodedImage | None, width: int = 320, height: int = 32) -> dict[str, Any] | None:
+    """The per-channel bars stretched to width x height CSS px (channels wide, whatever the count)."""
+    if image is None:
+        return None
+    return {"src": image.data_uri, "width": width, "height": height}
+
+
+def layer_view(section: LayerSection) -> dict[str, Any] | None:
+    """The statistics block of one layer section, or None when there is nothing to show."""
+    insight = section.insight
+    if insight is None:
+        return None
+    weight_rows: list[tuple[str, str]] = []
+    weights = insight.weights
+    if weights is not None:
+        weight_rows = [
+            ("weights", f"{weights.count:,} values, shape [{', '.join(str(d) for d in weights.shape)}]"),
+            ("norm / mean / std", f"{_number(weights.norm)} / {_number(weights.mean)} / {_number(weights.std)}"),
+            ("min / max", f"{_number(weights.min)} / {_number(weights.max)}"),
+            ("sparsity (exact 0)", _percent(weights.sparsity)),
+            ("NaN/Inf", f"{weights.nonfinite:,}"),
+            ("flat filters", ", ".join(str(i) for i in weights.flat_filters[:12]) or "none"),
+            ("near-duplicate pairs", f"{weights.duplicate_pairs} (cosine >= {weights.duplicate_threshold:g})"
+             + (": " + ", ".join(f"{p.a}≈{p.b}" for p in weights.duplicates[:6]) if weights.duplicates else "")),
+            ("vs. default init", f"KS distance {_number(weights.init_distance)} (fresh init < "
+             f"{_number(weights.init_critical)})" + (f": matches {weights.init_match}" if weights.init_match else "")),
+        ]
+    activity_rows = [
+        ("dead channels", f"{len(insight.dead_channels)} of {section.channels_total} ({_percent(insight.dead_fraction)})"),
+        ("constant channels", f"{len(insight.constant_channels)}"),
+        ("largest |activation|", _number(insight.max_abs_activation)),
+        ("reaches the output", {True: "yes", False: "NO", None: "not checked"}[insight.reaches_output]),
+    ]
+    if insight.receptive_field:
+        activity_rows.append(("receptive field (est.)",
+                              "x".join(str(v) for v in insight.receptive_field) + " px, stride "
+                              + "x".join(f"{v:g}" for v in insight.stride)))
+    stats = section.stats
+    channel_table = [
+        {"channel": i, "mean": _number(stats.mean[i]), "max": _number(stats.max[i]),
+         "active": _percent(stats.fraction_active[i]), "inputs": _percent(stats.fraction_inputs_active[i]),
+         "css": "dead" if i in set(insight.dead_channels) else ""}
+        for i in section.channels_shown if i < len(stats.mean)
+    ]
+    top_lines = []
+    for channel_top in insight.top_activations[:MAX_TOP_LINES]:
+        entries = ", ".join(f"{t.input_name} ({_number(t.score)})" for t in channel_top.top)
+        top_lines.append(f"channel {channel_top.channel}: {entries}")
+    strip_channels = ", ".join(str(c) for c in insight.top_strip_channels)
+    return {
+        "histogram": _image(insight.weight_histogram),
+        "activity": _bars(insight.activity_chart),
+        "activity_legend": (f"fraction of positions > 0 per channel (0..{section.channels_total - 1}, left to right; "
+                            "red = dead)"),
+        "weight_rows": weight_rows,
+        "activity_rows": activity_rows,
+        "channel_table": channel_table,
+        "strip": _image(insight.top_strip, STRIP_WIDTH),
+        "strip_legend": (f"top-{len(insight.top_activations[0].top) if insight.top_activations else 0} inputs per "
+                         f"channel (rows: channels {strip_channels}), each cropped to the input window the peak "
+                         "cell sees" if insight.top_strip is not None else ""),
+        "top_lines": top_lines,
+    }
+
+
+def report_view(report: ReportModel) -> dict[str, Any] | None:
+    """Grad-CAM, embedding and per-class blocks, or None when none exists."""
+    insight = report.insight
+    if insight is None or (insight.gradcam is None and insight.embedding is None and insight.per_class is None
+                           and not insight.notes):
+        return None
+    gradcam = None
+    if insight.gradcam is not None:
+        cam = insight.gradcam
+        gradcam = {
+            "layer": cam.layer,
+            "href": f"#{cam.anchor}" if cam.anchor else "",
+            "note": cam.note,
+            "inputs": [
+                {
+                    "name": entry.input_name,
+                    "maps": [
+                        {"image": _image(m.overlay, THUMB_WIDTH),
+                         "caption": f"{m.kind}: {m.target_label}",
+                         "alt": f"Grad-CAM of {entry.input_name} for {m.kind} class {m.target_label}"}
+                        for m in entry.maps
+                    ],
+                }
+                for entry in cam.inputs
+            ],
+        }
+    embedding = None
+    if insight.embedding is not None:
+        emb = insight.embedding
+        variance = " and ".join(_percent(v) for v in emb.explained_variance)
+        embedding = {
+            "chart": _image(emb.chart),
+            "caption": (f"PCA of the {emb.dimension}-dimensional {emb.source}: {len(emb.points):,} of "
+                        f"{emb.total_inputs:,} inputs; the axes hold {variance} of the variance"
+                        + (f"; coloured by {emb.colour_by}" if emb.colour_by else "")),
+            "legend": [{"label": label, "style": f"background: {colour}"} for label, colour in emb.legend],
+            "outliers": [p.input_name for p in emb.points if p.outlier],
+        }
+    per_class = None
+    if insight.per_class is not None:
+        pc = insight.per_class
+        wrong_total = pc.labelled - pc.correct
+        per_class = {
+            "summary": f"accuracy {_percent(pc.accuracy)}: {pc.correct:,} of {pc.labelled:,} labelled inputs correct",
+            "chart": _image(pc.chart),
+            "classes": [{"label": c.label, "count": f"{c.count:,}", "accuracy": _percent(c.accuracy),
+                         "css": "" if c.accuracy >= 0.5 else "low"} for c in pc.classes],
+            "wrong": [
+                {"name": w.input_name, "true": w.true_label,
+                 "top": ", ".join(f"{t.label} {_percent(t.probability)}" for t in w.top)}
+                for w in pc.wrong[:MAX_WRONG_SHOWN]
+            ],
+            "wrong_note": (f"{wrong_total:,} misclassified; the first {MAX_WRONG_SHOWN} are listed."
+                           if wrong_total > MAX_WRONG_SHOWN else
+                           (f"{wrong_total:,} misclassified." if wrong_total else "No input was misclassified.")),
+        }
+    return {"gradcam": gradcam, "embedding": embedding, "per_class": per_class, "notes": list(insight.notes)}
+
+
+def nav_entries(report: ReportModel) -> list[dict[str, str]]:
+    insight = report.insight
+    entries = []
+    if insight is not None:
+        if insight.gradcam is not None:
+            entries.append({"href": "#gradcam", "label": "Grad-CAM"})
+        if insight.embedding is not None:
+            entries.append({"href": "#embedding", "label": "Embedding"})
+        if insight.per_class is not None:
+            entries.append({"href": "#per-class", "label": "Per class"})
+    return entries

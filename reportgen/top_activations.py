@@ -1,0 +1,207 @@
+"""Dataset-wide top activations: for each shown channel, the k inputs that excite it most.
+
+The ranking itself runs inside the capture hook (`capture._Accumulator._update_insight`): per
+channel it keeps the top-k (max activation, input index, peak cell) on the device, so memory is
+flat in the number of inputs. This module turns those winners into what the report shows, the
+Zeiler & Fergus view: for each winner, the input window that the peak cell sees, cropped from the
+input (reloaded with `InputSet.load(i)`, each winner once) and scaled to `CROP_SIZE` pixels.
+
+Receptive field (the window's size) of a layer: walk the layers in execution order (torchinfo's
+rows) and add, for every conv and pooling layer, `dilation * (kernel - 1) * jump_in`, where
+`jump_in` (input pixels per cell of that layer's input) is the input size over the layer's
+output size, times its stride. That is exact for a chain of convs and pools and for ResNets'
+main path (their 1x1 shortcut convs add 0); parallel branches (Inception) make it an upper
+bound, and it is clipped to the input. The window is centred on the peak cell's centre mapped
+back by the layer's stride (symmetric padding assumed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reportgen.capture import CapturedLayer
+from reportgen.inputs import InputSet
+from reportgen.report_model import ChannelTop, TopActivation
+from reportgen.summary import SummaryRow
+
+CROP_SIZE = 32  # pixels a side of one crop in the strip
+WINDOW_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.conv._ConvNd,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._LPPoolNd,
+)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How one layer's output cells map onto the input: window size and stride, per axis."""
+
+    receptive_field: tuple[int, ...]
+    stride: tuple[float, ...]
+
+
+def _tuple(value: object, dims: int) -> tuple[int, ...]:
+    if isinstance(value, (tuple, list)):
+        items = tuple(int(v) for v in value)
+        return items if len(items) == dims else (items + (items[-1],) * dims)[:dims]
+    return (int(value),) * dims  # type: ignore[call-overload]
+
+
+def layer_geometry(
+    model: nn.Module,
+    rows: Sequence[SummaryRow],
+    layers: Sequence[CapturedLayer],
+    input_spatial: Sequence[int],
+) -> dict[str, Geometry]:
+    """Receptive field and stride of each captured layer with 2D (or 1D) spatial output."""
+    modules = dict(model.named_modules())
+    dims = len(input_spatial)
+    grown = [0.0] * dims
+    reached: dict[str, tuple[float, ...]] = {}
+    for row in rows:
+        module = modules.get(row.name.split("#")[0])
+        spatial = row.output_shape[2:]
+        if module is None or len(spatial) != dims or not isinstance(module, WINDOW_TYPES):
+            reached[row.name] = tuple(grown)
+            continue
+        if isinstance(module, nn.modules.conv._ConvTransposeNd):
+            reached[row.name] = tuple(grown)
+            continue
+        kernel = _tuple(getattr(module, "kernel_size", 1), dims)
+        stride = _tuple(getattr(module, "stride", None) or kernel, dims)
+        dilation = _tuple(getattr(module, "dilation", 1), dims)
+        for axis in range(dims):
+            jump_out = input_spatial[axis] / max(int(spatial[axis]), 1)
+            grown[axis] += dilation[axis] * (kernel[axis] - 1) * jump_out / max(stride[axis], 1)
+        reached[row.name] = tuple(grown)
+
+    result: dict[str, Geometry] = {}
+    for layer in layers:
+        spatial = layer.output_shape[2:]
+        if len(spatial) != dims or dims == 0:
+            continue
+        stride = tuple(input_spatial[a] / max(int(spatial[a]), 1) for a in range(dims))
+        if layer.key in reached:
+            field = tuple(1 + round(g) for g in reached[layer.key])
+        else:  # no summary row: a window of three cells
+            field = tuple(max(1, round(3 * s)) for s in stride)
+        result[layer.key] = Geometry(
+            receptive_field=tuple(min(f, int(input_spatial[a])) if f > 0 else 1 for a, f in enumerate(field)),
+            stride=tuple(float(s) for s in stride),
+        )
+    return result
+
+
+def window(peak: Sequence[int], geometry: Geometry, input_spatial: Sequence[int]) -> tuple[int, ...]:
+    """(top, left, bottom, right) in input pixels of the window a peak cell sees, clipped."""
+    ends: list[tuple[int, int]] = []
+    for axis, cell in enumerate(peak):
+        centre = (cell + 0.5) * geometry.stride[axis]
+        size = geometry.receptive_field[axis]
+        start = int(math.floor(centre - size / 2))
+        ends.append((max(start, 0), min(start + size, int(input_spatial[axis]))))
+    if len(ends) == 1:  # 1D: one row
+        ends.insert(0, (0, 1))
+    return (ends[0][0], ends[1][0], ends[0][1], ends[1][1])
+
+
+def unravel(position: int, spatial: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.unravel_index(int(position), tuple(int(s) for s in spatial)))
+
+
+def channel_tops(
+    layer: CapturedLayer,
+    names: Sequence[str],
+    geometry: Geometry | None,
+    input_spatial: Sequence[int],
+) -> tuple[ChannelTop, ...]:
+    """The kept winners of every shown channel, in rank order (empty entries dropped)."""
+    if layer.top_scores is None or layer.top_inputs is None or layer.top_positions is None:
+        return ()
+    tops = []
+    for row, channel in enumerate(layer.channels_shown[: layer.top_scores.shape[0]]):
+        entries = []
+        for score, index, position in zip(layer.top_scores[row], layer.top_inputs[row], layer.top_positions[row]):
+            if not math.isfinite(float(score)) and float(score) < 0:
+                continue  # fewer inputs than k
+            peak = unravel(int(position), layer.spatial_shape) if layer.spatial_shape else ()
+            box = window(peak, geometry, input_spatial) if geometry is not None and len(peak) == len(input_spatial) \
+                else (0, 0, 0, 0)
+            index = int(index)
+            entries.append(TopActivation(
+                input_index=index,
+                input_name=names[index] if 0 <= index < len(names) else str(index),
+                score=float(score),
+                peak=peak,
+                box=box,
+            ))
+        tops.append(ChannelTop(channel=int(channel), top=tuple(entries)))
+    return tuple(tops)
+
+
+def display_image(sample: torch.Tensor, inputs: InputSet) -> torch.Tensor | None:
+    """(3, H, W) float in [0, 1]: the input as the model saw it, de-normalised, like thumbnails."""
+    if sample.dim() != 3 or not sample.is_floating_point():
+        return None
+    image = sample.detach().float().cpu()
+    if inputs.preprocessing is not None:
+        image = inputs.preprocessing.denormalise(image)
+    if image.shape[0] not in (1, 3):
+        image = image.mean(dim=0, keepdim=True)
+    image = torch.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)
+    low, high = float(image.min()), float(image.max())
+    if low < 0.0 or high > 1.0:  # not a [0, 1] image: stretch its own range
+        image = (image - low) / (high - low) if high > low else torch.zeros_like(image)
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+
+
+def crop(image: torch.Tensor, box: tuple[int, ...], size: int = CROP_SIZE) -> np.ndarray:
+    """The box cut from a (3, H, W) [0, 1] image, scaled to size x size, as uint8 (size, size, 3)."""
+    top, left, bottom, right = box
+    piece = image[:, top:max(bottom, top + 1), left:max(right, left + 1)]
+    height, width = piece.shape[1:]
+    mode = "area" if height >= size and width >= size else "nearest"
+    scaled = F.interpolate(piece[None], size=(size, size), mode=mode)[0]
+    return (scaled.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy().copy()
+
+
+def collect_crops(
+    tops: dict[str, tuple[ChannelTop, ...]],
+    inputs: InputSet,
+    *,
+    channels: int,
+    size: int = CROP_SIZE,
+) -> dict[str, np.ndarray]:
+    """Per layer key, (channels, k, size, size, 3) uint8 crops of the first `channels` channels.
+
+    Each winning input is loaded once (sorted by index), all its crops cut, and then dropped, so
+    at most one full input is in memory at a time. Missing entries stay white.
+    """
+    wanted: dict[int, list[tuple[str, int, int, tuple[int, ...]]]] = {}
+    shapes: dict[str, tuple[int, int]] = {}
+    for key, layer_tops in tops.items():
+        chosen = layer_tops[:channels]
+        k = max((len(t.top) for t in chosen), default=0)
+        if not chosen or k == 0:
+            continue
+        shapes[key] = (len(chosen), k)
+        for row, channel_top in enumerate(chosen):
+            for column, entry in enumerate(channel_top.top):
+                if entry.box[2] > entry.box[0] and entry.box[3] > entry.box[1]:
+                    wanted.setdefault(entry.input_index, []).append((key, row, column, entry.box))
+    strips = {key: np.full((rows, k, size, size, 3), 255, dtype=np.uint8) for key, (rows, k) in shapes.items()}
+    for index in sorted(wanted):
+        image = display_image(inputs.load(index), inputs)
+        if image is None:
+            continue
+        for key, row, column, box in wanted[index]:
+            strips[key][row, column] = crop(image, box, size)
+    return strips

@@ -1,0 +1,313 @@
+"""Weight statistics of a conv-like layer, from its FULL weight tensor, reduced on its device.
+
+Per layer and per filter (output channel): L2 norm, mean, std, min, max, sparsity (fraction of
+weights exactly 0) and NaN/Inf count; a histogram; the all-zero or constant filters; pairs of
+near-duplicate filters (cosine similarity of the flattened filters at or above a threshold); and
+whether the weights are statistically indistinguishable from one of the default initialisations
+(a sign the model was never trained).
+
+Only plain values leave this module (`WeightStats`), so nothing keeps the tensor alive.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from reportgen.report_model import DuplicatePair, FilterStats, Histogram, InitTest, WeightStats
+
+HISTOGRAM_BINS = 32
+HISTOGRAM_SAMPLE = 16_384  # weights binned at most (evenly spaced); `Histogram.counts` sums to this
+MAX_PAIRS = 50  # near-duplicate pairs listed per layer (the count covers all of them)
+KS_SAMPLE = 8_192  # weights drawn (evenly spaced, deterministic) for the initialisation test
+PROJECTION_DIM = 16  # random projection used to find duplicate candidates in big layers
+EXACT_SIMILARITY_FLOPS = 50_000_000  # below this, compare every pair of filters exactly
+
+
+def filter_matrix(weight: torch.Tensor, *, transposed: bool, groups: int) -> torch.Tensor:
+    """(filters, values per filter), output channel first, as `analyze.layer_weights` orders them."""
+    tensor = weight.detach()
+    if transposed and groups == 1:
+        # ConvTranspose stores (in, out, *k); filter j is column j.
+        tensor = tensor.transpose(0, 1)
+    return tensor.reshape(tensor.shape[0], -1)
+
+
+def weight_stats(module: nn.Module, *, duplicate_threshold: float = 0.99) -> WeightStats | None:
+    """Statistics of `module.weight` (conv-like: 3 or more dims), or None if it has none."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 3:
+        return None
+    if isinstance(weight, nn.parameter.UninitializedParameter) or weight.numel() == 0:
+        return None
+    groups = int(getattr(module, "groups", 1))
+    transposed = bool(getattr(module, "transposed", False))
+    with torch.no_grad():
+        matrix = filter_matrix(weight, transposed=transposed, groups=groups)
+        # Filters of one group see the same inputs; filters of different groups cannot be
+        # duplicates of each other (a depthwise conv has one filter per group: no pairs).
+        per_group = matrix.shape[0] // groups if not transposed and groups > 0 else matrix.shape[0]
+        return _stats(weight.detach(), matrix, duplicate_threshold, max(per_group, 1))
+
+
+def _stats(weight: torch.Tensor, matrix: torch.Tensor, duplicate_threshold: float, group_size: int) -> WeightStats:
+    # One pass per statistic. Rows (one filter, at most a few thousand values) are summed in
+    # float32 (pairwise summation keeps that exact enough), the layer totals in float64.
+    # NaN/Inf are masked out only when present, so the common case makes no masked copies.
+    values = matrix.float()
+    width = values.shape[1]
+    # A row sum is NaN/Inf when the row holds one (or when finite values overflow float32,
+    # which the masked path then handles just the same), so the scan only runs when needed.
+    per_sum = values.sum(dim=1)
+    any_nonfinite = not bool(torch.isfinite(per_sum).all())
+    if any_nonfinite:
+        per_nonfinite = (~torch.isfinite(values)).sum(dim=1)
+        safe = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        per_sum = safe.sum(dim=1, dtype=torch.float64)
+        if bool(torch.isfinite(per_sum).all()) and not bool(per_nonfinite.any()):
+            any_nonfinite = False  # a float32 overflow, not a NaN/Inf weight
+    else:
+        per_nonfinite = torch.zeros(values.shape[0], dtype=torch.int64, device=values.device)
+        safe = values
+    per_count = (width - per_nonfinite).double()
+    counts = per_count.clamp(min=1)
+    per_sum = per_sum.double()
+    per_sumsq = torch.linalg.vector_norm(safe, dim=1).double().square()
+    per_mean = per_sum / counts
+    per_std = (per_sumsq / counts - per_mean.square()).clamp(min=0).sqrt()
+    if any_nonfinite:
+        finite = torch.isfinite(values)
+        per_min = torch.where(finite, values, torch.full_like(values, math.inf)).amin(dim=1).double()
+        per_max = torch.where(finite, values, torch.full_like(values, -math.inf)).amax(dim=1).double()
+    else:
+        # amin and amax apart: torch.aminmax along a dim is ~10x slower on CPU.
+        per_min, per_max = values.amin(dim=1).double(), values.amax(dim=1).double()
+    per_norm = per_sumsq.sqrt()
+    # Trained layers rarely hold an exact 0, so the per-filter count only runs when one does.
+    if int(torch.count_nonzero(values)) < values.numel():
+        per_zero = (width - torch.count_nonzero(values, dim=1)).double() / width
+    else:
+        per_zero = torch.zeros(values.shape[0], dtype=torch.float64, device=values.device)
+    none_finite = per_count == 0
+    nan = torch.full_like(per_mean, math.nan)
+    per_mean, per_std = torch.where(none_finite, nan, per_mean), torch.where(none_finite, nan, per_std)
+    per_min, per_max = torch.where(none_finite, nan, per_min), torch.where(none_finite, nan, per_max)
+
+    total_finite = int(per_count.sum())
+    total_sum, total_sumsq = float(per_sum.sum()), float(per_sumsq.sum())
+    mean = total_sum / max(total_finite, 1)
+    std = math.sqrt(max(total_sumsq / max(total_finite, 1) - mean * mean, 0.0))
+    low = float(per_min[~none_finite].min()) if total_finite else math.nan
+    high = float(per_max[~none_finite].max()) if total_finite else math.nan
+    histogram = _histogram(values[torch.isfinite(values)] if any_nonfinite else values.reshape(-1), low, high)
+
+    # All-zero or constant filters: every value finite and max == min.
+    flat = (per_max == per_min) & (per_nonfinite == 0)
+    flat_filters = tuple(int(i) for i in torch.nonzero(flat).flatten().tolist())
+    usable = (per_nonfinite == 0) & (per_norm > 0) & ~flat
+    pairs: list[DuplicatePair] = []
+    total_pairs = 0
+    for start in range(0, values.shape[0] if group_size > 1 else 0, group_size):
+        stop = start + group_size
+        found, count = duplicate_pairs(safe[start:stop], usable=usable[start:stop], threshold=duplicate_threshold,
+                                       norms=per_norm[start:stop])
+        pairs.extend(DuplicatePair(a=p.a + start, b=p.b + start, cosine=p.cosine) for p in found)
+        total_pairs += count
+    pairs.sort(key=lambda p: (-round(p.cosine, 9), p.a, p.b))
+    fan_in = int(weight[0].numel()) if weight.dim() > 1 else 1
+    match, distance, critical = init_match(weight, finite_count=total_finite)
+    host = {name: tensor.cpu().tolist() for name, tensor in (
+        ("norm", per_norm), ("mean", per_mean), ("std", per_std), ("min", per_min), ("max", per_max),
+        ("sparsity", per_zero))}
+    return WeightStats(
+        shape=tuple(int(d) for d in weight.shape),
+        count=int(values.numel()),
+        norm=math.sqrt(total_sumsq),
+        mean=mean if total_finite else math.nan,
+        std=std if total_finite else math.nan,
+        min=low,
+        max=high,
+        sparsity=float(per_zero.sum()) * width / max(values.numel(), 1),
+        nonfinite=int(per_nonfinite.sum()),
+        histogram=histogram,
+        filters=FilterStats(
+            norm=tuple(host["norm"]),
+            mean=tuple(host["mean"]),
+            std=tuple(host["std"]),
+            min=tuple(host["min"]),
+            max=tuple(host["max"]),
+            sparsity=tuple(host["sparsity"]),
+            nonfinite=tuple(int(v) for v in per_nonfinite.cpu().tolist()),
+        ),
+        flat_filters=flat_filters,
+        duplicates=tuple(pairs[:MAX_PAIRS]),
+        duplicate_pairs=total_pairs,
+        duplicate_threshold=float(duplicate_threshold),
+        fan_in=fan_in,
+        init_match=match,
+        init_distance=distance,
+        init_critical=critical,
+    )
+
+
+def _histogram(finite_values: torch.Tensor, low: float, high: float) -> Histogram:
+    if finite_values.numel() == 0 or not (math.isfinite(low) and math.isfinite(high)):
+        return Histogram(counts=(), low=math.nan, high=math.nan)
+    if high <= low:
+        return Histogram(counts=(int(finite_values.numel()),), low=low, high=high)
+    # histc is the slowest reduction here, so big layers are binned from an evenly spaced
+    # sample of HISTOGRAM_SAMPLE weights (the shape of the distribution, not exact counts).
+    step = max(1, finite_values.numel() // HISTOGRAM_SAMPLE)
+    counts = torch.histc(finite_values[::step], bins=HISTOGRAM_BINS, min=low, max=high)
+    return Histogram(counts=tuple(int(round(c)) for c in counts.cpu().tolist()), low=low, high=high)
+
+
+def duplicate_pairs(
+    matrix: torch.Tensor, *, usable: torch.Tensor, threshold: float, norms: torch.Tensor | None = None
+) -> tuple[tuple[DuplicatePair, ...], int]:
+    """Pairs (a < b) of usable rows with cosine similarity >= threshold, strongest first.
+
+    Small layers compare every pair. Big ones first project the rows onto PROJECTION_DIM seeded
+    random directions (Johnson-Lindenstrauss) and divide by the row norms, keep the pairs whose
+    projected squared distance is within 4x of the threshold's (a true pair is missed with
+    p < 1e-7), and confirm each candidate exactly. No normalised copy of the weights is made.
+    """
+    count = int(usable.sum())
+    if count < 2 or threshold > 1.0:
+        return (), 0
+    if norms is None:
+        norms = torch.linalg.vector_norm(matrix, dim=1, dtype=torch.float64)
+    inverse = torch.where(usable, 1.0 / norms.clamp(min=1e-300), torch.zeros_like(norms)).to(matrix.dtype)
+    rows, dim = matrix.shape
+    if rows * rows * dim <= EXACT_SIMILARITY_FLOPS or dim <= PROJECTION_DIM:
+        units = matrix * inverse[:, None]
+        similarity = units @ units.T
+    else:
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        projection = torch.randn(dim, PROJECTION_DIM, generator=generator, dtype=matrix.dtype)
+        projected = (matrix @ projection.to(matrix.device)) * (inverse[:, None] / math.sqrt(PROJECTION_DIM))
+        lengths = projected.square().sum(1)
+        squared = lengths[:, None] + lengths[None, :] - 2 * projected @ projected.T
+        limit = 2 * (1 - threshold) * 4 + 1e-9  # |u - v|^2 = 2 (1 - cos)
+        both = usable[:, None] & usable[None, :]
+        candidates = torch.triu((squared <= limit) & both, diagonal=1).nonzero()
+        similarity = torch.full((rows, rows), -1.0, dtype=matrix.dtype, device=matrix.device)
+        if candidates.numel():
+            a, b = candidates[:, 0], candidates[:, 1]
+            exact = (matrix[a] * matrix[b]).sum(dim=1) * inverse[a] * inverse[b]
+            similarity[a, b] = exact
+    both = usable[:, None] & usable[None, :]
+    # float32 cosines of identical filters can read 0.99999988: compare to float32 precision.
+    found = torch.triu((similarity >= threshold - 1e-6) & both, diagonal=1).nonzero()
+    total = int(found.shape[0])
+    if total == 0:
+        return (), 0
+    scores = similarity[found[:, 0], found[:, 1]].cpu().tolist()
+    rows_a, rows_b = found[:, 0].cpu().tolist(), found[:, 1].cpu().tolist()
+    # Strongest first; ties by (a, b) so the order is deterministic.
+    order = sorted(range(total), key=lambda i: (-round(scores[i], 9), rows_a[i], rows_b[i]))
+    pairs = tuple(
+        DuplicatePair(a=rows_a[i], b=rows_b[i], cosine=min(scores[i], 1.0)) for i in order[:MAX_PAIRS]
+    )
+    return pairs, total
+
+
+def init_match(weight: torch.Tensor, *, finite_count: int, factor: float = 2.5) -> tuple[str, float, float]:
+    """Is `weight` indistinguishable from a default initialisation? (name or "", distance, critical).
+
+    Compared, with the Kolmogorov-Smirnov distance between the weights' empirical CDF and each
+    candidate's exact CDF (no parameter is fitted to the weights):
+    - PyTorch's default for conv/linear: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), +1/sqrt(fan_in));
+    - kaiming_normal (ReLU gain), fan_out (torchvision ResNet/VGG/MobileNet) and fan_in (DenseNet).
+    A fresh initialisation stays below `factor / sqrt(n)` (n <= KS_SAMPLE evenly spaced weights:
+    0.028 at n = 8192; factor 2.5 is p < 1e-5 for one layer), while training moves weights well
+    beyond it: trained layers sit at distances of 0.05..0.5. Layers with fewer than 64 finite weights are not judged.
+    """
+    if finite_count != weight.numel() or weight.numel() < 64 or weight.dim() < 2:
+        return "", math.nan, math.nan
+    flat = weight.detach().reshape(-1)
+    step = max(1, flat.numel() // KS_SAMPLE)
+    sample = flat[::step][:KS_SAMPLE].float().contiguous().sort().values.cpu().double()
+    n = int(sample.numel())
+    receptive = int(weight[0][0].numel()) if weight.dim() > 2 else 1
+    fan_in = weight.shape[1] * receptive
+    fan_out = weight.shape[0] * receptive
+    candidates = {
+        "PyTorch default (kaiming-uniform, bound 1/sqrt(fan_in))": ("uniform", 1.0 / math.sqrt(fan_in)),
+        "kaiming-normal (fan_out, ReLU)": ("normal", math.sqrt(2.0 / fan_out)),
+        "kaiming-normal (fan_in, ReLU)": ("normal", math.sqrt(2.0 / fan_in)),
+    }
+    upper = torch.arange(1, n + 1, dtype=torch.float64) / n
+    lower = torch.arange(0, n, dtype=torch.float64) / n
+    best_name, best = "", math.inf
+    for name, (kind, scale) in candidates.items():
+        if kind == "uniform":
+            cdf = ((sample + scale) / (2 * scale)).clamp(0.0, 1.0)
+        else:
+            cdf = 0.5 * (1 + torch.erf(sample / (scale * math.sqrt(2.0))))
+        distance = float(torch.maximum(upper - cdf, cdf - lower).max())
+        if distance < best:
+            best_name, best = name, distance
+    critical = factor / math.sqrt(n)
+    return (best_name if best <= critical else ""), best, critical
+
+
+POOLED_SAMPLE = 65_536  # weights in the pooled initialisation test, at most (spread over layers)
+MIN_POOLED = 256  # below this many weights nothing is judged
+
+
+def _fans(weight: torch.Tensor) -> tuple[int, int]:
+    """PyTorch's fan_in / fan_out of a weight (torch.nn.init._calculate_fan_in_and_fan_out)."""
+    receptive = int(weight[0][0].numel()) if weight.dim() > 2 else 1
+    return int(weight.shape[1]) * receptive, int(weight.shape[0]) * receptive
+
+
+INIT_SCALES = {
+    # name: (CDF family, scale from (fan_in, fan_out)); weights / scale ~ U(-1, 1) or N(0, 1)
+    "PyTorch default (kaiming-uniform, bound 1/sqrt(fan_in))": ("uniform", lambda fi, fo: 1.0 / math.sqrt(fi)),
+    "kaiming-normal (fan_out, ReLU)": ("normal", lambda fi, fo: math.sqrt(2.0 / fo)),
+    "kaiming-normal (fan_in, ReLU)": ("normal", lambda fi, fo: math.sqrt(2.0 / fi)),
+}
+
+
+def untrained_test(weights: Sequence[torch.Tensor], *, factor: float = 2.5) -> InitTest:
+    """Pool every conv layer's weights, each divided by a candidate initialisation's scale for
+    that layer, and compare the pooled sample with the candidate's standard CDF (KS distance).
+
+    A fresh model (one init scheme for all its convs) gives a pooled sample drawn from exactly
+    that CDF: distance ~ 1/sqrt(n). Pooling gives the test its power: a small, briefly trained
+    layer can look like its init on its own, but not together with the others. Nothing is
+    judged when a layer holds NaN/Inf (that is a different problem) or when there are fewer
+    than MIN_POOLED weights.
+    """
+    usable = [w.detach() for w in weights if w.dim() >= 2 and w.numel() > 0]
+    if not usable:
+        return InitTest("", math.nan, math.nan, 0, 0, "no conv weights")
+    if any(not bool(torch.isfinite(w.float().sum())) or not bool(torch.isfinite(w).all()) for w in usable):
+        return InitTest("", math.nan, math.nan, len(usable), 0, "a conv layer holds NaN/Inf weights")
+    per_layer = max(64, POOLED_SAMPLE // len(usable))
+    samples = []
+    for weight in usable:
+        flat = weight.reshape(-1)
+        step = max(1, flat.numel() // per_layer)
+        samples.append((flat[::step][:per_layer].float().cpu().double(), _fans(weight)))
+    total = sum(int(sample.numel()) for sample, _ in samples)
+    if total < MIN_POOLED:
+        return InitTest("", math.nan, math.nan, len(usable), total, f"only {total} weights: too few to judge")
+    upper = torch.arange(1, total + 1, dtype=torch.float64) / total
+    lower = torch.arange(0, total, dtype=torch.float64) / total
+    best_name, best = "", math.inf
+    for name, (family, scale_of) in INIT_SCALES.items():
+        pooled = torch.cat([sample / scale_of(fan_in, fan_out) for sample, (fan_in, fan_out) in samples]).sort().values
+        if family == "uniform":
+            cdf = ((pooled + 1) / 2).clamp(0.0, 1.0)
+        else:
+            cdf = 0.5 * (1 + torch.erf(pooled / math.sqrt(2.0)))
+        distance = float(torch.maximum(upper - cdf, cdf - lower).max())
+        if distance < best:
+            best_name, best = name, distance
+    critical = factor / math.sqrt(total)
+    return InitTest(best_name if best <= critical else "", best, critical, len(usable), total, "")
