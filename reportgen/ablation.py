@@ -296,7 +296,11 @@ def run_ablation(
     class_counts: np.ndarray | None = None
     counted = 0
     clean_rows = 0
+    # Inputs per batch: at least the report's batch size, more when few channels are ablated per
+    # layer, so that each pass still fills about `max_rows` rows (wide passes run faster per row).
     batch_size = max(1, options.batch_size)
+    if options.max_channels is not None:
+        batch_size = max(batch_size, options.max_rows // options.max_channels)
 
     for start in range(0, len(inputs), batch_size):
         stop = min(start + batch_size, len(inputs))

@@ -123,6 +123,10 @@ def build_impact(
 ) -> ImpactReport:
     """Run what `options` asks for and render it (see the module docstring)."""
     options.check()
+    if isinstance(model, torch.jit.ScriptModule):
+        return ImpactReport(ablation=None, misfiring=None, probes=(), notes=(
+            "Ablation, misfiring filters and probes need forward hooks, which TorchScript modules do not "
+            "support; pass the Python model instead.",))
     labelled = any(inputs.label(i) is not None for i in range(len(inputs)))
     notes: list[str] = []
     ablation: AblationResult | None = None
@@ -463,7 +467,7 @@ __all__ = ["STABLE_CORRELATION", "ImpactOptions", "build_impact"]
 def validate_impact(model: nn.Module, options: ImpactOptions) -> None:
     """Option mistakes, found before the long passes run (bad numbers, globs that match nothing)."""
     options.check()
-    if options.ablation and options.ablation_layers:
+    if options.ablation and options.ablation_layers and not isinstance(model, torch.jit.ScriptModule):
         select_ablation_layers(model, options.ablation_layers, ())
 
 

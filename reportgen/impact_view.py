@@ -28,8 +28,8 @@ ABLATION_METHOD = (
     "Each filter's output channel is set to zero, one at a time, and every input goes through the "
     "rest of the network again; Δ is the change against the unablated model (Δ loss: mean "
     "cross-entropy, Δ p: mean probability of the true class, Δ acc: accuracy). Filters are ranked by "
-    "Δ loss. Ablations run batched: the batch is expanded at the layer's block, so only the part of "
-    "the network after it is recomputed."
+    "Δ loss. Ablations run batched: the batch is expanded at the layer (or the block around it), so "
+    "only that part of the network and what follows it is recomputed."
 )
 MISFIRING_METHOD = (
     "A filter misfires when its mean activation is much higher on the misclassified inputs than on "

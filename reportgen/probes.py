@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,7 @@ DEFAULT_FGSM_EPSILON = 0.03
 STABLE_CORRELATION = 0.9  # a channel is "stable" under a probe at or above this mean correlation
 STRIP_INPUTS = 4  # inputs that get a clean-vs-perturbed strip (numbers cover all shown inputs)
 STRIP_TILE = 32
+PROBE_CHUNK = 2  # inputs probed together: bounds the clean maps kept for comparison
 
 
 @dataclass(frozen=True)
@@ -371,13 +372,18 @@ def _rotation(angle: float, batch: torch.Tensor) -> _Perturbation:
 
 
 def _perturb(kind: str, strength: float, batch: torch.Tensor, inputs: InputSet, model: nn.Module,
-             targets: torch.Tensor | None, seed: int,
+             targets: torch.Tensor | None, seed: int, first: int = 0,
              forward_args: Callable[[torch.Tensor], Any] | None = None) -> _Perturbation:
+    """`batch` holds inputs first, first + 1, ...; noise is drawn per input from `seed` and its index."""
     if kind == "rotate":
         return _rotation(strength, batch)
     if kind == "noise":
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn(batch.shape, generator=generator, dtype=torch.float32).to(batch.device, batch.dtype)
+        # one generator per input (seeded by its index), so how inputs are chunked changes nothing
+        noise = torch.stack([
+            torch.randn(batch.shape[1:], generator=torch.Generator().manual_seed(seed * 100_003 + first + row),
+                        dtype=torch.float32)
+            for row in range(batch.shape[0])
+        ]).to(batch.device, batch.dtype)
         return _Perturbation(batch=batch + noise * strength * _per_input_std(batch),
                              description=f"Gaussian noise, std = {strength:g} x each input's own std (seeded)")
     if kind == "blur":
@@ -445,6 +451,19 @@ def _fgsm(model: nn.Module, batch: torch.Tensor, inputs: InputSet, targets: torc
                          description=f"FGSM: x + ε·sign(∇x loss) with the model's own gradient, {unit}")
 
 
+@dataclass
+class _KindState:
+    """What one probe kind has gathered over the input chunks so far."""
+
+    kind: str
+    strength: float
+    description: str = ""
+    note: str = ""
+    scores: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)  # key -> per chunk (B, C)
+    inputs: list[ProbeInput] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
 def run_probes(
     model: nn.Module,
     inputs: InputSet,
@@ -457,75 +476,95 @@ def run_probes(
     forward_args: Callable[[torch.Tensor], Any] | None = None,
 ) -> ProbeRun:
     """Probe the first `count` inputs. Call in eval mode, NOT under inference mode (FGSM needs
-    autograd for its one pass; every other pass runs under `torch.inference_mode()` here)."""
+    autograd for its one pass; every other pass runs under `torch.inference_mode()` here).
+
+    Inputs go `PROBE_CHUNK` at a time: the clean feature maps of every probed layer are kept
+    only for the chunk being compared, so memory does not grow with the number of inputs."""
     count = min(count, len(inputs))
     if count < 1 or not options.kinds:
         return ProbeRun(inputs=(), results=())
     dtype = model_dtype(model)
-    batch = inputs.batch(0, count)
-    batch = batch.to(device=device, dtype=dtype if batch.is_floating_point() else None)
-    with torch.inference_mode():
-        recorder = _MapHooks(model, layer_names)
-        try:
-            with recorder:
-                clean_output = call_model(model, batch, forward_args)
-        except Exception as exc:
-            raise ReportError(f"probes: the model failed on the clean inputs: {one_line(exc)}") from exc
-    clean_logits = first_tensor(clean_output)
-    if clean_logits is not None and (clean_logits.dim() != 2 or clean_logits.shape[1] < 2):
-        clean_logits = None
-    labels = [inputs.label(i) for i in range(count)]
-    targets = None
-    if clean_logits is not None:
-        predicted = clean_logits.argmax(dim=1)
-        targets = torch.tensor([lbl if lbl is not None and 0 <= lbl < clean_logits.shape[1] else int(predicted[i])
-                                for i, lbl in enumerate(labels)], device=clean_logits.device)
-
-    results = []
-    for kind in options.kinds:
-        strength = options.strength_of(kind)
-        try:
-            perturbation = _perturb(kind, strength, batch, inputs, model, targets, options.seed, forward_args)
-        except _Unsupported as exc:
-            results.append(ProbeResult(kind=kind, strength=strength, description="", layers=(), inputs=(),
-                                       skipped_layers=(), note=str(exc)))
-            continue
-        comparer = _MapHooks(model, layer_names, clean=recorder.maps, perturbation=perturbation,
-                             strip_inputs=options.strip_inputs, tile_size=options.tile_size)
+    states = [_KindState(kind=kind, strength=options.strength_of(kind)) for kind in options.kinds]
+    order: list[str] = []
+    for start in range(0, count, PROBE_CHUNK):
+        stop = min(start + PROBE_CHUNK, count)
+        batch = inputs.batch(start, stop)
+        batch = batch.to(device=device, dtype=dtype if batch.is_floating_point() else None)
         with torch.inference_mode():
+            recorder = _MapHooks(model, layer_names)
             try:
-                with comparer:
-                    output = call_model(model, perturbation.batch, forward_args)
+                with recorder:
+                    clean_output = call_model(model, batch, forward_args)
             except Exception as exc:
-                results.append(ProbeResult(kind=kind, strength=strength, description=perturbation.description,
-                                           layers=(), inputs=(), skipped_layers=(),
-                                           note=f"the model rejected the perturbed input: {one_line(exc)}"))
+                raise ReportError(f"probes: the model failed on the clean input {inputs.names[start]}: "
+                                  f"{one_line(exc)}") from exc
+        order.extend(key for key in recorder.order if key not in order)
+        clean_logits = first_tensor(clean_output)
+        if clean_logits is not None and (clean_logits.dim() != 2 or clean_logits.shape[1] < 2):
+            clean_logits = None
+        labels = [inputs.label(i) for i in range(start, stop)]
+        targets = None
+        if clean_logits is not None:
+            predicted = clean_logits.argmax(dim=1)
+            targets = torch.tensor([lbl if lbl is not None and 0 <= lbl < clean_logits.shape[1] else int(predicted[i])
+                                    for i, lbl in enumerate(labels)], device=clean_logits.device)
+        for state in states:
+            if state.note:
                 continue
-        results.append(_result(kind, strength, perturbation, comparer, recorder, clean_logits,
-                               first_tensor(output), targets, labels, inputs, count, thumbnail, options))
+            try:
+                perturbation = _perturb(state.kind, state.strength, batch, inputs, model, targets,
+                                        options.seed, start, forward_args)
+            except _Unsupported as exc:
+                state.note = str(exc)
+                continue
+            state.description = perturbation.description
+            comparer = _MapHooks(model, layer_names, clean=recorder.maps, perturbation=perturbation,
+                                 strip_inputs=max(0, options.strip_inputs - start), tile_size=options.tile_size)
+            with torch.inference_mode():
+                try:
+                    with comparer:
+                        output = call_model(model, perturbation.batch, forward_args)
+                except Exception as exc:
+                    state.note = f"the model rejected the perturbed input: {one_line(exc)}"
+                    continue
+            _gather(state, comparer, recorder.order, perturbation, clean_logits, first_tensor(output), targets,
+                    labels, inputs, start, thumbnail, options)
+        del recorder
+    results = []
+    for state in states:
+        if state.note:
+            results.append(ProbeResult(kind=state.kind, strength=state.strength, description=state.description,
+                                       layers=(), inputs=(), skipped_layers=(), note=state.note))
+            continue
+        layers = []
+        for key in order:
+            chunks = state.scores.get(key)
+            if not chunks:
+                continue
+            corr = np.concatenate([c for c, _ in chunks])
+            rel = np.concatenate([r for _, r in chunks])
+            layers.append(ProbeLayer(name=key, channels_total=int(corr.shape[1]), correlation=_nanmean(corr),
+                                     relative_l2=_nanmean(rel)))
+        results.append(ProbeResult(kind=state.kind, strength=state.strength, description=state.description,
+                                   layers=tuple(layers), inputs=tuple(state.inputs),
+                                   skipped_layers=tuple(sorted(state.skipped.items()))))
     return ProbeRun(inputs=tuple(range(count)), results=tuple(results))
 
 
-def _result(kind: str, strength: float, perturbation: _Perturbation, comparer: _MapHooks, recorder: _MapHooks,
+def _gather(state: _KindState, comparer: _MapHooks, order: list[str], perturbation: _Perturbation,
             clean_logits: torch.Tensor | None, logits: torch.Tensor | None, targets: torch.Tensor | None,
-            labels: list[int | None], inputs: InputSet, count: int,
-            thumbnail: Callable[[torch.Tensor], np.ndarray | None] | None, options: ProbeOptions) -> ProbeResult:
-    layers = []
-    for key in recorder.order:
-        if key not in comparer.scores:
-            continue
-        corr, rel = comparer.scores[key]
-        with np.errstate(all="ignore"):
-            corr_np = corr.cpu().numpy()
-            rel_np = rel.cpu().numpy()
-            mean_corr = _nanmean(corr_np)
-            mean_rel = _nanmean(rel_np)
-        layers.append(ProbeLayer(name=key, channels_total=int(corr.shape[1]), correlation=mean_corr,
-                                 relative_l2=mean_rel))
-    probed: list[ProbeInput] = []
+            labels: list[int | None], inputs: InputSet, start: int,
+            thumbnail: Callable[[torch.Tensor], np.ndarray | None] | None, options: ProbeOptions) -> None:
+    """Add one chunk's comparison to `state`."""
+    for key in order:
+        if key in comparer.scores:
+            corr, rel = comparer.scores[key]
+            state.scores.setdefault(key, []).append((corr.cpu().numpy(), rel.cpu().numpy()))
+    state.skipped.update(comparer.skipped)
     if logits is not None and (logits.dim() != 2 or clean_logits is None or logits.shape != clean_logits.shape):
         logits = None
-    for b in range(count):
+    for b in range(len(labels)):
+        index = start + b
         clean_top = perturbed_top = target = None
         clean_p = perturbed_p = None
         if clean_logits is not None and targets is not None:
@@ -536,14 +575,14 @@ def _result(kind: str, strength: float, perturbation: _Perturbation, comparer: _
                 perturbed_top = int(logits[b].argmax())
                 perturbed_p = float(torch.softmax(logits[b].float(), dim=0)[target])
         strip = []
-        for key in recorder.order:
+        for key in order:
             rows = comparer.strips.get(key, [])
             if b < len(rows) and rows[b] is not None:
                 strip.append(rows[b])
-        shown = b < options.strip_inputs
-        probed.append(ProbeInput(
-            index=b,
-            name=inputs.names[b],
+        shown = index < options.strip_inputs
+        state.inputs.append(ProbeInput(
+            index=index,
+            name=inputs.names[index],
             clean_top=clean_top,
             perturbed_top=perturbed_top,
             target=target,
@@ -553,14 +592,6 @@ def _result(kind: str, strength: float, perturbation: _Perturbation, comparer: _
             thumbnail=thumbnail(perturbation.batch[b].detach().cpu()) if shown and thumbnail is not None else None,
             strip=tuple(strip) if shown else (),
         ))
-    return ProbeResult(
-        kind=kind,
-        strength=strength,
-        description=perturbation.description,
-        layers=tuple(layers),
-        inputs=tuple(probed),
-        skipped_layers=tuple(sorted(comparer.skipped.items())),
-    )
 
 
 def _nanmean(values: np.ndarray) -> np.ndarray:

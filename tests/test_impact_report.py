@@ -136,6 +136,33 @@ def test_same_inputs_give_the_same_impact_bytes(monkeypatch):
     assert len(impact["probes"]) == 5 and all(p["note"] == "" for p in impact["probes"])
 
 
+def test_impact_json_validates_against_the_shipped_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    from importlib import resources
+
+    schema = json.loads(resources.files("reportgen.data").joinpath("report.schema.json").read_text())
+    images, labels = carrier_inputs(4)
+    report = generate_report(CarrierNet(), images, targets=labels, max_size_mb=0,
+                             impact=ImpactOptions(ablation=True, misfiring=True, probes=("noise",)))
+    document = json.loads(report.to_json())
+    jsonschema.validate(document, schema)
+    assert set(document["impact"]) == {"ablation", "misfiring", "probes", "notes"}
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_scripted_models_get_a_note_not_a_crash():
+    scripted = torch.jit.script(CarrierNet().eval())
+    images, labels = carrier_inputs(4)
+    from reportgen.impact import build_impact
+    from reportgen.inputs import from_tensor
+
+    inputs = from_tensor(images)
+    inputs.labels = labels
+    impact = build_impact(scripted, inputs, torch.device("cpu"), ImpactOptions(ablation=True, ablation_layers=("conv",)),
+                          selected=[], anchors={}, class_names=None)
+    assert impact.ablation is None and "TorchScript" in impact.notes[0]
+
+
 def test_no_impact_options_no_impact_section():
     images, labels = carrier_inputs(4)
     report = generate_report(CarrierNet(), images, targets=labels, max_size_mb=0)
