@@ -15,15 +15,16 @@
   });
 
   // Permalinks: opening #anchor expands its section and brings it into view.
-  function openTarget() {
+  function openTarget(event) {
     var target = hashTarget();
     if (!target) { return; }
     var details = target.tagName === "DETAILS" ? target : target.closest("details");
     if (details) { details.open = true; }
-    target.scrollIntoView();
+    // on arrival jump straight there (the sections above it just collapsed); links scroll smoothly
+    target.scrollIntoView({block: "start", behavior: event ? "smooth" : "instant"});
   }
   window.addEventListener("hashchange", openTarget);
-  if (initial) { openTarget(); }
+  if (initial) { openTarget(null); }
 
   // Filter box: narrow the sidebar's layer list by name or type.
   var filter = document.getElementById("layer-filter");

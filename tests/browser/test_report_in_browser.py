@@ -216,8 +216,8 @@ def test_permalinks_survive_odd_layer_names(reports: dict[str, Path], visit: Any
     page = visit(path, fragment=target, height=500).page
     section = page.locator(f"details#{target}")
     assert section.evaluate("d => d.open")
-    top = section.evaluate("d => d.getBoundingClientRect().top")
-    assert 0 <= top < 500
+    page.wait_for_function("id => { const t = document.getElementById(id).getBoundingClientRect().top;"
+                           " return t >= 0 && t < 500; }", arg=target, timeout=3000)
     # the sidebar links use the same anchors, and following one opens a collapsed section
     other = anchors[OPEN_SECTIONS]
     page.evaluate("id => { document.getElementById(id).open = false; }", other)

@@ -1,0 +1,77 @@
+"""Render the demo report and photograph it in headless Chromium, light and dark.
+
+    PYTHONPATH=. python docs/make_screenshots.py [--fragment ANCHOR]
+
+Writes docs/screenshot-light.png and docs/screenshot-dark.png (the README shows the light one).
+Needs Debian's /usr/bin/chromium and the playwright package; no network. The date is pinned
+(SOURCE_DATE_EPOCH) so the pictures change only when the report does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+VIEWPORT = {"width": 1280, "height": 860}
+
+
+def render_demo(path: Path) -> None:
+    os.environ.setdefault("SOURCE_DATE_EPOCH", "1767225600")  # 2026-01-01
+    sys.path.insert(0, str(HERE.parent))
+    from reportgen.cli import main
+
+    code = main(["demo", "-o", str(path), "-q", "--device", "cpu"])
+    if code != 0:
+        raise SystemExit(f"reportgen demo failed with exit status {code}")
+
+
+def shoot(page_path: Path, fragment: str, out_dir: Path) -> list[Path]:
+    from playwright.sync_api import sync_playwright
+
+    written = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for scheme in ("light", "dark"):
+                context = browser.new_context(color_scheme=scheme, viewport=VIEWPORT, device_scale_factor=1)
+                page = context.new_page()
+                page.goto(page_path.resolve().as_uri(), wait_until="load")
+                # default: the first layer section, filters and feature maps side by side
+                page.evaluate("""anchor => {
+                  const target = anchor ? document.getElementById(anchor) : document.querySelector('details.layer');
+                  if (target.tagName === 'DETAILS') { target.open = true; }
+                  target.scrollIntoView({block: 'start', behavior: 'instant'});
+                }""", fragment)
+                # lazy pictures of collapsed sections never load, so wait only for those on screen
+                page.evaluate("() => Promise.all(Array.from(document.images).filter(i => i.checkVisibility())"
+                              ".map(i => { i.loading = 'eager'; return i.decode().catch(() => 0); }))")
+                target = out_dir / f"screenshot-{scheme}.png"
+                page.screenshot(path=str(target))
+                written.append(target)
+                context.close()
+        finally:
+            browser.close()
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fragment", default="", help="scroll to this anchor (default: the first layer section)")
+    parser.add_argument("--out", type=Path, default=HERE, help="folder for the PNGs (default: docs/)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        page_path = Path(tmp) / "demo-report.html"
+        render_demo(page_path)
+        for path in shoot(page_path, args.fragment, args.out):
+            print(path)
+
+
+if __name__ == "__main__":
+    main()
