@@ -248,8 +248,11 @@ class _Accumulator:
             top_scores=self.top[0].cpu().numpy() if self.top is not None else None,
             top_inputs=self.top[1].cpu().numpy() if self.top is not None else None,
             top_positions=self.top[2].cpu().numpy() if self.top is not None else None,
-            spatial_shape=tuple(int(d) for d in spatial_view(torch.empty((1, 1, *self.output_shape[2:]),
-                                                                         device="meta")).shape[2:]),
+            # top_positions index the whole flattened map, so a volume keeps all its dims here
+            # (its tiles show one slice, but its peak can be in any slice).
+            spatial_shape=tuple(int(d) for d in self.output_shape[2:]) if len(self.output_shape) > 4
+            else tuple(int(d) for d in spatial_view(torch.empty((1, 1, *self.output_shape[2:]),
+                                                                device="meta")).shape[2:]),
         )
 
     def _update_insight(self, flat: torch.Tensor, per_input_max: torch.Tensor, offset: int, top_k: int) -> None:

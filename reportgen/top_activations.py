@@ -133,8 +133,8 @@ def channel_tops(
             if not math.isfinite(float(score)) and float(score) < 0:
                 continue  # fewer inputs than k
             peak = unravel(int(position), layer.spatial_shape) if layer.spatial_shape else ()
-            box = window(peak, geometry, input_spatial) if geometry is not None and len(peak) == len(input_spatial) \
-                else (0, 0, 0, 0)
+            box = window(peak, geometry, input_spatial) \
+                if geometry is not None and len(peak) == len(input_spatial) <= 2 else (0, 0, 0, 0)
             index = int(index)
             entries.append(TopActivation(
                 input_index=index,

@@ -97,7 +97,7 @@ def test_anchors_are_safe_unique_and_every_permalink_lands(report: Any, page: Pa
     assert all(len(a) <= 130 for a in anchors)
     ids = page.ids()
     assert len(ids) == len(set(ids))
-    details = {attrs["id"] for tag, attrs in page.tags if tag == "details"}
+    details = {attrs.get("id") for tag, attrs in page.tags if tag == "details"}
     permalinks = [attrs["href"] for tag, attrs in page.tags if tag == "a" and "permalink" in (attrs.get("class") or "")]
     assert sorted(p[1:] for p in permalinks) == sorted(anchors)
     assert set(anchors) <= details

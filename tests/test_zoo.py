@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import reportgen
+from reportgen.api import ReportOptions
 from reportgen.palettes import FLAT_INDEX
 from tests.fixtures import zoo
 from tests.fixtures.zoo import ZOO, assert_unchanged, check_report, rand, snapshot
@@ -310,7 +311,8 @@ def test_a_3x2048x2048_input() -> None:
     thumb = report.model.inputs[0].thumbnail
     assert (thumb.width, thumb.height) == (96, 96)
     grid = section(report, "0").feature_maps[0].grid
-    assert grid.tile_width <= 28 and grid.tile_height <= 28
+    limit = ReportOptions().tile_size
+    assert grid.tile_width <= limit and grid.tile_height <= limit and max(grid.tile_width, grid.tile_height) > limit // 2
     with torch.no_grad():
         out = model[0](x)
     np.testing.assert_allclose(section(report, "0").stats.max, out.flatten(2).amax(dim=2)[0].numpy(), rtol=1e-4)
