@@ -263,9 +263,10 @@ def analyze(
                     except Exception as exc:
                         if not is_out_of_memory(exc) or stop - start == 1:
                             if is_out_of_memory(exc):
+                                hint = "smaller inputs" if device.type == "cpu" else "--device cpu or smaller inputs"
                                 raise ReportError(
                                     f"out of memory on input {inputs.names[start]} even with a batch of 1 "
-                                    f"on {device}: try --device cpu or smaller inputs"
+                                    f"on {device}: try {hint}"
                                 ) from exc
                             raise
                         capture.rollback(mark, start)

@@ -91,7 +91,7 @@ def test_out_of_memory_with_a_batch_of_one_is_a_clean_error() -> None:
     model = OutOfMemoryAbove(limit=0)
     model.train()
     before = snapshot(model)
-    with pytest.raises(ReportError, match=r"^out of memory on input input-00 even with a batch of 1 on cpu"):
+    with pytest.raises(ReportError, match=r"^out of memory on input input-00 even with a batch of 1 on cpu: try smaller inputs$"):
         reportgen.generate_report(model, rand(3, 3, 6, 6), device="cpu", batch_size=2)
     assert_unchanged(before, model)
     assert no_hooks_anywhere(model)
