@@ -129,12 +129,8 @@ def _weight_alerts(name: str, anchor: str | None, full: WeightStats | None, show
         bad = full.nonfinite
         flat = list(full.flat_filters)
         duplicates, pairs_total, threshold = full.duplicates, full.duplicate_pairs, full.duplicate_threshold
-    if bad:
-        where = ""
-        if full is not None:
-            filters = [i for i, n in enumerate(full.filters.nonfinite) if n]
-            where = f" in filter(s) {_list(filters)}"
-        alerts.append(Alert("nonfinite-weight", name, f"{bad} NaN/Inf weight values{where}.", anchor))
+    if bad:  # which filters: `weights.filters.nonfinite` in the layer's insight
+        alerts.append(Alert("nonfinite-weight", name, f"{bad} NaN/Inf weight values.", anchor))
     if flat:
         alerts.append(Alert("flat-filter", name, f"{len(flat)} all-zero or constant filter(s): {_list(flat)}.", anchor))
     if pairs_total:

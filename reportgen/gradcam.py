@@ -64,15 +64,17 @@ class _Captured:
     edges: dict[str, list[Any]] = field(default_factory=dict)
 
 
+def conv_layers(model: nn.Module) -> list[str]:
+    """Names of the (non-transposed) convolutions, in definition order."""
+    return [name for name, module in model.named_modules()
+            if name and isinstance(module, nn.modules.conv._ConvNd)
+            and not isinstance(module, nn.modules.conv._ConvTransposeNd)]
+
+
 def default_cam_layer(model: nn.Module) -> str | None:
     """The last convolution, in definition order."""
-    last = None
-    for name, module in model.named_modules():
-        if name and isinstance(module, nn.modules.conv._ConvNd) and not isinstance(
-            module, nn.modules.conv._ConvTransposeNd
-        ):
-            last = name
-    return last
+    names = conv_layers(model)
+    return names[-1] if names else None
 
 
 def check_cam_layer(model: nn.Module, name: str) -> None:
@@ -160,42 +162,69 @@ def grad_cam(
     dtype: torch.dtype,
     layer: str,
     watched: Sequence[str] = (),
+    fallbacks: Sequence[str] = (),
     call: Callable[[nn.Module, torch.Tensor], Any] | None = None,
 ) -> CamResult:
     """Grad-CAM maps for the first `count` inputs (predicted class, and the true class when a
-    label is known and differs), and whether each watched layer reaches the output."""
+    label is known and differs), and whether each watched layer reaches the output.
+
+    When `layer`'s output does not reach the model's output, the first of `fallbacks` that does
+    is used instead (one more pass), and the note says so."""
     saved = list(_saved_grads(model))
-    records: list[CamRecord] = []
-    reaches: dict[str, bool] = {}
-    note = ""
     try:
-        with torch.inference_mode(False), torch.enable_grad(), CamHooks(model, layer, watched) as hooks:
-            for start in range(0, count, CHUNK):
-                stop = min(start + CHUNK, count)
-                batch = inputs.batch(start, stop)
-                if not batch.is_floating_point():
-                    return CamResult(layer, (), {}, "Grad-CAM needs floating-point inputs.")
-                batch = batch.to(device=device, dtype=dtype).clone().requires_grad_(True)
-                hooks.reset()
-                output = call(model, batch) if call is not None else model(batch)
-                logits = first_tensor(output)
-                if start == 0:
-                    reaches = _reachability(logits, hooks.captured.edges)
-                captured = hooks.captured
-                if logits is None or logits.dim() != 2 or logits.shape[1] < 2 or logits.grad_fn is None:
-                    note = "Grad-CAM needs a classifier: a (batch, classes) output with a gradient."
-                    break
-                if captured.activation is None or captured.edge is None or captured.activation.dim() != 4:
-                    note = f"Grad-CAM needs a 2D feature map from {layer}, which did not produce one."
-                    break
-                records.extend(_maps(logits, captured, inputs, start, stop))
-                del output, logits, captured
-                hooks.reset()
+        with torch.inference_mode(False), torch.enable_grad():
+            records, reaches, note = _pass(model, inputs, count, device, dtype, layer,
+                                           list(dict.fromkeys([*watched, *fallbacks])), call)
+            if reaches.get(layer) is False:
+                usable = [name for name in fallbacks if reaches.get(name)]
+                if not usable:
+                    return CamResult(layer, (), reaches, f"Grad-CAM was skipped: {layer} does not reach the output.")
+                records, _, note = _pass(model, inputs, count, device, dtype, usable[0], (), call)
+                note = note or f"Grad-CAM at {usable[0]}: {layer}, the last convolution, does not reach the output."
+                layer = usable[0]
     finally:
         for parameter, grad in saved:
             if parameter.grad is not grad:
                 parameter.grad = grad
     return CamResult(layer, tuple(records), reaches, note)
+
+
+def _pass(
+    model: nn.Module,
+    inputs: InputSet,
+    count: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    layer: str,
+    watched: Sequence[str],
+    call: Callable[[nn.Module, torch.Tensor], Any] | None,
+) -> tuple[list[CamRecord], dict[str, bool], str]:
+    """One Grad-CAM pass at `layer` (autograd already on): (maps, reachability, note)."""
+    records: list[CamRecord] = []
+    reaches: dict[str, bool] = {}
+    with CamHooks(model, layer, watched) as hooks:
+        for start in range(0, count, CHUNK):
+            stop = min(start + CHUNK, count)
+            batch = inputs.batch(start, stop)
+            if not batch.is_floating_point():
+                return [], reaches, "Grad-CAM needs floating-point inputs."
+            batch = batch.to(device=device, dtype=dtype).clone().requires_grad_(True)
+            hooks.reset()
+            output = call(model, batch) if call is not None else model(batch)
+            logits = first_tensor(output)
+            if start == 0:
+                reaches = _reachability(logits, hooks.captured.edges)
+                if reaches.get(layer) is False:
+                    return [], reaches, ""
+            captured = hooks.captured
+            if logits is None or logits.dim() != 2 or logits.shape[1] < 2 or logits.grad_fn is None:
+                return [], reaches, "Grad-CAM needs a classifier: a (batch, classes) output with a gradient."
+            if captured.activation is None or captured.edge is None or captured.activation.dim() != 4:
+                return [], reaches, f"Grad-CAM needs a 2D feature map from {layer}, which did not produce one."
+            records.extend(_maps(logits, captured, inputs, start, stop))
+            del output, logits, captured
+            hooks.reset()
+    return records, reaches, ""
 
 
 def _reachability(logits: torch.Tensor | None, edges: dict[str, list[Any]]) -> dict[str, bool]:
@@ -258,12 +287,13 @@ def upsampled(cam: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def overlay(thumbnail: np.ndarray, cam: np.ndarray, strength: float = 0.6) -> np.ndarray:
-    """The map on the thumbnail: thumbnail dimmed to gray, heat (black-red-yellow-white) blended in
-    with opacity `strength * heat`, so cold regions show the input and hot ones the colour."""
+    """The map on the thumbnail: the colour (dark red at low heat, red at half, yellow at the
+    max) blended in with opacity `strength * heat`, so cold regions show the input unchanged.
+    pixel = floor(thumb * (1 - a) + colour * a + 0.5), a = strength * heat, heat bilinear."""
     height, width = thumbnail.shape[:2]
     heat = np.clip(upsampled(cam, height, width), 0.0, 1.0)[..., None]
     gray = thumbnail.astype(np.float32) if thumbnail.ndim == 3 else np.repeat(thumbnail[..., None], 3, 2).astype(np.float32)
-    colour = np.concatenate([np.clip(3 * heat, 0, 1), np.clip(3 * heat - 1, 0, 1), np.clip(3 * heat - 2, 0, 1)], axis=2) * 255
+    colour = np.concatenate([np.clip(2 * heat, 0, 1), np.clip(2 * heat - 1, 0, 1), np.zeros_like(heat)], axis=2) * 255
     alpha = strength * heat
     blended = gray * (1 - alpha) + colour * alpha
     return np.floor(blended + 0.5).clip(0, 255).astype(np.uint8)

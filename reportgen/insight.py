@@ -129,9 +129,11 @@ def collect(
             gradcam.check_cam_layer(model, options.cam_layer)
         if target is not None:
             try:
+                # The default layer falls back to the last conv that reaches the output.
+                fallbacks = [] if options.cam_layer is not None else gradcam.conv_layers(model)[::-1]
                 cam = gradcam.grad_cam(model, inputs, count=min(keep_inputs, len(inputs)), device=device,
                                        dtype=dtype, layer=target, watched=[layer.module_name for layer in layers],
-                                       call=call)
+                                       fallbacks=fallbacks, call=call)
             except ReportError:
                 raise
             except Exception as exc:  # the main pass worked: report without Grad-CAM, and say why

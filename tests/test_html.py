@@ -6,6 +6,7 @@ import base64
 import io
 import re
 from html.parser import HTMLParser
+from xml.etree import ElementTree
 
 import pytest
 from PIL import Image
@@ -39,9 +40,16 @@ def test_every_image_is_an_inline_png_that_decodes(page: tuple[str, reportgen.Re
     html, report = page
     images = [attrs for tag, attrs in parse(html).tags if tag == "img"]
     # 2 filter grids + 2 layers x 2 inputs of feature maps + 2 thumbnails
-    assert len(images) == 2 + 4 + 2
+    # + insight: 2 weight histograms (SVG) + 2 per-channel activity bars + 2 Grad-CAM overlays
+    assert len(images) == 2 + 4 + 2 + 6
     for attrs in images:
         src = attrs["src"] or ""
+        if src.startswith("data:image/svg+xml;base64,"):  # small charts: XML that parses, no script
+            root = ElementTree.fromstring(base64.b64decode(src.split(",", 1)[1]))
+            assert root.tag.endswith("svg") and int(root.get("width") or 0) > 0 and int(root.get("height") or 0) > 0
+            assert not root.findall(".//{http://www.w3.org/2000/svg}script")
+            assert attrs.get("alt")
+            continue
         assert src.startswith("data:image/png;base64,")
         picture = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
         picture.load()

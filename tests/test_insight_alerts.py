@@ -53,7 +53,7 @@ def test_planted_defects_give_exactly_their_alerts() -> None:
     assert "2 ≈ 5" in by_kind["duplicate-filter"].message
     assert by_kind["flat-filter"].message.endswith(": 1.")
     assert "never active: 3." in by_kind["dead-filter"].message  # the NaN channel 7 is not called dead
-    assert "in filter(s) 7" in by_kind["nonfinite-weight"].message
+    assert by_kind["nonfinite-weight"].message == "1 NaN/Inf weight values."
     first, second = report.model.sections
     assert first.insight.weights.duplicates[0].a == 2 and first.insight.weights.duplicates[0].b == 5
     assert first.insight.weights.duplicates[0].cosine == pytest.approx(1.0, abs=1e-6)

@@ -1,0 +1,132 @@
+"""Dataset-wide top activations: the constructed inputs are found, in order, at their peaks, and
+the state kept per channel does not grow with the number of inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+import reportgen
+from reportgen.capture import ActivationCapture
+from reportgen.inputs import from_tensor
+from reportgen.top_activations import Geometry, crop, display_image, layer_geometry, window
+from tests.fixtures.insight_models import SpotDetector, spot_dataset
+from tests.helpers import decode
+
+PLANTED = {7: (5.0, 3, 4), 19: (9.0, 8, 2), 33: (7.0, 5, 9)}  # index: (value, y, x)
+
+
+def test_top_k_finds_the_constructed_inputs_in_order() -> None:
+    images = spot_dataset(40, PLANTED)
+    report = reportgen.generate_report(SpotDetector(), images, device="cpu", batch_size=8, max_inputs_shown=4,
+                                       top_k=3)
+    section = report.model.sections[0]
+    spot = section.insight.top_activations[0]
+    assert spot.channel == 0
+    assert [t.input_index for t in spot.top] == [19, 33, 7]  # by strength, across batches of 8
+    assert [t.peak for t in spot.top] == [(8, 2), (5, 9), (3, 4)]
+    # the score is the channel's max: the spot value minus 1/8 of its dim ring
+    for entry in spot.top:
+        value, y, x = PLANTED[entry.input_index]
+        ring = images[entry.input_index, 0, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].sum() - value
+        assert abs(entry.score - (value - float(ring) / 8)) < 1e-5
+    # JSON has the same
+    top_json = report.to_dict()["visualized"][0]["insight"]["top_activations"][0]["top"]
+    assert [t["input_index"] for t in top_json] == [19, 33, 7]
+
+
+def test_top_k_equals_brute_force_for_every_channel() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3, stride=2))
+    images = torch.randn(50, 3, 10, 10)
+    capture = ActivationCapture(model, ["0", "2"], max_channels=4, tile_size=8, keep_inputs=2, top_k=4)
+    with capture, torch.inference_mode():
+        for start in range(0, 50, 7):  # uneven batches
+            capture.start_batch(start)
+            model(images[start:start + 7])
+    layers = {layer.key: layer for layer in capture.results()}
+    with torch.no_grad():
+        outputs = {"0": model[0](images), "2": model[2](model[1](model[0](images)))}
+    for key, output in outputs.items():
+        flat = output.flatten(2)  # (N, C, S)
+        layer = layers[key]
+        assert layer.top_scores.shape == (4, 4)  # shown channels x k, whatever N is
+        for channel in range(4):
+            per_input, positions = flat[:, channel].max(dim=1)
+            order = torch.argsort(per_input, descending=True, stable=True)[:4]
+            assert layer.top_inputs[channel].tolist() == order.tolist()
+            np.testing.assert_allclose(layer.top_scores[channel], per_input[order].numpy(), rtol=1e-6)
+            assert layer.top_positions[channel].tolist() == positions[order].tolist()
+
+
+def test_state_is_flat_in_the_number_of_inputs() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 3, 3))
+    sizes = []
+    for count in (8, 64):
+        capture = ActivationCapture(model, ["0"], max_channels=3, tile_size=4, keep_inputs=1, top_k=5)
+        with capture, torch.inference_mode():
+            for start in range(0, count, 4):
+                capture.start_batch(start)
+                model(torch.randn(4, 1, 6, 6))
+        layer = capture.results()[0]
+        sizes.append((layer.top_scores.shape, layer.top_inputs.shape, layer.top_positions.shape, len(layer.tiles)))
+    assert sizes[0] == sizes[1] == (((3, 5),) * 3 + (1,))
+
+
+def test_receptive_field_of_a_conv_pool_chain() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, stride=2, padding=1),
+                          nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(2, 2))
+    report = reportgen.generate_report(model, torch.rand(2, 1, 32, 32), device="cpu")
+    fields = {s.name: (s.insight.receptive_field, s.insight.stride) for s in report.model.sections}
+    # 3; 3 + 2*1 = 5; pool: 5 + 1*2 = 7; 7 + 2*4 = 15
+    assert fields == {"0": ((3, 3), (1.0, 1.0)), "1": ((5, 5), (2.0, 2.0)), "3": ((15, 15), (4.0, 4.0))}
+
+
+def test_window_and_crop_geometry() -> None:
+    geometry = Geometry(receptive_field=(5, 5), stride=(2.0, 2.0))
+    assert window((3, 0), geometry, (16, 16)) == (4, 0, 9, 3)  # centre (7, 1): clipped at the left edge
+    image = torch.zeros(3, 16, 16)
+    image[:, 6, 6] = 1.0
+    pixels = crop(image, (4, 4, 9, 9), size=5)
+    assert pixels.shape == (5, 5, 3) and pixels[2, 2].tolist() == [255, 255, 255] and pixels.sum() == 3 * 255
+
+
+def test_dataset_mode_draws_crops_around_the_peak() -> None:
+    images = spot_dataset(40, PLANTED)
+    report = reportgen.generate_report(SpotDetector(), images, device="cpu", batch_size=8, max_inputs_shown=4,
+                                       top_k=3)
+    insight = report.model.sections[0].insight
+    assert insight.top_strip is not None and insight.top_strip_channels == (0, 1)
+    strip = np.asarray(decode(insight.top_strip).convert("RGB"))
+    # row 0 (channel 0), column 0 (input 19): a 32x32 crop, padding 1, whose brightest pixel is
+    # the spot (stretched to white), near the crop's centre
+    tile = strip[1:33, 1:33].max(axis=2)
+    y, x = np.unravel_index(int(np.argmax(tile)), tile.shape)
+    assert tile.max() == 255 and abs(y - 16) <= 7 and abs(x - 16) <= 7
+    # with no more inputs than are drawn, no crops (the feature maps already show every input)
+    few = reportgen.generate_report(SpotDetector(), images[:4], device="cpu", max_inputs_shown=4, top_k=3)
+    assert few.model.sections[0].insight.top_strip is None
+    assert len(few.model.sections[0].insight.top_activations[0].top) == 3
+    off = reportgen.generate_report(SpotDetector(), images, device="cpu", max_inputs_shown=4, top_k=0)
+    assert off.model.sections[0].insight.top_activations == () and off.model.sections[0].insight.top_strip is None
+
+
+def test_display_image_denormalises_like_thumbnails() -> None:
+    images = from_tensor(torch.full((1, 3, 4, 4), 0.25))
+    shown = display_image(images.load(0), images)
+    assert shown is not None and torch.allclose(shown, torch.full((3, 4, 4), 0.25))
+    gray = from_tensor(torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4))
+    stretched = display_image(gray.load(0), gray)
+    assert stretched.shape == (3, 4, 4) and float(stretched.min()) == 0.0 and float(stretched.max()) == 1.0
+
+
+def test_geometry_needs_no_summary() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 1, 3, stride=2))
+    capture = ActivationCapture(model, ["0"], max_channels=1, tile_size=4, keep_inputs=1, top_k=1)
+    with capture, torch.inference_mode():
+        capture.start_batch(0)
+        model(torch.rand(1, 1, 9, 9))
+    geometry = layer_geometry(model, (), capture.results(), (9, 9))
+    assert geometry["0"].stride == (9 / 4, 9 / 4) and geometry["0"].receptive_field == (7, 7)
