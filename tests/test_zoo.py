@@ -318,6 +318,24 @@ def test_a_3x2048x2048_input() -> None:
     np.testing.assert_allclose(section(report, "0").stats.max, out.flatten(2).amax(dim=2)[0].numpy(), rtol=1e-4)
 
 
+def test_outputs_that_are_not_class_scores_give_no_predictions() -> None:
+    model, x, report = run("vector-output")
+    assert report.model.predictions == ()
+    with torch.no_grad():
+        assert_stats_match(section(report, "conv"), model.conv(x))
+    model, x, report = run("integer-token-input")
+    assert len(report.model.predictions) == 3
+    with torch.no_grad():
+        assert_stats_match(section(report, "conv"), model.conv(model.embed(x[:, 0]).transpose(1, 2)))
+
+
+def test_nan_inputs_are_flagged_not_drawn_as_pictures_of_nothing() -> None:
+    report = report_of("nan-input")
+    assert any("NaN or Inf for 2 input(s)" in note for note in report.model.notes)
+    assert "nonfinite-activation" in {a.kind for a in report.model.alerts}
+    assert section(report, "0").feature_maps[0].grid.flat_channels == (0, 1, 2, 3)
+
+
 def test_zoo_size() -> None:
-    assert len(ZOO) >= 28
+    assert len(ZOO) >= 33
     assert zoo.no_hooks_anywhere(run("inplace-relu-chain")[0])
