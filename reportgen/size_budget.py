@@ -149,7 +149,7 @@ def ladder(start: Drawing) -> Iterator[Drawing]:
     tiles = [t for t in _TILE_STEPS if t < start.tile_size]
     channels = [c for c in _CHANNEL_STEPS if c < start.channels]
     current = start
-    # Tiles down to 12 px and channels down to 16 alternate; then inputs halve; then the rest.
+    # Tiles down to 12 px and channels down to 16 alternate; then inputs down to 2; then the rest.
     while tiles and tiles[0] >= 12 or channels and channels[0] >= 16:
         if tiles and tiles[0] >= 12:
             current = replace(current, tile_size=tiles.pop(0))
@@ -158,7 +158,7 @@ def ladder(start: Drawing) -> Iterator[Drawing]:
             current = replace(current, channels=channels.pop(0))
             yield current
     while current.inputs > 2:
-        current = replace(current, inputs=max(2, math.ceil(current.inputs / 2)))
+        current = replace(current, inputs=current.inputs - 1)
         yield current
     while tiles or channels:
         if tiles:
