@@ -175,17 +175,15 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
+    def draw(source: Any, progress: Any = None) -> Any:
+        # one render call for the first render and the size budget's re-renders (size_budget.py)
+        return render(source, run=run, model_info=model_info, class_names=names,
+                      options=RenderOptions(filter_scale=options.filter_scale), progress=progress,
+                      thresholds=options.thresholds)
+
     render_count = sum(len(layer.tiles) for layer in analysis.layers) + len(analysis.weights)
     with progress_bar(render_count, "render", options.show_progress) as advance:
-        report_model = render(
-            analysis,
-            run=run,
-            model_info=model_info,
-            class_names=names,
-            options=RenderOptions(filter_scale=options.filter_scale),
-            progress=advance,
-            thresholds=options.thresholds,
-        )
+        report_model = draw(analysis, advance)
     notes = tuple(loaded.notes) + tuple(inputs.notes) + report_model.notes
     from dataclasses import replace
 
@@ -193,17 +191,6 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
 
     files = input_files(inputs.paths, inputs.names)
     report_model = replace(report_model, notes=notes, input_files=files)
-    if options.max_size_mb > 0:
-        from reportgen.size_budget import MEGABYTE, fit_to_budget
-
-        def rerender(reduced: Any) -> Any:
-            # the same render from a reduced Analysis: pictures only, no second forward pass
-            again = render(reduced, run=run, model_info=model_info, class_names=names,
-                           options=RenderOptions(filter_scale=options.filter_scale))
-            return replace(again, notes=notes, input_files=files)
-
-        report_model = fit_to_budget(analysis, report_model, limit_bytes=int(options.max_size_mb * MEGABYTE),
-                                     rerender=rerender)
     if options.impact is not None and options.impact.enabled:
         from reportgen.impact import impact_for_report
 
@@ -212,6 +199,11 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
                                    batch_size=options.batch_size, max_inputs_shown=options.max_inputs_shown,
                                    show_progress=options.show_progress)
         report_model = replace(report_model, impact=impact)
+    if options.max_size_mb > 0:  # last, so every section's bytes count; pictures only, no second forward
+        from reportgen.size_budget import MEGABYTE, fit_to_budget
+
+        report_model = fit_to_budget(analysis, report_model, limit_bytes=int(options.max_size_mb * MEGABYTE),
+                                     rerender=draw)
     return Report(report_model)
 
 

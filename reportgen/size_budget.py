@@ -35,7 +35,7 @@ HEADROOM = 0.97  # aim a little under the limit: the estimate is not exact
 
 _TILE_META_BYTES = 40  # about what one tile's channel, min and max take in the page
 _FIGURE_BYTES = 400  # about what one grid's markup (figure, caption, attributes) takes
-_TILE_STEPS = (24, 20, 16, 12, 10, 8, 6, 4)
+_TILE_STEPS = (28, 24, 20, 16, 12, 10, 8, 6, 4)
 _CHANNEL_STEPS = (48, 32, 24, 16, 12, 8, 4, 2, 1)
 
 
@@ -266,7 +266,8 @@ def fit_to_budget(
             fits=True,
             message=describe(start, drawing, limit_bytes, first_bytes),
         )
-        best = replace(rerender(reduce_analysis(analysis, drawing)), alerts=first.alerts, budget=info)
+        # only the sections hold what the budget reduces; alerts, inputs and the rest stay as they were
+        best = replace(first, sections=rerender(reduce_analysis(analysis, drawing)).sections, budget=info)
         actual = measure(best)
         if actual <= limit_bytes:
             return best
