@@ -64,7 +64,7 @@ class ReportOptions:
     impact: ImpactOptions | None = None  # ablation, misfiring filters, probes (impact.py)
     # insight (insight.py): statistics, alerts, Grad-CAM, top-k inputs per channel, embedding
     top_k: int = 5  # inputs kept per shown channel (crops drawn when inputs > max_inputs_shown); 0: off
-    top_k_channels: int = 16  # channels per layer whose top-k crops are drawn
+    top_k_channels: int = 8  # channels per layer whose top-k crops are drawn
     cam: bool = True  # Grad-CAM for the shown inputs (classifiers)
     cam_layer: str | None = None  # default: the last convolution
     embedding: bool = True  # PCA of the penultimate features

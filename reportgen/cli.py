@@ -176,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     insight.add_argument("--top-k", metavar="K", type=_non_negative, default=5,
                          help="keep the K inputs that excite each shown channel most (default 5; 0: off); "
                               "their crops are drawn when there are more inputs than --max-inputs-shown")
-    insight.add_argument("--top-k-channels", metavar="N", type=_positive, default=16,
-                         help="channels per layer whose top-K crops are drawn (default 16)")
+    insight.add_argument("--top-k-channels", metavar="N", type=_positive, default=8,
+                         help="channels per layer whose top-K crops are drawn (default 8)")
     insight.add_argument("--no-cam", dest="cam", action="store_false",
                          help="skip Grad-CAM (and the check of which layers reach the output)")
     insight.add_argument("--cam-layer", metavar="NAME",

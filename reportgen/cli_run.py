@@ -116,7 +116,7 @@ def insight_options(args: argparse.Namespace) -> dict[str, object]:
 
     return {
         "top_k": getattr(args, "top_k", 5),
-        "top_k_channels": getattr(args, "top_k_channels", 16),
+        "top_k_channels": getattr(args, "top_k_channels", 8),
         "cam": getattr(args, "cam", True),
         "cam_layer": getattr(args, "cam_layer", None),
         "embedding": getattr(args, "embedding", True),

@@ -60,7 +60,7 @@ class InsightOptions:
     --no-embedding, --duplicate-threshold)."""
 
     top_k: int = 5  # inputs kept per shown channel; 0 disables
-    top_k_channels: int = 16  # channels per layer whose top-k crops are drawn (dataset mode)
+    top_k_channels: int = 8  # channels per layer whose top-k crops are drawn (dataset mode)
     cam: bool = True
     cam_layer: str | None = None  # default: the last convolution
     embedding: bool = True
@@ -239,6 +239,8 @@ def build(
         crops = data.crops.get(section.name)
         strip_slot = None
         if crops is not None:
+            # no more rows than channels drawn: when the size budget draws fewer, so does this
+            crops = crops[: max(1, len(section.channels_shown))]
             rows, k = crops.shape[:2]
             picture, _ = tile_grid(crops.reshape(rows * k, *crops.shape[2:]), columns=k, pad_value=(255, 255, 255))
             strip_slot = encoder.queue(picture)

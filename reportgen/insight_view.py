@@ -12,7 +12,7 @@ from typing import Any
 from reportgen.report_model import EncodedImage, LayerSection, ReportModel
 
 THUMB_WIDTH = 96
-STRIP_WIDTH = 200  # CSS px of a top-activation strip (k crops wide)
+STRIP_WIDTH = 260  # CSS px of a top-activation strip (k crops wide): crops shown at 2x
 MAX_TOP_LINES = 8  # channels whose top inputs are listed in words under the strip
 MAX_WRONG_SHOWN = 24
 

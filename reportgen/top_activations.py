@@ -31,7 +31,7 @@ from reportgen.inputs import InputSet
 from reportgen.report_model import ChannelTop, TopActivation
 from reportgen.summary import SummaryRow
 
-CROP_SIZE = 32  # pixels a side of one crop in the strip
+CROP_SIZE = 24  # pixels a side of one crop in the strip
 WINDOW_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.conv._ConvNd,
     nn.modules.pooling._MaxPoolNd,

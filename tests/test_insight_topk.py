@@ -10,7 +10,7 @@ from torch import nn
 import reportgen
 from reportgen.capture import ActivationCapture
 from reportgen.inputs import from_tensor
-from reportgen.top_activations import Geometry, crop, display_image, layer_geometry, window
+from reportgen.top_activations import CROP_SIZE, Geometry, crop, display_image, layer_geometry, window
 from tests.fixtures.insight_models import SpotDetector, spot_dataset
 from tests.helpers import decode
 
@@ -100,11 +100,12 @@ def test_dataset_mode_draws_crops_around_the_peak() -> None:
     insight = report.model.sections[0].insight
     assert insight.top_strip is not None and insight.top_strip_channels == (0, 1)
     strip = np.asarray(decode(insight.top_strip).convert("RGB"))
-    # row 0 (channel 0), column 0 (input 19): a 32x32 crop, padding 1, whose brightest pixel is
-    # the spot (stretched to white), near the crop's centre
-    tile = strip[1:33, 1:33].max(axis=2)
+    # row 0 (channel 0), column 0 (input 19): a CROP_SIZE crop after 1 px of padding, whose
+    # brightest pixel is the spot (stretched to white), at the crop's centre
+    tile = strip[1:1 + CROP_SIZE, 1:1 + CROP_SIZE].max(axis=2)
     y, x = np.unravel_index(int(np.argmax(tile)), tile.shape)
-    assert tile.max() == 255 and abs(y - 16) <= 7 and abs(x - 16) <= 7
+    assert tile.max() == 255 and abs(y - CROP_SIZE // 2) <= CROP_SIZE // 4 and abs(x - CROP_SIZE // 2) <= CROP_SIZE // 4
+    assert strip.shape == (1 + 2 * (CROP_SIZE + 1), 1 + 3 * (CROP_SIZE + 1), 3)  # 2 channels x top-3
     # with no more inputs than are drawn, no crops (the feature maps already show every input)
     few = reportgen.generate_report(SpotDetector(), images[:4], device="cpu", max_inputs_shown=4, top_k=3)
     assert few.model.sections[0].insight.top_strip is None
