@@ -135,10 +135,10 @@ def test_sections_collapse_and_expand(reports: dict[str, Path], visit: Any) -> N
     assert states == [i < OPEN_SECTIONS for i in range(len(states))]
     last = page.locator("details.layer").last
     assert not last.evaluate("d => d.open")
-    last.locator("summary").click()
+    last.locator(":scope > summary").click()
     assert last.evaluate("d => d.open")
     assert last.locator("img.tiles").first.is_visible()
-    last.locator("summary").click()
+    last.locator(":scope > summary").click()
     assert not last.evaluate("d => d.open")
     assert not last.locator("img.tiles").first.is_visible()
 
