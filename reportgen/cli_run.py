@@ -64,6 +64,8 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
     if not args.quiet:
         print(f"reportgen: {len(inputs)} input(s), {len(report.model.sections)} layer(s) drawn, "
               f"{size / 1e6:.2f} MB", file=sys.stderr)
+        if report.model.budget is not None:
+            print(f"reportgen: {report.model.budget.message}", file=sys.stderr)
     print(output)
     if json_path is not None:
         print(json_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +163,29 @@ def test_cli_default_matches_the_library_default() -> None:
     assert cli.build_parser().parse_args(["m"]).max_size == size_budget.DEFAULT_MAX_SIZE_MB
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["m", "--max-size", "-3"])
+
+
+def test_a_limit_below_the_page_itself_still_writes_a_report_and_says_so() -> None:
+    report = reportgen.generate_report(CountingNet(), noise_inputs(2), device="cpu", max_size_mb=0.001)
+    budget = report.model.budget
+    assert budget is not None and not budget.fits
+    assert (budget.tile_size[1], budget.channels[1], budget.inputs_drawn[1]) == (4, 1, 0)
+    assert "still takes" in budget.message and "still takes" in report.to_html()
+    assert all(not s.feature_maps for s in report.model.sections)
+
+
+def test_cli_says_what_the_budget_reduced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from reportgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(noise_inputs(2), tmp_path / "x.pt")
+    (tmp_path / "net.py").write_text("from tests.test_size_budget import CountingNet\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    assert main(["net.py:CountingNet", "x.pt", "-o", "full.html", "--max-size", "0", "--device", "cpu"]) == 0
+    assert "To stay under" not in capsys.readouterr().err
+    limit = (tmp_path / "full.html").stat().st_size * 0.7 / 1e6
+    assert main(["net.py:CountingNet", "x.pt", "-o", "r.html", "--max-size", f"{limit:.4f}", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"reportgen: To stay under --max-size {float(f'{limit:.4f}'):g} MB" in err
+    assert (tmp_path / "r.html").stat().st_size <= limit * 1e6
