@@ -17,8 +17,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 VIEWPORT = {"width": 1280, "height": 860}
 
 
@@ -40,18 +46,26 @@ def shoot(page_path: Path, fragment: str, out_dir: Path) -> list[Path]:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             for scheme in ("light", "dark"):
-                context = browser.new_context(color_scheme=scheme, viewport=VIEWPORT, device_scale_factor=1)
+                context = browser.new_context(
+                    color_scheme=scheme, viewport=VIEWPORT, device_scale_factor=1
+                )
                 page = context.new_page()
                 page.goto(page_path.resolve().as_uri(), wait_until="load")
                 # default: the first layer section, filters and feature maps side by side
-                page.evaluate("""anchor => {
-                  const target = anchor ? document.getElementById(anchor) : document.querySelector('details.layer');
+                page.evaluate(
+                    """anchor => {
+                  const target = anchor ? document.getElementById(anchor)
+                                        : document.querySelector('details.layer');
                   if (target.tagName === 'DETAILS') { target.open = true; }
                   target.scrollIntoView({block: 'start', behavior: 'instant'});
-                }""", fragment)
+                }""",
+                    fragment,
+                )
                 # lazy pictures of collapsed sections never load, so wait only for those on screen
-                page.evaluate("() => Promise.all(Array.from(document.images).filter(i => i.checkVisibility())"
-                              ".map(i => { i.loading = 'eager'; return i.decode().catch(() => 0); }))")
+                page.evaluate(
+                    "() => Promise.all(Array.from(document.images).filter(i => i.checkVisibility())"
+                    ".map(i => { i.loading = 'eager'; return i.decode().catch(() => 0); }))"
+                )
                 target = out_dir / f"screenshot-{scheme}.png"
                 page.screenshot(path=str(target))
                 written.append(target)
@@ -63,8 +77,12 @@ def shoot(page_path: Path, fragment: str, out_dir: Path) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fragment", default="", help="scroll to this anchor (default: the first layer section)")
-    parser.add_argument("--out", type=Path, default=HERE, help="folder for the PNGs (default: docs/)")
+    parser.add_argument(
+        "--fragment", default="", help="scroll to this anchor (default: the first layer section)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=HERE, help="folder for the PNGs (default: docs/)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         page_path = Path(tmp) / "demo-report.html"

@@ -39,7 +39,10 @@ def image_files(model: ReportModel) -> dict[str, EncodedImage]:
 
 def image_outputs(model: ReportModel, folder: Path) -> dict[Path, bytes]:
     """What `--images DIR` writes, ready for `write.write_atomically` with the other outputs."""
-    return {folder / name: decode_data_uri(image.data_uri) for name, image in sorted(image_files(model).items())}
+    return {
+        folder / name: decode_data_uri(image.data_uri)
+        for name, image in sorted(image_files(model).items())
+    }
 
 
 def check_folder(folder: Path, option: str) -> None:
@@ -119,20 +122,34 @@ def write_tensorboard(model: ReportModel, folder: Path) -> list[Path]:
         try:
             for section in model.sections:
                 if section.filters is not None:
-                    writer.add_image(f"filters/{section.name}", _picture(section.filters.image), 0, dataformats="HWC")
+                    writer.add_image(
+                        f"filters/{section.name}",
+                        _picture(section.filters.image),
+                        0,
+                        dataformats="HWC",
+                    )
                 for fm in section.feature_maps:
-                    writer.add_image(f"maps/{section.name}/{fm.input_index:03d}", _picture(fm.grid.image), 0,
-                                     dataformats="HWC")
+                    writer.add_image(
+                        f"maps/{section.name}/{fm.input_index:03d}",
+                        _picture(fm.grid.image),
+                        0,
+                        dataformats="HWC",
+                    )
                 stats = section.stats
-                for tag, values in (("mean", stats.mean), ("max", stats.max),
-                                    ("fraction_active", stats.fraction_active)):
+                for tag, values in (
+                    ("mean", stats.mean),
+                    ("max", stats.max),
+                    ("fraction_active", stats.fraction_active),
+                ):
                     finite = np.asarray(values, dtype=np.float64)
                     finite = finite[np.isfinite(finite)]
                     if finite.size:
                         writer.add_histogram(f"stats/{section.name}/{tag}", finite, 0)
             for item in model.inputs:
                 if item.thumbnail is not None:
-                    writer.add_image(f"inputs/{item.index:03d}", _picture(item.thumbnail), 0, dataformats="HWC")
+                    writer.add_image(
+                        f"inputs/{item.index:03d}", _picture(item.thumbnail), 0, dataformats="HWC"
+                    )
         finally:
             writer.close()
         written = []
@@ -142,7 +159,9 @@ def write_tensorboard(model: ReportModel, folder: Path) -> list[Path]:
             written.append(target)
         return written
     except OSError as exc:
-        raise ReportError(f"--tensorboard: cannot write to {folder}: {exc.strerror or exc}") from exc
+        raise ReportError(
+            f"--tensorboard: cannot write to {folder}: {exc.strerror or exc}"
+        ) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -152,5 +171,7 @@ def json_schema() -> dict[str, Any]:
     import json
     from importlib import resources
 
-    text = resources.files("reportgen.data").joinpath("report.schema.json").read_text(encoding="utf-8")
+    text = (
+        resources.files("reportgen.data").joinpath("report.schema.json").read_text(encoding="utf-8")
+    )
     return dict(json.loads(text))

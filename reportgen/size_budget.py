@@ -76,7 +76,7 @@ def adaptive_pool_levels(stack: np.ndarray, height: int, width: int) -> np.ndarr
     Window i covers [floor(i*h/H), ceil((i+1)*h/H)). Flat tiles (all FLAT_INDEX) stay flat;
     ramp levels (0..253) average to ramp levels. Rounds with +0.5 before the cast.
     """
-    channels, h, w = stack.shape
+    _, h, w = stack.shape
     if (height, width) == (h, w):
         return stack
     values = stack.astype(np.float64)
@@ -137,7 +137,10 @@ def reduce_analysis(analysis: Analysis, drawing: Drawing) -> Analysis:
 
 
 def full_drawing(analysis: Analysis) -> Drawing:
-    tile = max((max(stack.shape[1:]) for layer in analysis.layers for stack in layer.tiles.values()), default=1)
+    tile = max(
+        (max(stack.shape[1:]) for layer in analysis.layers for stack in layer.tiles.values()),
+        default=1,
+    )
     channels = max((len(layer.channels_shown) for layer in analysis.layers), default=1)
     channels = max([channels, *(w.filters.shape[0] for w in analysis.weights.values())])
     inputs = max((len(layer.tiles) for layer in analysis.layers), default=0)
@@ -150,7 +153,7 @@ def ladder(start: Drawing) -> Iterator[Drawing]:
     channels = [c for c in _CHANNEL_STEPS if c < start.channels]
     current = start
     # Tiles down to 12 px and channels down to 16 alternate; then inputs down to 2; then the rest.
-    while tiles and tiles[0] >= 12 or channels and channels[0] >= 16:
+    while (tiles and tiles[0] >= 12) or (channels and channels[0] >= 16):
         if tiles and tiles[0] >= 12:
             current = replace(current, tile_size=tiles.pop(0))
             yield current
@@ -196,7 +199,10 @@ def estimate_bytes(first: ReportModel, first_bytes: int, drawing: Drawing) -> in
         grids: list[tuple[TileGrid, int]] = []
         if section.filters is not None:
             grids.append((section.filters, -1))
-        grids += [(fm.grid, rank) for rank, fm in enumerate(sorted(section.feature_maps, key=lambda f: f.input_index))]
+        grids += [
+            (fm.grid, rank)
+            for rank, fm in enumerate(sorted(section.feature_maps, key=lambda f: f.input_index))
+        ]
         for grid, rank in grids:
             picture_bytes += len(grid.image.data_uri)
             if rank >= drawing.inputs:  # not drawn: its markup and per-tile numbers go too
@@ -225,9 +231,11 @@ def describe(start: Drawing, end: Drawing, limit_bytes: int, first_bytes: int) -
     if end.inputs < start.inputs:
         changes.append(f"inputs with feature maps {start.inputs} → {end.inputs}")
     what = ", ".join(changes) or "nothing"
-    return (f"To stay under --max-size {limit_bytes / MEGABYTE:g} MB (everything drawn would take "
-            f"{first_bytes / MEGABYTE:.2f} MB), less is drawn: {what}. Statistics and alerts still "
-            "cover every channel and input; rerun with --max-size 0 to draw everything.")
+    return (
+        f"To stay under --max-size {limit_bytes / MEGABYTE:g} MB (everything drawn would take "
+        f"{first_bytes / MEGABYTE:.2f} MB), less is drawn: {what}. Statistics and alerts still "
+        "cover every channel and input; rerun with --max-size 0 to draw everything."
+    )
 
 
 def fit_to_budget(
@@ -253,7 +261,8 @@ def fit_to_budget(
             position = len(candidates) - 1  # last try: the smallest drawing there is
         # the first candidate predicted to fit (corrected by what the last render showed)
         while position < len(candidates) - 1 and (
-            estimate_bytes(first, first_bytes, candidates[position]) * correction > limit_bytes * HEADROOM
+            estimate_bytes(first, first_bytes, candidates[position]) * correction
+            > limit_bytes * HEADROOM
         ):
             position += 1
         drawing = candidates[position]
@@ -266,8 +275,10 @@ def fit_to_budget(
             fits=True,
             message=describe(start, drawing, limit_bytes, first_bytes),
         )
-        # only the sections hold what the budget reduces; alerts, inputs and the rest stay as they were
-        best = replace(first, sections=rerender(reduce_analysis(analysis, drawing)).sections, budget=info)
+        # only the sections hold what the budget reduces; alerts, inputs and the rest stay as is
+        best = replace(
+            first, sections=rerender(reduce_analysis(analysis, drawing)).sections, budget=info
+        )
         actual = measure(best)
         if actual <= limit_bytes:
             return best
@@ -275,5 +286,7 @@ def fit_to_budget(
             break
         correction = max(correction, actual / max(estimate_bytes(first, first_bytes, drawing), 1))
         position += 1
-    note = info.message.replace("less is drawn", f"less is drawn but it still takes {actual / MEGABYTE:.2f} MB")
+    note = info.message.replace(
+        "less is drawn", f"less is drawn but it still takes {actual / MEGABYTE:.2f} MB"
+    )
     return replace(best, budget=replace(info, fits=False, message=note))

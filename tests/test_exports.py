@@ -28,7 +28,8 @@ MODEL_FILE = textwrap.dedent(
 
     def build():
         torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.AdaptiveAvgPool2d(1),
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3),
+                             nn.AdaptiveAvgPool2d(1),
                              nn.Flatten(), nn.Linear(5, 3))
     """
 )
@@ -46,11 +47,15 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "net.py").write_text(MODEL_FILE, encoding="utf-8")
     rng = np.random.default_rng(0)
     for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (18, 18, 3), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+        Image.fromarray(rng.integers(0, 255, (18, 18, 3), dtype=np.uint8)).save(
+            tmp_path / f"img{i}.png"
+        )
     return tmp_path
 
 
-def test_images_are_the_report_pictures_with_stable_names(report: reportgen.Report, tmp_path: Path) -> None:
+def test_images_are_the_report_pictures_with_stable_names(
+    report: reportgen.Report, tmp_path: Path
+) -> None:
     report.save(tmp_path / "r.html", images_dir=tmp_path / "grids")
     written = sorted(p.name for p in (tmp_path / "grids").iterdir())
     sections = report.model.sections
@@ -85,7 +90,9 @@ def test_failed_save_leaves_no_images_folder(report: reportgen.Report, tmp_path:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_images_folder_that_is_a_file_is_a_user_error(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_images_folder_that_is_a_file_is_a_user_error(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (workspace / "grids").write_text("not a folder", encoding="utf-8")
     assert main(["net.py:build", "img0.png", "-o", "r.html", "--images", "grids"]) == 2
     err = capsys.readouterr().err.strip()
@@ -94,13 +101,28 @@ def test_images_folder_that_is_a_file_is_a_user_error(workspace: Path, capsys: p
 
 
 def test_cli_images(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["net.py:build", "img0.png", "img1.png", "-o", "r.html", "--images", "out/grids", "-q"]) == 2
+    assert (
+        main(
+            ["net.py:build", "img0.png", "img1.png", "-o", "r.html", "--images", "out/grids", "-q"]
+        )
+        == 2
+    )
     assert "--images: folder out does not exist" in capsys.readouterr().err
-    assert main(["net.py:build", "img0.png", "img1.png", "-o", "r.html", "--images", "grids", "-q"]) == 0
+    assert (
+        main(["net.py:build", "img0.png", "img1.png", "-o", "r.html", "--images", "grids", "-q"])
+        == 0
+    )
     names = sorted(p.name for p in (workspace / "grids").iterdir())
-    assert names == ["filters--layer-0.png", "filters--layer-2.png", "input--000.png", "input--001.png",
-                     "maps--layer-0--000.png", "maps--layer-0--001.png", "maps--layer-2--000.png",
-                     "maps--layer-2--001.png"]
+    assert names == [
+        "filters--layer-0.png",
+        "filters--layer-2.png",
+        "input--000.png",
+        "input--001.png",
+        "maps--layer-0--000.png",
+        "maps--layer-0--001.png",
+        "maps--layer-2--000.png",
+        "maps--layer-2--001.png",
+    ]
     # a 4-filter conv on 3 channels: the RGB filter grid is 2x2 tiles of 3x3 px with 1 px padding
     assert Image.open(workspace / "grids" / "filters--layer-0.png").size == (9, 9)
 
@@ -108,7 +130,9 @@ def test_cli_images(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None
 def test_missing_tensorboard_is_a_clear_error(
     workspace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` now raises ImportError
+    monkeypatch.setitem(
+        sys.modules, "tensorboard", None
+    )  # `import tensorboard` now raises ImportError
     monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
     assert main(["net.py:build", "img0.png", "-o", "r.html", "--tensorboard", "tb"]) == 2
     err = capsys.readouterr().err.strip()
@@ -121,14 +145,27 @@ def test_missing_tensorboard_is_a_clear_error(
 def test_tensorboard_events_hold_the_grids_and_histograms(workspace: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    assert main(["net.py:build", "img0.png", "img1.png", "-o", "r.html", "--tensorboard", "tb", "-q"]) == 0
+    assert (
+        main(["net.py:build", "img0.png", "img1.png", "-o", "r.html", "--tensorboard", "tb", "-q"])
+        == 0
+    )
     events = list((workspace / "tb").iterdir())
     assert len(events) == 1 and events[0].name.startswith("events.out.tfevents")
-    accumulator = EventAccumulator(str(workspace / "tb"), size_guidance={"images": 0, "histograms": 0})
+    accumulator = EventAccumulator(
+        str(workspace / "tb"), size_guidance={"images": 0, "histograms": 0}
+    )
     accumulator.Reload()
     tags = accumulator.Tags()
-    assert set(tags["images"]) == {"filters/0", "filters/2", "maps/0/000", "maps/0/001", "maps/2/000",
-                                   "maps/2/001", "inputs/000", "inputs/001"}
+    assert set(tags["images"]) == {
+        "filters/0",
+        "filters/2",
+        "maps/0/000",
+        "maps/0/001",
+        "maps/2/000",
+        "maps/2/001",
+        "inputs/000",
+        "inputs/001",
+    }
     assert "stats/2/mean" in tags["histograms"] and "stats/0/fraction_active" in tags["histograms"]
     image = accumulator.Images("filters/0")[0]
     assert (image.width, image.height) == (9, 9)

@@ -45,7 +45,9 @@ def test_repr_html_is_an_isolated_iframe_holding_the_whole_report(report: report
     assert "http:" not in markup and "https:" not in markup
 
 
-def test_show_opens_the_saved_file(report: reportgen.Report, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_show_opens_the_saved_file(
+    report: reportgen.Report, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     opened: list[str] = []
     monkeypatch.setattr("webbrowser.open", lambda url, *a, **k: opened.append(url) or True)
     saved = report.save(tmp_path / "r.html")
@@ -53,7 +55,9 @@ def test_show_opens_the_saved_file(report: reportgen.Report, tmp_path: Path, mon
     assert opened == [saved.resolve().as_uri()]
 
 
-def test_show_saves_an_unsaved_report_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_show_saves_an_unsaved_report_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     opened: list[str] = []
     monkeypatch.setattr("webbrowser.open", lambda url, *a, **k: opened.append(url) or True)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
@@ -71,16 +75,20 @@ MODEL_FILE = textwrap.dedent(
 
     def build():
         torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, 3))
     """
 )
 
 
-def test_cli_open_opens_the_written_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_open_opens_the_written_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "net.py").write_text(MODEL_FILE, encoding="utf-8")
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
+        tmp_path / "a.png"
+    )
     opened: list[str] = []
     monkeypatch.setattr("webbrowser.open", lambda url, *a, **k: opened.append(url) or True)
     assert main(["net.py:build", "a.png", "-o", "r.html", "-q"]) == 0

@@ -29,8 +29,9 @@ def validator() -> jsonschema.Draft202012Validator:
 
 @pytest.fixture(scope="module")
 def document() -> dict[str, Any]:
-    report = reportgen.generate_report(tiny_cnn(), tiny_inputs(3), device="cpu", labels=list("abcde"),
-                                       max_channels=4)
+    report = reportgen.generate_report(
+        tiny_cnn(), tiny_inputs(3), device="cpu", labels=list("abcde"), max_channels=4
+    )
     return json.loads(report.to_json())
 
 
@@ -46,16 +47,23 @@ def test_schema_is_shipped_in_the_package() -> None:
     assert json.loads(path.read_text(encoding="utf-8"))["required"][0] == "reportgen_version"
 
 
-def test_api_json_validates(validator: jsonschema.Draft202012Validator, document: dict[str, Any]) -> None:
+def test_api_json_validates(
+    validator: jsonschema.Draft202012Validator, document: dict[str, Any]
+) -> None:
     assert errors(validator, document) == []
     # the contract fields are really there and consistent, beyond what a schema can say
     assert document["visualized"], "the tiny CNN has two convs"
     for item in document["visualized"]:
         stats = item["stats"]
-        assert len(stats["mean"]) == len(stats["max"]) == len(stats["fraction_active"]) == item["channels_total"]
+        assert (
+            len(stats["mean"])
+            == len(stats["max"])
+            == len(stats["fraction_active"])
+            == item["channels_total"]
+        )
         assert item["channels_shown"] == 4
     for prediction in document["predictions"]:
-        assert [t["label"] for t in prediction["top"]][0] in "abcde"
+        assert prediction["top"][0]["label"] in "abcde"
 
 
 @pytest.mark.parametrize(
@@ -76,7 +84,10 @@ def test_api_json_validates(validator: jsonschema.Draft202012Validator, document
     ],
 )
 def test_schema_rejects_broken_contract_fields(
-    validator: jsonschema.Draft202012Validator, document: dict[str, Any], path: list[Any], value: Any
+    validator: jsonschema.Draft202012Validator,
+    document: dict[str, Any],
+    path: list[Any],
+    value: Any,
 ) -> None:
     broken = copy.deepcopy(document)
     target = broken
@@ -86,8 +97,10 @@ def test_schema_rejects_broken_contract_fields(
     assert errors(validator, broken), f"{path} = {value!r} should not validate"
 
 
-@pytest.mark.parametrize("field", ["reportgen_version", "model", "layers", "visualized", "inputs", "predictions",
-                                   "alerts"])
+@pytest.mark.parametrize(
+    "field",
+    ["reportgen_version", "model", "layers", "visualized", "inputs", "predictions", "alerts"],
+)
 def test_schema_requires_every_contract_field(
     validator: jsonschema.Draft202012Validator, document: dict[str, Any], field: str
 ) -> None:
@@ -96,7 +109,9 @@ def test_schema_requires_every_contract_field(
     assert errors(validator, broken)
 
 
-def test_schema_allows_fields_added_later(validator: jsonschema.Draft202012Validator, document: dict[str, Any]) -> None:
+def test_schema_allows_fields_added_later(
+    validator: jsonschema.Draft202012Validator, document: dict[str, Any]
+) -> None:
     extended = copy.deepcopy(document)
     extended["gradcam"] = {"anything": [1, 2]}
     extended["layers"][0]["new_column"] = "x"
@@ -111,7 +126,8 @@ MODEL_FILE = textwrap.dedent(
 
     def build():
         torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, 3))
     """
 )
 
@@ -124,12 +140,20 @@ def test_cli_json_validates_and_hashes_the_input_files(
     (tmp_path / "pics").mkdir()
     rng = np.random.default_rng(5)
     for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "pics" / f"p{i}.png")
-    assert main(["net.py:build", str(tmp_path / "pics"), "-o", "r.html", "--json", "r.json", "-q"]) == 0
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
+            tmp_path / "pics" / f"p{i}.png"
+        )
+    assert (
+        main(["net.py:build", str(tmp_path / "pics"), "-o", "r.html", "--json", "r.json", "-q"])
+        == 0
+    )
     document = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert errors(validator, document) == []
     files = document["input_files"]
-    assert [f["path"] for f in files] == ["pics/p0.png", "pics/p1.png"]  # relative: no home folder leaks
+    assert [f["path"] for f in files] == [
+        "pics/p0.png",
+        "pics/p1.png",
+    ]  # relative: no home folder leaks
     for entry in files:
         data = (tmp_path / entry["path"]).read_bytes()
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()

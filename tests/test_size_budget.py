@@ -60,7 +60,9 @@ def test_adaptive_pool_matches_torch_and_keeps_flat_tiles() -> None:
     stack = rng.integers(0, 254, size=(3, 28, 20), dtype=np.uint8)
     stack[1] = 255  # a flat tile
     pooled = adaptive_pool_levels(stack, 17, 12)
-    expected = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(stack).double()[None], (17, 12))[0]
+    expected = torch.nn.functional.adaptive_avg_pool2d(
+        torch.from_numpy(stack).double()[None], (17, 12)
+    )[0]
     assert pooled.shape == (3, 17, 12)
     assert np.array_equal(pooled, np.floor(expected.numpy() + 0.5).astype(np.uint8))
     assert (pooled[1] == 255).all()
@@ -74,8 +76,13 @@ def test_ladder_shrinks_and_estimates_never_grow(full_and_fitted) -> None:  # ty
     steps = list(ladder(start))
     assert steps[-1].inputs == 0
     for before, after in zip([start, *steps], steps):  # one knob at a time, only ever down
-        changes = [a - b for a, b in zip((before.tile_size, before.channels, before.inputs),
-                                         (after.tile_size, after.channels, after.inputs))]
+        changes = [
+            a - b
+            for a, b in zip(
+                (before.tile_size, before.channels, before.inputs),
+                (after.tile_size, after.channels, after.inputs),
+            )
+        ]
         assert sorted(changes)[:2] == [0, 0] and max(changes) > 0
     first_bytes = html_bytes(full.model)
     estimates = [estimate_bytes(full.model, first_bytes, d) for d in [start, *steps]]
@@ -125,7 +132,9 @@ def test_fitted_pixels_are_pooled_captured_tiles(full_and_fitted) -> None:  # ty
 
     big = full.model.sections[1].feature_maps[0].grid
     small = fitted.model.sections[1].feature_maps[0].grid
-    expected = adaptive_pool_levels(tiles_of(big)[: len(small.channels)], small.tile_height, small.tile_width)
+    expected = adaptive_pool_levels(
+        tiles_of(big)[: len(small.channels)], small.tile_height, small.tile_width
+    )
     assert np.array_equal(tiles_of(small), expected)
     assert small.tile_min == big.tile_min[: len(small.channels)]
 
@@ -136,9 +145,15 @@ def test_report_says_what_was_reduced_and_lists_largest_sections(full_and_fitted
     assert "less is drawn" in page and "--max-size 0" in page
     assert "Largest layer sections" in page
     biggest, size = largest_sections(fitted.model)[0]
-    assert size == max(len(s.filters.image.data_uri if s.filters else "") +
-                       sum(len(f.grid.image.data_uri) for f in s.feature_maps) for s in fitted.model.sections)
-    assert re.search(rf'<a href="#{biggest.anchor}">{biggest.name}</a></th><td class="num">[0-9.]+ (kB|MB)</td>', page)
+    assert size == max(
+        len(s.filters.image.data_uri if s.filters else "")
+        + sum(len(f.grid.image.data_uri) for f in s.feature_maps)
+        for s in fitted.model.sections
+    )
+    assert re.search(
+        rf'<a href="#{biggest.anchor}">{biggest.name}</a></th><td class="num">[0-9.]+ (kB|MB)</td>',
+        page,
+    )
     assert "less is drawn" not in full.to_html()
     assert fitted.to_dict()["size_budget"]["limit_bytes"] == fitted.model.budget.limit_bytes  # type: ignore[union-attr]
     assert full.to_dict()["size_budget"] is None
@@ -166,7 +181,9 @@ def test_cli_default_matches_the_library_default() -> None:
 
 
 def test_a_limit_below_the_page_itself_still_writes_a_report_and_says_so() -> None:
-    report = reportgen.generate_report(CountingNet(), noise_inputs(2), device="cpu", max_size_mb=0.001)
+    report = reportgen.generate_report(
+        CountingNet(), noise_inputs(2), device="cpu", max_size_mb=0.001
+    )
     budget = report.model.budget
     assert budget is not None and not budget.fits
     assert (budget.tile_size[1], budget.channels[1], budget.inputs_drawn[1]) == (4, 1, 0)
@@ -174,18 +191,40 @@ def test_a_limit_below_the_page_itself_still_writes_a_report_and_says_so() -> No
     assert all(not s.feature_maps for s in report.model.sections)
 
 
-def test_cli_says_what_the_budget_reduced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_says_what_the_budget_reduced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from reportgen.cli import main
 
     monkeypatch.chdir(tmp_path)
     torch.save(noise_inputs(2), tmp_path / "x.pt")
-    (tmp_path / "net.py").write_text("from tests.test_size_budget import CountingNet\n", encoding="utf-8")
+    (tmp_path / "net.py").write_text(
+        "from tests.test_size_budget import CountingNet\n", encoding="utf-8"
+    )
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
-    assert main(["net.py:CountingNet", "x.pt", "-o", "full.html", "--max-size", "0", "--device", "cpu"]) == 0
+    assert (
+        main(
+            ["net.py:CountingNet", "x.pt", "-o", "full.html", "--max-size", "0", "--device", "cpu"]
+        )
+        == 0
+    )
     assert "To stay under" not in capsys.readouterr().err
     limit = (tmp_path / "full.html").stat().st_size * 0.7 / 1e6
-    assert main(["net.py:CountingNet", "x.pt", "-o", "r.html", "--max-size", f"{limit:.4f}", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "net.py:CountingNet",
+                "x.pt",
+                "-o",
+                "r.html",
+                "--max-size",
+                f"{limit:.4f}",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert f"reportgen: To stay under --max-size {float(f'{limit:.4f}'):g} MB" in err
     assert (tmp_path / "r.html").stat().st_size <= limit * 1e6

@@ -16,8 +16,14 @@ from typing import Any
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -61,16 +67,30 @@ def visit(browser: Any) -> Iterator[Any]:
     """visit(path, js=True, color_scheme="light", fragment="") -> Visit; contexts closed after."""
     contexts: list[Any] = []
 
-    def open_report(path: Path, *, js: bool = True, color_scheme: str = "light", fragment: str = "",
-                    width: int = 1280, height: int = 900) -> Visit:
-        context = browser.new_context(java_script_enabled=js, color_scheme=color_scheme,
-                                      viewport={"width": width, "height": height})
+    def open_report(
+        path: Path,
+        *,
+        js: bool = True,
+        color_scheme: str = "light",
+        fragment: str = "",
+        width: int = 1280,
+        height: int = 900,
+    ) -> Visit:
+        context = browser.new_context(
+            java_script_enabled=js,
+            color_scheme=color_scheme,
+            viewport={"width": width, "height": height},
+        )
         contexts.append(context)
         page = context.new_page()
         result = Visit(page)
         page.on("request", lambda request: result.requests.append(request.url))
-        page.on("console", lambda message: result.console_errors.append(message.text)
-                if message.type == "error" else None)
+        page.on(
+            "console",
+            lambda message: (
+                result.console_errors.append(message.text) if message.type == "error" else None
+            ),
+        )
         page.on("pageerror", lambda error: result.page_errors.append(str(error)))
         page.goto(path.resolve().as_uri() + (f"#{fragment}" if fragment else ""), wait_until="load")
         return result

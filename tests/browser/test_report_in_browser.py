@@ -60,7 +60,9 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths: dict[str, Path] = {}
 
     paths["odd"] = folder / "odd.html"
-    report = reportgen.generate_report(OddNames(), tiny_inputs(2, size=20), device="cpu", labels=["a", "b", "c"])
+    report = reportgen.generate_report(
+        OddNames(), tiny_inputs(2, size=20), device="cpu", labels=["a", "b", "c"]
+    )
     report.save(paths["odd"])
 
     paths["demo"] = folder / "demo.html"
@@ -75,8 +77,19 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         images.append(folder / f"in{i}.png")
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images[-1])
     paths["resnet18"] = folder / "resnet18.html"
-    code = main(["torchvision:resnet18", *map(str, images), "--max-channels", "16", "--device", "cpu",
-                 "-o", str(paths["resnet18"]), "-q"])
+    code = main(
+        [
+            "torchvision:resnet18",
+            *map(str, images),
+            "--max-channels",
+            "16",
+            "--device",
+            "cpu",
+            "-o",
+            str(paths["resnet18"]),
+            "-q",
+        ]
+    )
     assert code == 0
     return paths
 
@@ -91,8 +104,9 @@ LOAD_ALL_IMAGES = """async () => {
 
 
 @pytest.mark.parametrize("which", ["demo", "resnet18", "odd"])
-def test_loads_offline_without_errors_and_every_image_decodes(reports: dict[str, Path], visit: Any,
-                                                              which: str) -> None:
+def test_loads_offline_without_errors_and_every_image_decodes(
+    reports: dict[str, Path], visit: Any, which: str
+) -> None:
     path = reports[which]
     seen = visit(path)
     sizes = seen.page.evaluate(LOAD_ALL_IMAGES)
@@ -117,7 +131,9 @@ def test_filter_box_narrows_the_layer_list(reports: dict[str, Path], visit: Any)
     page.fill("#layer-filter", "layer3.")
     visible = [t for t in items.all_inner_texts() if t.strip()]
     shown = page.locator("#nav-layers li:not(.hidden)")
-    assert shown.count() == 5 and all(text.startswith("layer3.") for text in shown.all_inner_texts())
+    assert shown.count() == 5 and all(
+        text.startswith("layer3.") for text in shown.all_inner_texts()
+    )
     assert len(visible) == total  # hidden, not removed
     page.fill("#layer-filter", "DOWNSAMPLE")  # case-insensitive
     assert shown.count() == 3
@@ -143,7 +159,9 @@ def test_sections_collapse_and_expand(reports: dict[str, Path], visit: Any) -> N
     assert not last.locator("img.tiles").first.is_visible()
 
 
-def test_tile_zoom_shows_channel_values_and_statistics(reports: dict[str, Path], visit: Any) -> None:
+def test_tile_zoom_shows_channel_values_and_statistics(
+    reports: dict[str, Path], visit: Any
+) -> None:
     page = visit(reports["resnet18"]).page
     section = page.locator("details.layer").nth(1)
     img = section.locator("figure.maps img.tiles").first
@@ -155,8 +173,12 @@ def test_tile_zoom_shows_channel_values_and_statistics(reports: dict[str, Path],
     scale = box["width"] / img.evaluate("i => i.naturalWidth")
     # the middle of the tile in row 1, column 2
     row, column = 1, 2
-    x = (grid["padding"] + column * (grid["tileWidth"] + grid["padding"]) + grid["tileWidth"] / 2) * scale
-    y = (grid["padding"] + row * (grid["tileHeight"] + grid["padding"]) + grid["tileHeight"] / 2) * scale
+    x = (
+        grid["padding"] + column * (grid["tileWidth"] + grid["padding"]) + grid["tileWidth"] / 2
+    ) * scale
+    y = (
+        grid["padding"] + row * (grid["tileHeight"] + grid["padding"]) + grid["tileHeight"] / 2
+    ) * scale
     img.click(position={"x": x, "y": y})
     dialog = page.locator("#zoom")
     assert dialog.evaluate("d => d.open")
@@ -205,10 +227,14 @@ def test_permalinks_survive_odd_layer_names(reports: dict[str, Path], visit: Any
     seen = visit(path)
     page = seen.page
     anchors = page.eval_on_selector_all("details.layer", "els => els.map(d => d.id)")
-    names = page.eval_on_selector_all("details.layer h3", "els => els.map(h => h.textContent.replace(/^#\\s*/, ''))")
+    names = page.eval_on_selector_all(
+        "details.layer h3", "els => els.map(h => h.textContent.replace(/^#\\s*/, ''))"
+    )
     assert names == ODD_NAMES  # shown as written: quotes, unicode and '<' intact
     assert len(set(anchors)) == len(anchors)
-    assert all(a.startswith("layer-") and a.isascii() and " " not in a and '"' not in a for a in anchors)
+    assert all(
+        a.startswith("layer-") and a.isascii() and " " not in a and '"' not in a for a in anchors
+    )
     assert seen.page_errors == []
     # a fresh visit to a permalink of a section that starts collapsed opens it and shows it
     target = anchors[-1]
@@ -216,8 +242,12 @@ def test_permalinks_survive_odd_layer_names(reports: dict[str, Path], visit: Any
     page = visit(path, fragment=target, height=500).page
     section = page.locator(f"details#{target}")
     assert section.evaluate("d => d.open")
-    page.wait_for_function("id => { const t = document.getElementById(id).getBoundingClientRect().top;"
-                           " return t >= 0 && t < 500; }", arg=target, timeout=3000)
+    page.wait_for_function(
+        "id => { const t = document.getElementById(id).getBoundingClientRect().top;"
+        " return t >= 0 && t < 500; }",
+        arg=target,
+        timeout=3000,
+    )
     # the sidebar links use the same anchors, and following one opens a collapsed section
     other = anchors[OPEN_SECTIONS]
     page.evaluate("id => { document.getElementById(id).open = false; }", other)
@@ -252,17 +282,26 @@ def test_dark_mode_and_print_styles(reports: dict[str, Path], visit: Any, tmp_pa
     assert dark.evaluate(background) == "rgb(15, 20, 25)"
     light.screenshot(path=str(tmp_path / "light.png"))
     dark.screenshot(path=str(tmp_path / "dark.png"))
-    brightness = [np.asarray(Image.open(tmp_path / f"{m}.png").convert("L")).mean() for m in ("light", "dark")]
+    brightness = [
+        np.asarray(Image.open(tmp_path / f"{m}.png").convert("L")).mean() for m in ("light", "dark")
+    ]
     assert brightness[0] > 200 > 80 > brightness[1]
     light.emulate_media(media="print")
-    assert light.evaluate("() => getComputedStyle(document.querySelector('.sidebar')).display") == "none"
+    assert (
+        light.evaluate("() => getComputedStyle(document.querySelector('.sidebar')).display")
+        == "none"
+    )
 
 
-def test_notebook_iframe_shows_the_report(reports: dict[str, Path], visit: Any, tmp_path: Path) -> None:
+def test_notebook_iframe_shows_the_report(
+    reports: dict[str, Path], visit: Any, tmp_path: Path
+) -> None:
     report = reportgen.generate_report(tiny_cnn(), tiny_inputs(2), device="cpu")
     notebook = tmp_path / "notebook.html"
-    notebook.write_text(f"<!DOCTYPE html><html><body><h1>cell output</h1>{report._repr_html_()}</body></html>",
-                        encoding="utf-8")
+    notebook.write_text(
+        f"<!DOCTYPE html><html><body><h1>cell output</h1>{report._repr_html_()}</body></html>",
+        encoding="utf-8",
+    )
     seen = visit(notebook)
     frame = seen.page.frame_locator("iframe")
     frame.locator("#summary").wait_for()
@@ -272,4 +311,6 @@ def test_notebook_iframe_shows_the_report(reports: dict[str, Path], visit: Any, 
     assert all(width > 0 for _, width, _ in sizes)
     assert frame.locator("h1").inner_text() == report.model.run.title
     assert seen.page_errors == [] and seen.console_errors == []
-    assert [u for u in seen.outside_requests(notebook.resolve().as_uri()) if u != "about:srcdoc"] == []
+    assert [
+        u for u in seen.outside_requests(notebook.resolve().as_uri()) if u != "about:srcdoc"
+    ] == []
