@@ -45,8 +45,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reportgen.ablation import AblationOptions, run_ablation  # noqa: E402
-from reportgen.inputs import from_tensor  # noqa: E402
+from reportgen.ablation import AblationOptions, run_ablation
+from reportgen.inputs import from_tensor
 
 
 def conv_layers(model: torch.nn.Module, patterns: list[str]) -> list[str]:
@@ -138,7 +138,7 @@ def main() -> int:
         if sample:
             t = time.perf_counter()
             for position, channel in enumerate(sample):
-                accuracy, probability, loss = naive(model, images_device, labels_device, layer.name, channel,
+                _, probability, loss = naive(model, images_device, labels_device, layer.name, channel,
                                                     args.batch_size)
                 worst_diff = max(worst_diff, abs(loss - float(layer.scores.loss[position])),
                                  abs(probability - float(layer.scores.probability[position])))
@@ -166,7 +166,7 @@ def main() -> int:
         "forward_rows": result.forward_rows,
         "naive_sample_per_layer": args.naive_sample,
         "naive_estimate_s": round(naive_total, 1) if args.naive_sample else None,
-        "naive_extrapolated": bool(args.naive_sample) and any(len(l.channels) > args.naive_sample for l in result.layers),
+        "naive_extrapolated": bool(args.naive_sample) and any(len(layer.channels) > args.naive_sample for layer in result.layers),
         "speedup": round(naive_total / batched_s, 2) if args.naive_sample else None,
         "max_metric_difference": worst_diff,
         "per_layer": rows,

@@ -73,7 +73,7 @@ class ProbeOptions:
 def parse_kinds(text: str | Sequence[str]) -> tuple[str, ...]:
     """`rotate,noise` (or a list) -> ('rotate', 'noise'); unknown names are a ReportError."""
     parts = text.split(",") if isinstance(text, str) else [p for item in text for p in str(item).split(",")]
-    kinds = []
+    kinds: list[str] = []
     for part in (p.strip().lower() for p in parts):
         if not part:
             continue
@@ -344,7 +344,7 @@ def _rotation(angle: float, batch: torch.Tensor) -> _Perturbation:
         raise _Unsupported("rotation needs 2D image inputs (N, C, H, W)")
     quarter = angle / 90.0
     if abs(quarter - round(quarter)) < 1e-9:
-        k = int(round(quarter)) % 4
+        k = round(quarter) % 4
         return _Perturbation(
             batch=torch.rot90(batch, k, dims=(2, 3)),
             description=f"rotated by {angle:g}° (exact 90° steps); feature maps rotated back before comparing",
@@ -574,11 +574,12 @@ def _gather(state: _KindState, comparer: _MapHooks, order: list[str], perturbati
             if logits is not None:
                 perturbed_top = int(logits[b].argmax())
                 perturbed_p = float(torch.softmax(logits[b].float(), dim=0)[target])
-        strip = []
+        strip: list[StripRow] = []
         for key in order:
             rows = comparer.strips.get(key, [])
-            if b < len(rows) and rows[b] is not None:
-                strip.append(rows[b])
+            row = rows[b] if b < len(rows) else None
+            if row is not None:
+                strip.append(row)
         shown = index < options.strip_inputs
         state.inputs.append(ProbeInput(
             index=index,
