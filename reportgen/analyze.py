@@ -246,21 +246,31 @@ def analyze(
             tile_size=options.tile_size,
             keep_inputs=options.keep_inputs,
             top_k=options.insight.top_k,
+            peak_channels=options.insight.top_k_channels,
         )
         features = FeatureCollector(model, enabled=hookable and options.insight.embedding,
                                     offset=lambda: capture.offset)
+        fused = insight_stage.fused_cam(model, inputs, options.insight, keep_inputs=options.keep_inputs,
+                                        selected=selected, hookable=hookable)
         output_hook = model.register_forward_hook(collector) if hookable else None
         try:
-            with capture if hookable else contextlib.nullcontext(capture), features:
+            with capture if hookable else contextlib.nullcontext(capture), features, \
+                    fused if fused is not None else contextlib.nullcontext():
                 start = 0
                 while start < len(inputs):
                     stop = min(start + batch_size, len(inputs))
                     mark = capture.mark()
                     kept = (len(records), len(collector.records))
                     try:
-                        summary = _run_batch(model, inputs, start, stop, device, dtype, options, capture,
-                                             collector, records, summary, notes, hookable)
+                        with fused.armed(start) if fused is not None else contextlib.nullcontext():
+                            summary = _run_batch(model, inputs, start, stop, device, dtype, options, capture,
+                                                 collector, records, summary, notes, hookable)
                     except Exception as exc:
+                        if fused is not None and fused.abandon():  # failed with autograd on: again without
+                            capture.rollback(mark, start)
+                            del records[kept[0]:]
+                            del collector.records[kept[1]:]
+                            continue
                         if not is_out_of_memory(exc) or stop - start == 1:
                             if is_out_of_memory(exc):
                                 hint = "smaller inputs" if device.type == "cpu" else "--device cpu or smaller inputs"
@@ -303,7 +313,7 @@ def analyze(
             model, inputs, device=device, dtype=dtype, options=options.insight, keep_inputs=options.keep_inputs,
             selected=selected, layers=layers, summary=summary, records=records,
             classifier=collector.logits_like and collector.num_classes is not None,
-            features=features.result(), call=lambda m, b: call_model(m, b, options.forward_args),
+            features=features.result(), call=lambda m, b: call_model(m, b, options.forward_args), fused=fused,
         ) if hookable else None
     assert summary is not None
     return Analysis(

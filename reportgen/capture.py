@@ -151,7 +151,7 @@ class _Accumulator:
 
     def update(
         self, output: torch.Tensor, keep: range, max_channels: int, tile_size: int, offset: int,
-        top_k: int = 0,
+        top_k: int = 0, peak_channels: int = 0,
     ) -> None:
         values = output.detach()
         if not values.is_floating_point():
@@ -186,7 +186,7 @@ class _Accumulator:
             self.nonfinite += (~torch.isfinite(flat)).sum(dim=(0, 2)).double()
         self.inputs_seen += batch
         self.positions_seen += batch * flat.shape[2]
-        self._update_insight(flat, per_input_max, offset, top_k)
+        self._update_insight(flat, per_input_max, offset, top_k, peak_channels)
 
         kept = [i for i in range(batch) if offset + i in keep]
         if not kept or values.dim() < 2:
@@ -255,13 +255,15 @@ class _Accumulator:
                                                                 device="meta")).shape[2:]),
         )
 
-    def _update_insight(self, flat: torch.Tensor, per_input_max: torch.Tensor, offset: int, top_k: int) -> None:
+    def _update_insight(self, flat: torch.Tensor, per_input_max: torch.Tensor, offset: int, top_k: int,
+                        peak_channels: int) -> None:
         """Per shown channel, the top-k inputs by max activation, kept on the device.
 
-        No extra pass over the activation: candidates are ranked by `per_input_max` (already
-        computed), merged with the kept ones by a stable sort of (k + batch) scores per channel
-        (kept ones first, so ties go to the earlier input), and the peak cell is looked up only
-        for the entries that enter the top-k. Memory stays (C, k) however many inputs run.
+        Candidates are ranked by `per_input_max` (already computed: no extra pass), merged with
+        the kept ones by a stable sort of (k + batch) scores per channel (kept ones first, so ties
+        go to the earlier input). The peak cell (argmax: a pass) is looked up only for the first
+        `peak_channels` channels (those whose crops are drawn) and only for the batch rows that
+        entered their top-k; the others keep -1. Memory stays (C, k) however many inputs run.
         """
         if top_k <= 0 or self.tiles is None or flat.dim() != 3:
             return
@@ -276,10 +278,21 @@ class _Accumulator:
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :top_k]  # (C, k)
         fresh = order >= kept
         rows = (order - kept).clamp(min=0)  # batch row of each fresh entry
-        # (C, B, S) view of the shown channels; gather only the k rows per channel that won.
-        maps = flat[:, :shown].transpose(0, 1)
-        picked = maps.gather(1, rows[:, :, None].expand(-1, -1, maps.shape[2]))
-        positions = picked.argmax(dim=2)
+        located = min(peak_channels, shown)
+        positions = torch.full_like(order, -1)
+        if located:
+            channel = torch.arange(located, device=flat.device)[:, None]
+            if flat.device.type == "cpu":
+                # Only the batch rows that entered a top-k are searched: after the first batches
+                # that is few of them (asking which is free on the CPU).
+                needed = torch.unique(rows[:located][fresh[:located]])
+                lookup = torch.zeros(batch, dtype=torch.long)
+                lookup[needed] = torch.arange(needed.numel())
+                peaks = flat[needed, :located].argmax(dim=2) if needed.numel() else \
+                    torch.zeros((1, located), dtype=torch.long)
+                positions[:located] = peaks[lookup[rows[:located]], channel]
+            else:  # on an accelerator a data-dependent subset would stall the stream: all rows
+                positions[:located] = flat[:, :located].argmax(dim=2)[rows[:located], channel]
         if self.top is not None:
             previous = self.top[2].gather(1, order.clamp(max=kept - 1)) if kept else positions
             positions = torch.where(fresh, positions, previous)
@@ -324,9 +337,11 @@ class ActivationCapture:
         tile_size: int,
         keep_inputs: int,
         top_k: int = 0,
+        peak_channels: int = 0,
     ) -> None:
         self.model = model
         self.top_k = top_k
+        self.peak_channels = peak_channels
         self.layer_names = list(layer_names)
         self.max_channels = max_channels
         self.tile_size = tile_size
@@ -403,7 +418,8 @@ class ActivationCapture:
             if accumulator is None:
                 accumulator = _Accumulator(key, name, call_index, type(module).__name__)
                 self._accumulators[key] = accumulator
-            accumulator.update(tensor, self.keep, self.max_channels, self.tile_size, self._offset, self.top_k)
+            accumulator.update(tensor, self.keep, self.max_channels, self.tile_size, self._offset, self.top_k,
+                               self.peak_channels)
 
         return hook
 

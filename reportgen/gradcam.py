@@ -21,6 +21,7 @@ layer whose output's gradient edge is not in it cannot affect the output.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.capture import first_tensor
-from reportgen.errors import ReportError
+from reportgen.errors import ReportError, one_line
 from reportgen.hook_owner import HookOwner
 from reportgen.inputs import InputSet
 
@@ -304,3 +305,167 @@ def peak_fraction(cam: np.ndarray) -> tuple[float, float]:
     height, width = cam.shape
     row, column = np.unravel_index(int(np.argmax(cam)), cam.shape)
     return ((row + 0.5) / height, (column + 0.5) / width)
+
+
+class FusedCam(HookOwner):
+    """Grad-CAM and reachability computed inside the main pass, for its first `count` inputs.
+
+    The batches holding those inputs run outside inference mode (`armed`), and the forward of
+    each runs with autograd on: a root pre-hook turns it on (torchinfo runs its pass under
+    `no_grad`) and an `always_call` root forward hook turns it off, also when the forward raises.
+    Autograd keeps no tensor from before the target layer (`saved_tensors_hooks` drops them),
+    so memory stays that of an inference pass; the backward (`autograd.grad` to the target's
+    gradient edge) runs only the layers after it. Running a model with autograd on is how most
+    models are used: nothing here mixes inference tensors into autograd, which could fail.
+
+    When anything goes wrong (a frozen model without a graph, a failing backward, an in-place op
+    that invalidated a saved tensor), `result()` is None and the caller runs `grad_cam` instead.
+    Every `p.grad` is checked and put back on exit.
+    """
+
+    def __init__(self, model: nn.Module, inputs: InputSet, *, count: int, layer: str,
+                 watched: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.inputs = inputs
+        self.count = count
+        self.layer = layer
+        self.watched = [name for name in watched if name != layer]
+        self.records: dict[tuple[int, str], CamRecord] = {}
+        self.reaches: dict[str, bool] | None = None
+        self.failure = ""
+        self.aborted = False  # a forward failed with autograd on: this batch is to be run again
+        self._disabled = False
+        self._armed = False
+        self._offset = 0
+        self._stack: Any = None
+        self._after = False
+        self._captured = _Captured()
+        self._saved: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    def _register(self) -> None:
+        modules = dict(self.model.named_modules())
+        self._saved = list(_saved_grads(self.model))
+        self._handles.append(self.model.register_forward_pre_hook(self._start))
+        self._handles.append(self.model.register_forward_hook(self._finish, always_call=True))
+        self._handles.append(modules[self.layer].register_forward_hook(self._target))
+        for name in self.watched:
+            if name in modules:
+                self._handles.append(modules[name].register_forward_hook(self._watch(name)))
+
+    def _remove(self) -> None:
+        super()._remove()
+        self._close()
+        for parameter, grad in self._saved:
+            if parameter.grad is not grad:
+                parameter.grad = grad
+        self._saved = []
+
+    def armed(self, start: int) -> Any:
+        """Context for the batch starting at input `start`: outside inference mode when it holds
+        inputs that get a Grad-CAM map, a no-op otherwise."""
+        if start >= self.count or not self._handles or self._disabled:
+            return nullcontext()
+
+        @contextmanager
+        def context() -> Iterator[None]:
+            self._armed, self._offset = True, start
+            try:
+                # normal tensors (no inference tensors), no autograd unless `_start` turns it on
+                with torch.inference_mode(False), torch.no_grad():
+                    yield
+            finally:
+                self._armed = False
+                self._close()
+
+        return context()
+
+    def abandon(self) -> bool:
+        """After a batch failed: True (once) when it failed because of the autograd pass, which
+        is now switched off so the caller can undo the batch and run it again as usual."""
+        if not self.aborted:
+            return False
+        self.aborted, self._disabled = False, True
+        self.records.clear()
+        return True
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        return tensor if self._after else None  # before the target: never needed by the backward
+
+    @staticmethod
+    def _unpack(packed: torch.Tensor | None) -> torch.Tensor:
+        if packed is None:
+            raise RuntimeError("a tensor from before the Grad-CAM layer was needed")
+        return packed
+
+    def _start(self, module: nn.Module, args: Any) -> None:
+        if not self._armed or self._stack is not None:
+            return
+        if self.aborted:  # fail this batch fast (torchinfo's fallback would run it again armed)
+            raise RuntimeError("reportgen: the batch is run again without autograd")
+        stack = ExitStack()
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack))
+        self._stack, self._after, self._captured = stack, False, _Captured()
+
+    def _close(self) -> None:
+        self._captured = _Captured()  # drop the graph with its references
+        self._after = False
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    def _target(self, module: nn.Module, args: Any, output: Any) -> None:
+        tensor = first_tensor(output)
+        if self._stack is None or tensor is None or not tensor.is_floating_point():
+            return
+        self._captured.activation = tensor.detach().clone()  # before any in-place op after it
+        self._captured.edge = torch.autograd.graph.get_gradient_edge(tensor) if tensor.requires_grad else None
+        self._captured.edges.setdefault(self.layer, []).append(self._captured.edge)
+        self._after = True
+
+    def _watch(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            tensor = first_tensor(output)
+            if self._stack is not None and tensor is not None and tensor.is_floating_point():
+                edge = torch.autograd.graph.get_gradient_edge(tensor) if tensor.requires_grad else None
+                self._captured.edges.setdefault(name, []).append(edge)
+
+        return hook
+
+    def _finish(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._stack is None:
+            return
+        try:
+            if output is None:  # the forward raised (always_call): maybe because autograd was on
+                self.aborted = True
+                self.failure = "the model's forward failed with autograd on"
+                return
+            logits = first_tensor(output)
+            if logits is None:
+                return
+            if self.reaches is None:
+                self.reaches = _reachability(logits, self._captured.edges)
+            captured = self._captured
+            usable = (logits.dim() == 2 and logits.shape[1] >= 2 and logits.grad_fn is not None
+                      and captured.activation is not None and captured.edge is not None
+                      and captured.activation.dim() == 4 and self.reaches.get(self.layer) is not False)
+            if not usable:
+                self.failure = self.failure or "no gradient path from the Grad-CAM layer to a (batch, classes) output"
+                return
+            stop = self._offset + logits.shape[0]
+            for record in _maps(logits, captured, self.inputs, self._offset, stop):
+                if record.input_index < self.count:
+                    self.records[(record.input_index, record.kind)] = record
+        except Exception as exc:  # the main pass must go on: the caller falls back to grad_cam
+            self.failure = one_line(exc)
+        finally:
+            self._close()
+
+    def result(self, total: int) -> CamResult | None:
+        """The maps of inputs 0..min(count, total)-1, or None when they are not all there."""
+        wanted = min(self.count, total)
+        if self.failure or self.reaches is None or any((i, "predicted") not in self.records for i in range(wanted)):
+            return None
+        ordered = tuple(self.records[key] for key in sorted(self.records))
+        return CamResult(self.layer, ordered, dict(self.reaches))

@@ -82,6 +82,19 @@ class InsightData:
     init_test: InitTest | None = None
 
 
+def fused_cam(model: nn.Module, inputs: InputSet, options: InsightOptions, *, keep_inputs: int,
+              selected: Sequence[str], hookable: bool) -> gradcam.FusedCam | None:
+    """The hook owner that computes Grad-CAM inside the main pass (None when not wanted)."""
+    if not (options.cam and hookable and keep_inputs > 0):
+        return None
+    target = options.cam_layer or gradcam.default_cam_layer(model)
+    if options.cam_layer is not None:
+        gradcam.check_cam_layer(model, options.cam_layer)
+    if target is None:
+        return None
+    return gradcam.FusedCam(model, inputs, count=min(keep_inputs, len(inputs)), layer=target, watched=selected)
+
+
 def collect(
     model: nn.Module,
     inputs: InputSet,
@@ -97,6 +110,7 @@ def collect(
     classifier: bool,
     features: Features | None,
     call: Callable[[nn.Module, torch.Tensor], Any] | None = None,
+    fused: gradcam.FusedCam | None = None,
 ) -> InsightData:
     """Run after the main pass, inside its `preserved_modes`/`on_device`, model in eval mode."""
     notes: list[str] = []
@@ -108,10 +122,13 @@ def collect(
             if name in modules
             and (found := weight_stats(modules[name], duplicate_threshold=options.duplicate_threshold)) is not None
         }
-        kernels = [module.weight for module in modules.values()
-                   if isinstance(module, nn.modules.conv._ConvNd) and isinstance(module.weight, torch.Tensor)
-                   and not isinstance(module.weight, nn.parameter.UninitializedParameter)]
-        init_test = untrained_test(kernels)
+        kernels = {name: module.weight for name, module in modules.items()
+                   if name and isinstance(module, nn.modules.conv._ConvNd) and isinstance(module.weight, torch.Tensor)
+                   and not isinstance(module.weight, nn.parameter.UninitializedParameter)}
+        init_test, per_layer = untrained_test(kernels)
+        stats = {name: replace(found, init_match=per_layer[name][0], init_distance=per_layer[name][1],
+                               init_critical=per_layer[name][2]) if name in per_layer else found
+                 for name, found in stats.items()}
     input_spatial = tuple(int(d) for d in records[0].shape[1:]) if records else ()
     geometry = layer_geometry(model, summary.rows if summary is not None else (), layers, input_spatial) \
         if input_spatial else {}
@@ -127,7 +144,8 @@ def collect(
         target = options.cam_layer or gradcam.default_cam_layer(model)
         if options.cam_layer is not None:
             gradcam.check_cam_layer(model, options.cam_layer)
-        if target is not None:
+        cam = fused.result(len(inputs)) if fused is not None else None
+        if cam is None and target is not None:  # no maps from the main pass: a pass of its own
             try:
                 # The default layer falls back to the last conv that reaches the output.
                 fallbacks = [] if options.cam_layer is not None else gradcam.conv_layers(model)[::-1]
@@ -166,15 +184,12 @@ def constant_channels(section: LayerSection, dead: Sequence[int]) -> tuple[int, 
     Over all inputs and positions mean <= max, with equality only when every value equals the
     max; the tolerance absorbs float32 rounding of the sums.
     """
-    dead_set = set(dead)
-    stats = section.stats
-    found = []
-    for i, (mean, high) in enumerate(zip(stats.mean, stats.max)):
-        if i in dead_set or not (math.isfinite(mean) and math.isfinite(high)):
-            continue
-        if high - mean <= CONSTANT_TOLERANCE * abs(high):
-            found.append(i)
-    return tuple(found)
+    mean = np.asarray(section.stats.mean, dtype=np.float64)
+    high = np.asarray(section.stats.max, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        constant = np.isfinite(mean) & np.isfinite(high) & (high - mean <= CONSTANT_TOLERANCE * np.abs(high))
+    constant[list(dead)] = False
+    return tuple(int(i) for i in np.flatnonzero(constant))
 
 
 def activity_picture(values: Sequence[float], marked: Sequence[int]) -> np.ndarray:
@@ -183,13 +198,11 @@ def activity_picture(values: Sequence[float], marked: Sequence[int]) -> np.ndarr
     count = len(values)
     picture = np.full((ACTIVITY_HEIGHT, max(count, 1), 3), 255, dtype=np.uint8)
     picture[-1, :] = (200, 205, 212)
-    for i, value in enumerate(values):
-        v = value if math.isfinite(value) else 0.0
-        height = int(round(min(max(v, 0.0), 1.0) * (ACTIVITY_HEIGHT - 1)))
-        if height:
-            picture[ACTIVITY_HEIGHT - 1 - height: ACTIVITY_HEIGHT - 1, i] = (31, 111, 235)
-    for i in marked:
-        picture[: ACTIVITY_HEIGHT - 1, i] = (209, 36, 47)
+    share = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0)
+    heights = np.floor(share * (ACTIVITY_HEIGHT - 1) + 0.5).astype(int)
+    row = np.arange(ACTIVITY_HEIGHT - 1)[:, None]
+    picture[: ACTIVITY_HEIGHT - 1][row >= ACTIVITY_HEIGHT - 1 - heights[None, :]] = (31, 111, 235)
+    picture[: ACTIVITY_HEIGHT - 1, list(marked)] = (209, 36, 47)
     return picture
 
 
@@ -262,13 +275,14 @@ def build(
     updated = []
     for section, layer, stats, dead, activity_slot, strip_slot, crops in pending_layers:
         geometry = data.geometry.get(section.name)
-        finite_max = [abs(v) for v in (*section.stats.max, *section.stats.mean) if math.isfinite(v)]
+        extremes = np.abs(np.asarray((*section.stats.max, *section.stats.mean), dtype=np.float64))
+        finite_max = extremes[np.isfinite(extremes)]
         insight = LayerInsight(
             weights=stats,
             weight_histogram=svg.histogram(stats.histogram.counts, stats.histogram.low, stats.histogram.high,
                                            title=f"weights of {section.name}") if stats is not None else None,
             activity_chart=image(activity_slot),
-            max_abs_activation=max(finite_max) if finite_max else None,
+            max_abs_activation=float(finite_max.max()) if finite_max.size else None,
             dead_channels=dead,
             dead_fraction=len(dead) / section.channels_total if section.channels_total else 0.0,
             constant_channels=constant_channels(section, dead),

@@ -72,13 +72,6 @@ def layer_view(section: LayerSection) -> dict[str, Any] | None:
         activity_rows.append(("receptive field (est.)",
                               "x".join(str(v) for v in insight.receptive_field) + " px, stride "
                               + "x".join(f"{v:g}" for v in insight.stride)))
-    stats = section.stats
-    channel_table = [
-        {"channel": i, "mean": _number(stats.mean[i]), "max": _number(stats.max[i]),
-         "active": _percent(stats.fraction_active[i]), "inputs": _percent(stats.fraction_inputs_active[i]),
-         "css": "dead" if i in set(insight.dead_channels) else ""}
-        for i in section.channels_shown if i < len(stats.mean)
-    ]
     top_lines = []
     for channel_top in insight.top_activations[:MAX_TOP_LINES]:
         entries = ", ".join(f"{t.input_name} ({_number(t.score)})" for t in channel_top.top)
@@ -91,7 +84,6 @@ def layer_view(section: LayerSection) -> dict[str, Any] | None:
                             "red = dead)"),
         "weight_rows": weight_rows,
         "activity_rows": activity_rows,
-        "channel_table": channel_table,
         "strip": _image(insight.top_strip, STRIP_WIDTH),
         "strip_legend": (f"top-{len(insight.top_activations[0].top) if insight.top_activations else 0} inputs per "
                          f"channel (rows: channels {strip_channels}), each cropped to the input window the peak "

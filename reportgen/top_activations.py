@@ -100,17 +100,23 @@ def layer_geometry(
     return result
 
 
+def windows(peaks: np.ndarray, geometry: Geometry, input_spatial: Sequence[int]) -> np.ndarray:
+    """(..., 4) boxes (top, left, bottom, right) in input pixels of the windows that peak cells
+    (..., dims) see, clipped to the input; a 1D window is one row high."""
+    centre = (peaks + 0.5) * np.asarray(geometry.stride)
+    size = np.asarray(geometry.receptive_field)
+    start = np.floor(centre - size / 2).astype(int)
+    low = np.maximum(start, 0)
+    high = np.minimum(start + size, np.asarray(input_spatial, dtype=int))
+    if peaks.shape[-1] == 1:
+        zero = np.zeros_like(low[..., 0])
+        return np.stack([zero, low[..., 0], zero + 1, high[..., 0]], axis=-1)
+    return np.stack([low[..., 0], low[..., 1], high[..., 0], high[..., 1]], axis=-1)
+
+
 def window(peak: Sequence[int], geometry: Geometry, input_spatial: Sequence[int]) -> tuple[int, ...]:
-    """(top, left, bottom, right) in input pixels of the window a peak cell sees, clipped."""
-    ends: list[tuple[int, int]] = []
-    for axis, cell in enumerate(peak):
-        centre = (cell + 0.5) * geometry.stride[axis]
-        size = geometry.receptive_field[axis]
-        start = int(math.floor(centre - size / 2))
-        ends.append((max(start, 0), min(start + size, int(input_spatial[axis]))))
-    if len(ends) == 1:  # 1D: one row
-        ends.insert(0, (0, 1))
-    return (ends[0][0], ends[1][0], ends[0][1], ends[1][1])
+    """The box of one peak cell (see `windows`)."""
+    return tuple(int(v) for v in windows(np.asarray(peak)[None], geometry, input_spatial)[0])
 
 
 def unravel(position: int, spatial: Sequence[int]) -> tuple[int, ...]:
@@ -126,22 +132,31 @@ def channel_tops(
     """The kept winners of every shown channel, in rank order (empty entries dropped)."""
     if layer.top_scores is None or layer.top_inputs is None or layer.top_positions is None:
         return ()
+    scores, indices, positions = layer.top_scores, layer.top_inputs, layer.top_positions
+    spatial = tuple(int(d) for d in layer.spatial_shape)
+    located = positions >= 0
+    # peaks and windows of all entries at once (numpy), then plain values per entry
+    peaks = np.stack(np.unravel_index(np.where(located, positions, 0), spatial), axis=-1) if spatial else None
+    boxes = None
+    if peaks is not None and geometry is not None and len(spatial) == len(input_spatial):
+        boxes = windows(peaks, geometry, input_spatial)
+    score_rows, index_rows = scores.tolist(), indices.tolist()
+    peak_rows = peaks.tolist() if peaks is not None else None
+    box_rows = boxes.tolist() if boxes is not None else None
+    located_rows = located.tolist()
     tops = []
-    for row, channel in enumerate(layer.channels_shown[: layer.top_scores.shape[0]]):
+    for row, channel in enumerate(layer.channels_shown[: scores.shape[0]]):
         entries = []
-        for score, index, position in zip(layer.top_scores[row], layer.top_inputs[row], layer.top_positions[row]):
-            if not math.isfinite(float(score)) and float(score) < 0:
+        for column, (score, index) in enumerate(zip(score_rows[row], index_rows[row])):
+            if not math.isfinite(score) and score < 0:
                 continue  # fewer inputs than k
-            peak = unravel(int(position), layer.spatial_shape) if layer.spatial_shape else ()
-            box = window(peak, geometry, input_spatial) \
-                if geometry is not None and len(peak) == len(input_spatial) <= 2 else (0, 0, 0, 0)
-            index = int(index)
+            found = located_rows[row][column]
             entries.append(TopActivation(
                 input_index=index,
                 input_name=names[index] if 0 <= index < len(names) else str(index),
-                score=float(score),
-                peak=peak,
-                box=box,
+                score=score,
+                peak=tuple(peak_rows[row][column]) if found and peak_rows is not None else (),
+                box=tuple(box_rows[row][column]) if found and box_rows is not None else (0, 0, 0, 0),
             ))
         tops.append(ChannelTop(channel=int(channel), top=tuple(entries)))
     return tuple(tops)

@@ -22,8 +22,7 @@ from reportgen.report_model import DuplicatePair, FilterStats, Histogram, InitTe
 HISTOGRAM_BINS = 32
 HISTOGRAM_SAMPLE = 16_384  # weights binned at most (evenly spaced); `Histogram.counts` sums to this
 MAX_PAIRS = 50  # near-duplicate pairs listed per layer (the count covers all of them)
-KS_SAMPLE = 8_192  # weights drawn (evenly spaced, deterministic) for the initialisation test
-PROJECTION_DIM = 16  # random projection used to find duplicate candidates in big layers
+PROJECTION_DIM = 8  # random projection used to find duplicate candidates in big layers
 EXACT_SIMILARITY_FLOPS = 50_000_000  # below this, compare every pair of filters exactly
 
 
@@ -118,7 +117,9 @@ def _stats(weight: torch.Tensor, matrix: torch.Tensor, duplicate_threshold: floa
         total_pairs += count
     pairs.sort(key=lambda p: (-round(p.cosine, 9), p.a, p.b))
     fan_in = int(weight[0].numel()) if weight.dim() > 1 else 1
-    match, distance, critical = init_match(weight, finite_count=total_finite)
+    # The per-layer comparison with a default initialisation is filled in by `untrained_test`
+    # (`with_init`), which draws and sorts one pooled sample for all layers.
+    match, distance, critical = "", math.nan, math.nan
     host = {name: tensor.cpu().tolist() for name, tensor in (
         ("norm", per_norm), ("mean", per_mean), ("std", per_std), ("min", per_min), ("max", per_max),
         ("sparsity", per_zero))}
@@ -172,8 +173,10 @@ def duplicate_pairs(
 
     Small layers compare every pair. Big ones first project the rows onto PROJECTION_DIM seeded
     random directions (Johnson-Lindenstrauss) and divide by the row norms, keep the pairs whose
-    projected squared distance is within 4x of the threshold's (a true pair is missed with
-    p < 1e-7), and confirm each candidate exactly. No normalised copy of the weights is made.
+    projected squared distance is within 6x of the threshold's (chi-square with 8 degrees of
+    freedom: a true pair is missed with p < 1e-6), and confirm each candidate exactly. No
+    normalised copy of the weights is made, and with no candidate (the usual case) the (C, C)
+    work is one matmul and one min/max reduction.
     """
     count = int(usable.sum())
     if count < 2 or threshold > 1.0:
@@ -182,77 +185,46 @@ def duplicate_pairs(
         norms = torch.linalg.vector_norm(matrix, dim=1, dtype=torch.float64)
     inverse = torch.where(usable, 1.0 / norms.clamp(min=1e-300), torch.zeros_like(norms)).to(matrix.dtype)
     rows, dim = matrix.shape
+    # Unusable rows (zero, flat or NaN) have inverse 0: their similarities are 0, never a pair
+    # for a positive threshold; the diagonal is excluded by hand.
     if rows * rows * dim <= EXACT_SIMILARITY_FLOPS or dim <= PROJECTION_DIM:
         units = matrix * inverse[:, None]
         similarity = units @ units.T
+        similarity.fill_diagonal_(-2.0)
+        # float32 cosines of equal filters read 0.99999988: compare to float32 precision
+        if float(similarity.amax()) < threshold - 1e-6:
+            return (), 0
+        found = (similarity >= threshold - 1e-6).nonzero()
+        found = found[found[:, 0] < found[:, 1]]
+        scores = similarity[found[:, 0], found[:, 1]]
     else:
         generator = torch.Generator(device="cpu").manual_seed(0)
         projection = torch.randn(dim, PROJECTION_DIM, generator=generator, dtype=matrix.dtype)
         projected = (matrix @ projection.to(matrix.device)) * (inverse[:, None] / math.sqrt(PROJECTION_DIM))
         lengths = projected.square().sum(1)
-        squared = lengths[:, None] + lengths[None, :] - 2 * projected @ projected.T
-        limit = 2 * (1 - threshold) * 4 + 1e-9  # |u - v|^2 = 2 (1 - cos)
-        both = usable[:, None] & usable[None, :]
-        candidates = torch.triu((squared <= limit) & both, diagonal=1).nonzero()
-        similarity = torch.full((rows, rows), -1.0, dtype=matrix.dtype, device=matrix.device)
-        if candidates.numel():
-            a, b = candidates[:, 0], candidates[:, 1]
-            exact = (matrix[a] * matrix[b]).sum(dim=1) * inverse[a] * inverse[b]
-            similarity[a, b] = exact
-    both = usable[:, None] & usable[None, :]
-    # float32 cosines of identical filters can read 0.99999988: compare to float32 precision.
-    found = torch.triu((similarity >= threshold - 1e-6) & both, diagonal=1).nonzero()
+        squared = projected @ projected.T  # becomes |p_a - p_b|^2 in place
+        squared.mul_(-2).add_(lengths[:, None]).add_(lengths[None, :])
+        squared.fill_diagonal_(math.inf)
+        limit = 2 * (1 - threshold) * 6 + 1e-9  # |u - v|^2 = 2 (1 - cos)
+        if float(squared.amin()) > limit:
+            return (), 0
+        candidates = (squared <= limit).nonzero()
+        candidates = candidates[(candidates[:, 0] < candidates[:, 1]) & usable[candidates[:, 0]] & usable[candidates[:, 1]]]
+        a, b = candidates[:, 0], candidates[:, 1]
+        exact = (matrix[a] * matrix[b]).sum(dim=1) * inverse[a] * inverse[b]
+        keep = exact >= threshold - 1e-6
+        found, scores = candidates[keep], exact[keep]
     total = int(found.shape[0])
     if total == 0:
         return (), 0
-    scores = similarity[found[:, 0], found[:, 1]].cpu().tolist()
+    score_list = scores.cpu().tolist()
     rows_a, rows_b = found[:, 0].cpu().tolist(), found[:, 1].cpu().tolist()
     # Strongest first; ties by (a, b) so the order is deterministic.
-    order = sorted(range(total), key=lambda i: (-round(scores[i], 9), rows_a[i], rows_b[i]))
+    order = sorted(range(total), key=lambda i: (-round(score_list[i], 9), rows_a[i], rows_b[i]))
     pairs = tuple(
-        DuplicatePair(a=rows_a[i], b=rows_b[i], cosine=min(scores[i], 1.0)) for i in order[:MAX_PAIRS]
+        DuplicatePair(a=rows_a[i], b=rows_b[i], cosine=min(score_list[i], 1.0)) for i in order[:MAX_PAIRS]
     )
     return pairs, total
-
-
-def init_match(weight: torch.Tensor, *, finite_count: int, factor: float = 2.5) -> tuple[str, float, float]:
-    """Is `weight` indistinguishable from a default initialisation? (name or "", distance, critical).
-
-    Compared, with the Kolmogorov-Smirnov distance between the weights' empirical CDF and each
-    candidate's exact CDF (no parameter is fitted to the weights):
-    - PyTorch's default for conv/linear: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), +1/sqrt(fan_in));
-    - kaiming_normal (ReLU gain), fan_out (torchvision ResNet/VGG/MobileNet) and fan_in (DenseNet).
-    A fresh initialisation stays below `factor / sqrt(n)` (n <= KS_SAMPLE evenly spaced weights:
-    0.028 at n = 8192; factor 2.5 is p < 1e-5 for one layer), while training moves weights well
-    beyond it: trained layers sit at distances of 0.05..0.5. Layers with fewer than 64 finite weights are not judged.
-    """
-    if finite_count != weight.numel() or weight.numel() < 64 or weight.dim() < 2:
-        return "", math.nan, math.nan
-    flat = weight.detach().reshape(-1)
-    step = max(1, flat.numel() // KS_SAMPLE)
-    sample = flat[::step][:KS_SAMPLE].float().contiguous().sort().values.cpu().double()
-    n = int(sample.numel())
-    receptive = int(weight[0][0].numel()) if weight.dim() > 2 else 1
-    fan_in = weight.shape[1] * receptive
-    fan_out = weight.shape[0] * receptive
-    candidates = {
-        "PyTorch default (kaiming-uniform, bound 1/sqrt(fan_in))": ("uniform", 1.0 / math.sqrt(fan_in)),
-        "kaiming-normal (fan_out, ReLU)": ("normal", math.sqrt(2.0 / fan_out)),
-        "kaiming-normal (fan_in, ReLU)": ("normal", math.sqrt(2.0 / fan_in)),
-    }
-    upper = torch.arange(1, n + 1, dtype=torch.float64) / n
-    lower = torch.arange(0, n, dtype=torch.float64) / n
-    best_name, best = "", math.inf
-    for name, (kind, scale) in candidates.items():
-        if kind == "uniform":
-            cdf = ((sample + scale) / (2 * scale)).clamp(0.0, 1.0)
-        else:
-            cdf = 0.5 * (1 + torch.erf(sample / (scale * math.sqrt(2.0))))
-        distance = float(torch.maximum(upper - cdf, cdf - lower).max())
-        if distance < best:
-            best_name, best = name, distance
-    critical = factor / math.sqrt(n)
-    return (best_name if best <= critical else ""), best, critical
 
 
 POOLED_SAMPLE = 65_536  # weights in the pooled initialisation test, at most (spread over layers)
@@ -273,41 +245,62 @@ INIT_SCALES = {
 }
 
 
-def untrained_test(weights: Sequence[torch.Tensor], *, factor: float = 2.5) -> InitTest:
+def untrained_test(
+    weights: dict[str, torch.Tensor], *, factor: float = 2.5
+) -> tuple[InitTest, dict[str, tuple[str, float, float]]]:
     """Pool every conv layer's weights, each divided by a candidate initialisation's scale for
     that layer, and compare the pooled sample with the candidate's standard CDF (KS distance).
 
     A fresh model (one init scheme for all its convs) gives a pooled sample drawn from exactly
-    that CDF: distance ~ 1/sqrt(n). Pooling gives the test its power: a small, briefly trained
-    layer can look like its init on its own, but not together with the others. Nothing is
-    judged when a layer holds NaN/Inf (that is a different problem) or when there are fewer
-    than MIN_POOLED weights.
+    that CDF: distance ~ 1/sqrt(n); trained ones sit far above (0.05..0.5). Pooling gives the test
+    its power: a small, briefly trained layer can look like its init on its own, but not together
+    with the others. Nothing is judged when a layer holds NaN/Inf (a different problem) or when
+    there are fewer than MIN_POOLED weights. Candidates (no parameter is fitted to the weights):
+    PyTorch's default kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)), and kaiming_normal (ReLU
+    gain) with fan_out (torchvision ResNet/VGG/MobileNet) or fan_in (DenseNet).
+
+    Returns the pooled verdict and, per layer, (match, distance, critical) against the pooled
+    best candidate, from that layer's part of the sample (for display; weaker on its own).
     """
-    usable = [w.detach() for w in weights if w.dim() >= 2 and w.numel() > 0]
+    usable = {name: w.detach() for name, w in weights.items() if w.dim() >= 2 and w.numel() > 0}
     if not usable:
-        return InitTest("", math.nan, math.nan, 0, 0, "no conv weights")
-    if any(not bool(torch.isfinite(w.float().sum())) or not bool(torch.isfinite(w).all()) for w in usable):
-        return InitTest("", math.nan, math.nan, len(usable), 0, "a conv layer holds NaN/Inf weights")
+        return InitTest("", math.nan, math.nan, 0, 0, "no conv weights"), {}
+    if any(not bool(torch.isfinite(w.float().sum())) for w in usable.values()):
+        return InitTest("", math.nan, math.nan, len(usable), 0, "a conv layer holds NaN/Inf weights"), {}
     per_layer = max(64, POOLED_SAMPLE // len(usable))
-    samples = []
-    for weight in usable:
+    samples = {}
+    for name, weight in usable.items():
         flat = weight.reshape(-1)
         step = max(1, flat.numel() // per_layer)
-        samples.append((flat[::step][:per_layer].float().cpu().double(), _fans(weight)))
-    total = sum(int(sample.numel()) for sample, _ in samples)
+        # sorted once: dividing by a positive scale keeps the order
+        samples[name] = (flat[::step][:per_layer].float().sort().values.cpu().double(), _fans(weight))
+    total = sum(int(sample.numel()) for sample, _ in samples.values())
     if total < MIN_POOLED:
-        return InitTest("", math.nan, math.nan, len(usable), total, f"only {total} weights: too few to judge")
-    upper = torch.arange(1, total + 1, dtype=torch.float64) / total
-    lower = torch.arange(0, total, dtype=torch.float64) / total
+        return InitTest("", math.nan, math.nan, len(usable), total, f"only {total} weights: too few to judge"), {}
     best_name, best = "", math.inf
     for name, (family, scale_of) in INIT_SCALES.items():
-        pooled = torch.cat([sample / scale_of(fan_in, fan_out) for sample, (fan_in, fan_out) in samples]).sort().values
-        if family == "uniform":
-            cdf = ((pooled + 1) / 2).clamp(0.0, 1.0)
-        else:
-            cdf = 0.5 * (1 + torch.erf(pooled / math.sqrt(2.0)))
-        distance = float(torch.maximum(upper - cdf, cdf - lower).max())
+        pooled = torch.cat([sample / scale_of(*fans) for sample, fans in samples.values()]).sort().values
+        distance = _ks(pooled, family)
         if distance < best:
             best_name, best = name, distance
     critical = factor / math.sqrt(total)
-    return InitTest(best_name if best <= critical else "", best, critical, len(usable), total, "")
+    family, scale_of = INIT_SCALES[best_name]
+    layers = {}
+    for name, (sample, fans) in samples.items():
+        layer_distance = _ks(sample / scale_of(*fans), family)
+        layer_critical = factor / math.sqrt(sample.numel())
+        layers[name] = (best_name if layer_distance <= layer_critical else "", layer_distance, layer_critical)
+    verdict = InitTest(best_name if best <= critical else "", best, critical, len(usable), total, "")
+    return verdict, layers
+
+
+def _ks(ordered: torch.Tensor, family: str) -> float:
+    """Kolmogorov-Smirnov distance of a sorted sample to U(-1, 1) or N(0, 1)."""
+    n = ordered.numel()
+    if family == "uniform":
+        cdf = ((ordered + 1) / 2).clamp(0.0, 1.0)
+    else:
+        cdf = 0.5 * (1 + torch.erf(ordered / math.sqrt(2.0)))
+    upper = torch.arange(1, n + 1, dtype=torch.float64) / n
+    lower = torch.arange(0, n, dtype=torch.float64) / n
+    return float(torch.maximum(upper - cdf, cdf - lower).max())

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import reportgen
+from reportgen import gradcam
 from reportgen.errors import ReportError
 from reportgen.gradcam import grad_cam, overlay
 from reportgen.inputs import from_tensor
@@ -95,9 +96,25 @@ class FailsWithGrad(QuadrantNet):
         return super().forward(x)
 
 
+def test_maps_come_from_the_main_pass_without_a_forward_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    model = QuadrantNet()
+    model.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    monkeypatch.setattr(gradcam, "grad_cam", lambda *a, **k: pytest.fail("a separate Grad-CAM pass ran"))
+    report = reportgen.generate_report(model, quadrant_images(QUADRANTS * 3), device="cpu", batch_size=4,
+                                       max_inputs_shown=6)  # the shown inputs span two batches
+    assert calls == [4, 4, 4]  # one forward per batch, nothing more
+    assert [entry.input_index for entry in report.model.insight.gradcam.inputs] == list(range(6))
+    assert report.model.sections[0].insight.reaches_output is True
+
+
 def test_a_failing_gradient_pass_is_noted_and_undone() -> None:
     model = FailsWithGrad()
     report = reportgen.generate_report(model, quadrant_images(QUADRANTS), device="cpu")
+    assert report.model.totals.available  # the batch ran again as usual, torchinfo included
+    plain = reportgen.generate_report(QuadrantNet(), quadrant_images(QUADRANTS), device="cpu", cam=False)
+    assert report.model.sections[0].stats == plain.model.sections[0].stats  # the batch counted once
+    assert report.model.sections[0].feature_maps[0].input_index == 0
     assert report.model.insight.gradcam is None
     assert any("Grad-CAM was skipped" in note and "no gradients here" in note for note in report.model.insight.notes)
     assert all(p.grad is None for p in model.parameters())

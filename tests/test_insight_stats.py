@@ -85,15 +85,21 @@ def test_filters_in_different_groups_are_never_duplicates() -> None:
 
 def test_untrained_test_tells_fresh_from_trained() -> None:
     torch.manual_seed(2)
-    fresh = [nn.Conv2d(3, 16, 3).weight, nn.Conv2d(16, 32, 3).weight]
-    assert untrained_test(fresh).match.startswith("PyTorch default")
+    fresh = {"a": nn.Conv2d(3, 16, 3).weight, "b": nn.Conv2d(16, 32, 3).weight}
+    verdict, layers = untrained_test(fresh)
+    assert verdict.match.startswith("PyTorch default") and verdict.distance < verdict.critical
+    assert verdict.layers == 2 and verdict.sample == 432 + 4608
+    assert all(match == verdict.match and distance < critical for match, distance, critical in layers.values())
     normal = nn.Conv2d(16, 32, 3)
     nn.init.kaiming_normal_(normal.weight, mode="fan_out", nonlinearity="relu")
-    assert untrained_test([normal.weight]).match == "kaiming-normal (fan_out, ReLU)"
-    trained = [m.weight for m in trained_cnn().modules() if isinstance(m, nn.Conv2d)]
-    result = untrained_test(trained)
+    assert untrained_test({"n": normal.weight})[0].match == "kaiming-normal (fan_out, ReLU)"
+    trained = {n: m.weight for n, m in trained_cnn().named_modules() if isinstance(m, nn.Conv2d)}
+    result, _ = untrained_test(trained)
     assert result.match == "" and result.distance > 1.5 * result.critical
-    assert untrained_test([nn.Conv2d(1, 2, 3).weight]).note.startswith("only 18 weights")
+    assert untrained_test({"tiny": nn.Conv2d(1, 2, 3).weight})[0].note.startswith("only 18 weights")
+    with torch.no_grad():
+        normal.weight[0, 0, 0, 0] = float("nan")
+    assert untrained_test({"n": normal.weight})[0].note == "a conv layer holds NaN/Inf weights"
 
 
 def test_pca_matches_numpy_and_names_the_outlier() -> None:
