@@ -285,7 +285,9 @@ class _Accumulator:
             if flat.device.type == "cpu":
                 # Only the batch rows that entered a top-k are searched: after the first batches
                 # that is few of them (asking which is free on the CPU).
-                needed = torch.unique(rows[:located][fresh[:located]])
+                wanted = torch.zeros(batch, dtype=torch.bool)
+                wanted[rows[:located][fresh[:located]]] = True
+                needed = wanted.nonzero().flatten()
                 lookup = torch.zeros(batch, dtype=torch.long)
                 lookup[needed] = torch.arange(needed.numel())
                 peaks = flat[needed, :located].argmax(dim=2) if needed.numel() else \
