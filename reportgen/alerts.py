@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reportgen.report_model import Alert, LayerSection, ModelInfo, WeightStats
+from reportgen.report_model import Alert, DuplicatePair, LayerSection, ModelInfo, WeightStats
 
 if TYPE_CHECKING:
     from reportgen.analyze import Analysis
@@ -121,10 +121,11 @@ def _activation_alerts(section: LayerSection, thresholds: AlertThresholds) -> li
 
 def _weight_alerts(name: str, anchor: str | None, full: WeightStats | None, shown: np.ndarray) -> list[Alert]:
     alerts = []
+    duplicates: tuple[DuplicatePair, ...] = ()
     if full is None:  # no full statistics: judge the filters that are drawn
         bad = int((~np.isfinite(shown)).sum())
         flat = [i for i, f in enumerate(shown.reshape(len(shown), -1)) if np.isfinite(f).all() and np.ptp(f) == 0]
-        duplicates, pairs_total, threshold = (), 0, 0.0
+        pairs_total, threshold = 0, 0.0
     else:
         bad = full.nonfinite
         flat = list(full.flat_filters)

@@ -75,7 +75,8 @@ class FeatureCollector(HookOwner):
         self._offset_of = offset  # global index of the running batch's first input
         self.max_points = max_points
         found = feature_layer(model) if enabled else None
-        self.layer, self.how = found if found is not None else (None, "")
+        self.layer: str | None = found[0] if found is not None else None
+        self.how = found[1] if found is not None else ""
         # offset of a batch -> its rows: a batch that runs again (torchinfo failed on it and the
         # plain forward repeats it) replaces its rows instead of adding them twice.
         self._chunks: dict[int, np.ndarray] = {}

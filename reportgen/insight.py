@@ -10,11 +10,10 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +29,12 @@ from reportgen.grids import embed, encode_png, tile_grid
 from reportgen.report_model import (
     CamMap,
     ChannelTop,
-    EncodedImage,
-    InitTest,
     Embedding,
     EmbeddingPoint,
+    EncodedImage,
     GradCam,
     GradCamInput,
+    InitTest,
     LayerInsight,
     LayerSection,
     ReportInsight,

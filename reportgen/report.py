@@ -66,10 +66,10 @@ def _report_insight(model: ReportModel) -> dict[str, Any] | None:
     `nonfinite_weights`, `flat_filters`, `unreachable_layers`, `looks_untrained`."""
     if model.insight is None:
         return None
-    sections = [s for s in model.sections if s.insight is not None]
-    channels = sum(s.channels_total for s in sections)
-    dead = sum(len(s.insight.dead_channels) for s in sections)
-    weights = [s.insight.weights for s in sections if s.insight.weights is not None]
+    insights = [(s, s.insight) for s in model.sections if s.insight is not None]
+    channels = sum(s.channels_total for s, _ in insights)
+    dead = sum(len(i.dead_channels) for _, i in insights)
+    weights = [i.weights for _, i in insights if i.weights is not None]
     totals = {
         "channels": channels,
         "dead_channels": dead,
@@ -77,7 +77,7 @@ def _report_insight(model: ReportModel) -> dict[str, Any] | None:
         "duplicate_pairs": sum(w.duplicate_pairs for w in weights),
         "nonfinite_weights": sum(w.nonfinite for w in weights),
         "flat_filters": sum(len(w.flat_filters) for w in weights),
-        "unreachable_layers": [s.name for s in sections if s.insight.reaches_output is False],
+        "unreachable_layers": [s.name for s, i in insights if i.reaches_output is False],
         "looks_untrained": any(a.kind == "random-weights" for a in model.alerts),
     }
     plain: dict[str, Any] = to_plain(model.insight, images=False)

@@ -154,8 +154,8 @@ def heatmap(matrix: Sequence[Sequence[int]], labels: Sequence[str], *, title: st
                             f'font-size="9">{value}</text>')
     for i, label in enumerate(labels):
         short = label if len(label) <= 18 else label[:17] + "…"
-        y = margin + i * cell + cell / 2 + 3.5
-        body.append(f'<text x="{margin - 4}" y="{_f(y)}" text-anchor="end" fill="#333">{escape(short)}</text>')
-        x = margin + i * cell + cell / 2 + 3.5
-        body.append(f'<text transform="translate({_f(x)},{margin - 4}) rotate(-90)" fill="#333">{escape(short)}</text>')
+        centre = margin + i * cell + cell / 2 + 3.5
+        body.append(f'<text x="{margin - 4}" y="{_f(centre)}" text-anchor="end" fill="#333">{escape(short)}</text>')
+        body.append(f'<text transform="translate({_f(centre)},{margin - 4}) rotate(-90)" fill="#333">'
+                    f'{escape(short)}</text>')
     return _document(width, height, body, title)

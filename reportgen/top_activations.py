@@ -84,18 +84,19 @@ def layer_geometry(
         reached[row.name] = tuple(grown)
 
     result: dict[str, Geometry] = {}
+    field: tuple[int, ...]
     for layer in layers:
         spatial = layer.output_shape[2:]
         if len(spatial) != dims or dims == 0:
             continue
-        stride = tuple(input_spatial[a] / max(int(spatial[a]), 1) for a in range(dims))
+        jumps = tuple(input_spatial[a] / max(int(spatial[a]), 1) for a in range(dims))
         if layer.key in reached:
             field = tuple(1 + round(g) for g in reached[layer.key])
         else:  # no summary row: a window of three cells
-            field = tuple(max(1, round(3 * s)) for s in stride)
+            field = tuple(max(1, round(3 * j)) for j in jumps)
         result[layer.key] = Geometry(
             receptive_field=tuple(min(f, int(input_spatial[a])) if f > 0 else 1 for a, f in enumerate(field)),
-            stride=tuple(float(s) for s in stride),
+            stride=tuple(float(j) for j in jumps),
         )
     return result
 

@@ -12,7 +12,6 @@ Only plain values leave this module (`WeightStats`), so nothing keeps the tensor
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -163,7 +162,7 @@ def _histogram(finite_values: torch.Tensor, low: float, high: float) -> Histogra
     # sample of HISTOGRAM_SAMPLE weights (the shape of the distribution, not exact counts).
     step = max(1, finite_values.numel() // HISTOGRAM_SAMPLE)
     counts = torch.histc(finite_values[::step], bins=HISTOGRAM_BINS, min=low, max=high)
-    return Histogram(counts=tuple(int(round(c)) for c in counts.cpu().tolist()), low=low, high=high)
+    return Histogram(counts=tuple(round(c) for c in counts.cpu().tolist()), low=low, high=high)
 
 
 def duplicate_pairs(

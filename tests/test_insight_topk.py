@@ -10,7 +10,14 @@ from torch import nn
 import reportgen
 from reportgen.capture import ActivationCapture
 from reportgen.inputs import from_tensor
-from reportgen.top_activations import CROP_SIZE, Geometry, crop, display_image, layer_geometry, window
+from reportgen.top_activations import (
+    CROP_SIZE,
+    Geometry,
+    crop,
+    display_image,
+    layer_geometry,
+    window,
+)
 from tests.fixtures.insight_models import SpotDetector, spot_dataset
 from tests.helpers import decode
 
