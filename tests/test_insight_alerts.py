@@ -39,6 +39,19 @@ def test_healthy_trained_model_gets_no_alert() -> None:
     assert init.match == "" and init.distance > init.critical
 
 
+def test_the_trained_demo_model_gets_no_alert() -> None:
+    from reportgen import demo
+
+    images, labels, names = demo.demo_samples()
+    mean = torch.tensor(demo.DEMO_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(demo.DEMO_STD).view(1, 3, 1, 1)
+    report = reportgen.generate_report(demo.load_demo_model(), (images - mean) / std, device="cpu",
+                                       labels=list(demo.CLASS_NAMES), targets=list(labels), input_names=names)
+    assert report.model.alerts == ()
+    assert report.model.insight.init_test.match == ""
+    assert report.model.insight.per_class.accuracy == 1.0
+
+
 def test_planted_defects_give_exactly_their_alerts() -> None:
     images, labels = stripes_inputs(24)
     report = reportgen.generate_report(planted_cnn(), images, device="cpu", targets=labels.tolist())
