@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="channels drawn per layer (default 64; statistics always cover all)")
     run.add_argument("--max-inputs-shown", metavar="N", type=_positive, default=8,
                      help="inputs whose feature maps are drawn (default 8; statistics use all inputs)")
-    run.add_argument("--tile-size", metavar="PX", type=_positive, default=28,
-                     help="feature-map tiles are average-pooled to at most this many pixels a side (default 28)")
+    run.add_argument("--tile-size", metavar="PX", type=_positive, default=32,
+                     help="feature-map tiles are average-pooled to at most this many pixels a side (default 32: a 32x32 CIFAR map is drawn whole, a 56x56 map halved)")
     run.add_argument("--filter-scale", choices=("per-filter", "shared"), default="per-filter",
                      help="per-filter min-max (default) or one symmetric diverging scale per layer")
     run.add_argument("--batch-size", metavar="N", type=_positive, default=16, help="inputs per forward pass (default 16)")

@@ -59,11 +59,17 @@ PAGE_IDS = frozenset({"layer-filter", "nav-layers"})
 
 
 def anchors_for(names: Sequence[str], prefix: str = "layer-") -> dict[str, str]:
-    """Stable, unique, URL-safe ids: odd characters become '-', collisions get a counter."""
+    """Stable, unique, ASCII ids: odd characters become '-', collisions get a counter.
+
+    Letters outside ASCII become their code point (`层` -> `u5c42`), so an all-Cyrillic or
+    all-CJK name still gets its own readable permalink rather than `layer-x`, and the URL
+    survives mail clients that mangle percent-encoded fragments.
+    """
     taken: set[str] = set(PAGE_IDS)
     result: dict[str, str] = {}
     for name in names:
-        base = prefix + (re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "x")
+        spelled = "".join(c if c.isascii() or not c.isalnum() else f"u{ord(c):x}" for c in name)
+        base = prefix + (re.sub(r"[^A-Za-z0-9_.-]+", "-", spelled).strip("-") or "x")
         base = base[:120]
         anchor, counter = base, 2
         while anchor in taken:
