@@ -265,3 +265,28 @@ def test_helpers():
     assert [list(r) for r in chunks(3, 100, 8)] == [[0], [1], [2]]  # at least one channel a pass
     # NaN (a non-finite loss) is the largest damage; ties go by channel index
     assert ranking(np.array([0.1, math.nan, 0.1, 0.5]), [0, 1, 2, 3]) == [1, 3, 0, 2]
+
+
+def test_layers_sharing_an_expansion_module_share_each_pass():
+    """After the first batch, blocks.1.conv1 and blocks.1.conv2 (both expanded at blocks.1) are
+    ablated in the same passes: the stem, before blocks.1, runs once per batch for both."""
+    model = TinyResNet().eval()
+    seen: list[int] = []
+    handle = model.stem.register_forward_hook(lambda m, a, o: seen.append(o.shape[0]))
+    images = torch.rand(12, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    try:
+        result = _ablate(model, _labelled(images, [i % 4 for i in range(12)]),
+                         ["blocks.1.conv1", "blocks.1.conv2"], max_channels=4, batch_size=4, max_rows=64)
+    finally:
+        handle.remove()
+    assert [layer.expanded_at for layer in result.layers] == ["blocks.1", "blocks.1"]
+    # batch 1: clean pass, the 1-row channel count, then per layer a rejected try (expanding at the
+    # conv itself breaks on the shortcut) and the checked pass at blocks.1;
+    # batches 2 and 3: clean pass, then ONE pass for the 8 slots of both layers
+    assert seen == [4, 1, 4, 4, 4, 4] + [4, 4] + [4, 4]
+    # and the numbers are still those of one forward per channel
+    target = torch.tensor([i % 4 for i in range(12)])
+    for layer in result.layers:
+        for position, channel in enumerate(layer.channels):
+            _, probability, loss = _naive(model, images, target, layer.name, channel)
+            assert layer.scores.loss[position] == pytest.approx(loss, abs=1e-5)
