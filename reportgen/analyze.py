@@ -266,7 +266,7 @@ def analyze(
                             summary = _run_batch(model, inputs, start, stop, device, dtype, options, capture,
                                                  collector, records, summary, notes, hookable)
                     except Exception as exc:
-                        if fused is not None and fused.abandon():  # failed with autograd on: again without
+                        if fused is not None and fused.abandon(exc):  # failed with autograd on: again without
                             capture.rollback(mark, start)
                             del records[kept[0]:]
                             del collector.records[kept[1]:]

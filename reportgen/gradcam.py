@@ -20,6 +20,7 @@ layer whose output's gradient edge is not in it cannot affect the output.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -32,9 +33,13 @@ from torch import nn
 
 from reportgen.capture import first_tensor
 from reportgen.errors import ReportError, one_line
+from reportgen.faults import is_out_of_memory
 from reportgen.hook_owner import HookOwner
 from reportgen.inputs import InputSet
 
+# Words of the errors autograd raises in a forward (in-place on a leaf or a needed tensor,
+# inference tensors, views modified in place, ...): only those make a batch run again without it.
+_AUTOGRAD_ERROR = re.compile(r"grad|in-?place|leaf|inference tensor|backward|version", re.IGNORECASE)
 CHUNK = 4  # inputs per Grad-CAM forward: bounds the memory the autograd graph holds
 MAX_CAM_SIDE = 16  # the JSON holds the map at the layer's resolution, pooled to at most this
 
@@ -380,12 +385,15 @@ class FusedCam(HookOwner):
 
         return context()
 
-    def abandon(self) -> bool:
-        """After a batch failed: True (once) when it failed because of the autograd pass, which
-        is now switched off so the caller can undo the batch and run it again as usual."""
-        if not self.aborted:
+    def abandon(self, exc: BaseException) -> bool:
+        """After a batch failed with `exc`: True (once) when it failed with autograd on and the
+        error names autograd (grad, in-place, leaf, inference tensors, backward, version), so
+        the pass is switched off and the caller can undo the batch and run it again as usual.
+        Anything else (out of memory, a model error) takes the caller's usual way."""
+        aborted, self.aborted = self.aborted, False
+        if not aborted or is_out_of_memory(exc) or not _AUTOGRAD_ERROR.search(_messages(exc)):
             return False
-        self.aborted, self._disabled = False, True
+        self._disabled = True
         self.records.clear()
         return True
 
@@ -401,8 +409,6 @@ class FusedCam(HookOwner):
     def _start(self, module: nn.Module, args: Any) -> None:
         if not self._armed or self._stack is not None:
             return
-        if self.aborted:  # fail this batch fast (torchinfo's fallback would run it again armed)
-            raise RuntimeError("reportgen: the batch is run again without autograd")
         stack = ExitStack()
         stack.enter_context(torch.enable_grad())
         stack.enter_context(torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack))
@@ -469,3 +475,14 @@ class FusedCam(HookOwner):
             return None
         ordered = tuple(self.records[key] for key in sorted(self.records))
         return CamResult(self.layer, ordered, dict(self.reaches))
+
+
+def _messages(exc: BaseException) -> str:
+    """The messages of an exception and of its causes (a ReportError wraps the model's error)."""
+    parts, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        parts.append(str(current))
+        current = current.__cause__ or current.__context__
+    return " | ".join(parts)
