@@ -20,13 +20,18 @@ metrics of the sampled channels are compared between both methods (they must agr
 Wall time with `time.perf_counter`, in-process, after one warm-up forward. Set `--threads` to
 pin torch's intra-op threads (2 = the 2-core target).
 
-Reference (torch 2.14.1, 256 inputs 3x64x64, batch 16, 512 rows a pass):
+Reference (torch 2.14.1, 256 inputs 3x64x64, batch 16, 512 rows a pass), measured with the
+one-layer-at-a-time version of commit 5e4a1ae:
 - CPU, 2 threads on an otherwise idle 16-core host: 8 channels/layer (160 ablations) batched
   41 s, naive ~73 s (extrapolated from 1 channel/layer): x1.8. Per layer from x0.8 (conv1: the
   whole network is downstream) to x4.5 (layer4.1.conv2). On CPU a forward costs the same per
   input at any batch size (1.4-1.8 ms), so the gain is the part of the network not rerun.
 - CUDA (H100), every channel (4,800 ablations): batched 7.9 s, naive ~142 s (extrapolated from
   4 channels/layer): x18; here the wide passes also fill the GPU.
+Since 24fc7e0, layers sharing an expansion module share each pass: counted in conv
+multiply-adds (resnet18, 8 channels/layer) an ablation costs 0.63 full forwards, was 0.82 (naive:
+1.0), so expect ~x2.2 on that CPU; the shared 2-core development container was too loaded to
+time it (the same run took 85 s to 350 s).
 Both methods agree to 1e-5 (float32 summation order).
 """
 
