@@ -197,7 +197,7 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         impact = impact_for_report(model, inputs, device, options.impact, selected=analysis.selected,
                                    sections=report_model.sections, class_names=names,
                                    batch_size=options.batch_size, max_inputs_shown=options.max_inputs_shown,
-                                   show_progress=options.show_progress)
+                                   forward_args=options.forward_args, show_progress=options.show_progress)
         report_model = replace(report_model, impact=impact)
     if options.max_size_mb > 0:  # last, so every section's bytes count; pictures only, no second forward
         from reportgen.size_budget import MEGABYTE, fit_to_budget
