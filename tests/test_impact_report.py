@@ -191,3 +191,22 @@ def test_demo_with_every_impact_option(tmp_path, capsys):
     attacked = [o["perturbed_probability"] for o in fgsm["outcomes"]]
     assert sum(attacked) < sum(clean)  # the demo model's own gradient lowers its true-class probability
     assert torch.is_grad_enabled()
+
+
+def test_models_called_through_forward_args_get_an_impact_section():
+    class TwoInputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = CarrierNet()
+
+        def forward(self, image, scale):
+            return self.inner(image * scale)
+
+    images, labels = carrier_inputs(6)
+    report = generate_report(TwoInputs(), images, targets=labels, max_size_mb=0,
+                             forward_args=lambda batch: (batch, torch.ones(batch.shape[0], 1, 1, 1)),
+                             impact=ImpactOptions(ablation=True, ablation_max_channels=None, probes=("noise", "fgsm")))
+    impact = report.to_dict()["impact"]
+    (layer,) = impact["ablation"]["layers"]
+    assert layer["name"] == "inner.conv" and layer["ranking"][0] == CARRIER
+    assert [p["note"] for p in impact["probes"]] == ["", ""]
