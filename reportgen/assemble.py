@@ -17,14 +17,17 @@ from reportgen.report_model import ReportModel
 
 
 def templates_dir() -> Path:
-    """Installed: reportgen/templates inside the package. From a checkout: ../templates."""
-    try:
-        packaged = Path(str(resources.files("reportgen.templates")))
-        if (packaged / "report.html.jinja2").is_file():
-            return packaged
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parent.parent / "templates"
+    """The templates that belong to this very copy of reportgen.
+
+    Installed from a wheel they sit inside the package (reportgen/templates); in a checkout
+    they sit beside it (templates/). Both are looked up relative to this file, so a checkout
+    run with PYTHONPATH never picks up another copy's templates through an editable install.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / "report.html.jinja2").is_file():
+            return candidate
+    return Path(str(resources.files("reportgen.templates")))
 
 
 @lru_cache(maxsize=1)
