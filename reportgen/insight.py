@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -223,6 +224,19 @@ def activity_picture(values: Sequence[float], marked: Sequence[int]) -> np.ndarr
     return picture
 
 
+# The size budget renders the report again from the same analysis: the per-layer charts, which
+# depend on the analysis only, are made once (keyed by their plain-value inputs).
+@lru_cache(maxsize=4096)
+def activity_png(values: tuple[float, ...], marked: tuple[int, ...]) -> EncodedImage:
+    picture = activity_picture(values, marked)
+    return embed(encode_png(picture), width=picture.shape[1], height=picture.shape[0])
+
+
+@lru_cache(maxsize=4096)
+def histogram_svg(counts: tuple[int, ...], low: float, high: float, title: str) -> EncodedImage | None:
+    return svg.histogram(counts, low, high, title=title)
+
+
 class _Encoder:
     """PNG encodings queued and run in a thread pool (zlib releases the GIL)."""
 
@@ -264,8 +278,7 @@ def build(
         first_call = layer is None or layer.call_index == 0
         stats = data.weight_stats.get(module_name) if first_call else None
         dead = dead_channels(section, thresholds.dead_fraction)
-        activity_slot = encoder.queue(activity_picture(section.stats.fraction_active, dead)) \
-            if section.stats.fraction_active else None
+        activity = activity_png(section.stats.fraction_active, dead) if section.stats.fraction_active else None
         crops = data.crops.get(section.name)
         strip_slot = None
         if crops is not None:
@@ -274,7 +287,7 @@ def build(
             rows, k = crops.shape[:2]
             picture, _ = tile_grid(crops.reshape(rows * k, *crops.shape[2:]), columns=k, pad_value=(255, 255, 255))
             strip_slot = encoder.queue(picture)
-        pending_layers.append((section, layer, stats, dead, activity_slot, strip_slot, crops))
+        pending_layers.append((section, layer, stats, dead, activity, strip_slot, crops))
 
     cam_slots = []
     thumbnails = {record.index: record for record in analysis.inputs}
@@ -290,15 +303,15 @@ def build(
         return images[slot] if slot is not None else None
 
     updated = []
-    for section, layer, stats, dead, activity_slot, strip_slot, crops in pending_layers:
+    for section, layer, stats, dead, activity, strip_slot, crops in pending_layers:
         geometry = data.geometry.get(section.name)
         extremes = np.abs(np.asarray((*section.stats.max, *section.stats.mean), dtype=np.float64))
         finite_max = extremes[np.isfinite(extremes)]
         insight = LayerInsight(
             weights=stats,
-            weight_histogram=svg.histogram(stats.histogram.counts, stats.histogram.low, stats.histogram.high,
-                                           title=f"weights of {section.name}") if stats is not None else None,
-            activity_chart=image(activity_slot),
+            weight_histogram=histogram_svg(stats.histogram.counts, stats.histogram.low, stats.histogram.high,
+                                           f"weights of {section.name}") if stats is not None else None,
+            activity_chart=activity,
             max_abs_activation=float(finite_max.max()) if finite_max.size else None,
             dead_channels=dead,
             dead_fraction=len(dead) / section.channels_total if section.channels_total else 0.0,

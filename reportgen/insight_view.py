@@ -74,7 +74,7 @@ def layer_view(section: LayerSection) -> dict[str, Any] | None:
                               + "x".join(f"{v:g}" for v in insight.stride)))
     top_lines = []
     for channel_top in insight.top_activations[:MAX_TOP_LINES]:
-        entries = ", ".join(f"{t.input_name} ({_number(t.score)})" for t in channel_top.top)
+        entries = ", ".join(f"{name} ({_number(score)})" for name, score in zip(channel_top.names, channel_top.scores))
         top_lines.append(f"channel {channel_top.channel}: {entries}")
     strip_channels = ", ".join(str(c) for c in insight.top_strip_channels)
     return {
@@ -85,7 +85,7 @@ def layer_view(section: LayerSection) -> dict[str, Any] | None:
         "weight_rows": weight_rows,
         "activity_rows": activity_rows,
         "strip": _image(insight.top_strip, STRIP_WIDTH),
-        "strip_legend": (f"top-{len(insight.top_activations[0].top) if insight.top_activations else 0} inputs per "
+        "strip_legend": (f"top-{len(insight.top_activations[0].inputs) if insight.top_activations else 0} inputs per "
                          f"channel (rows: channels {strip_channels}), each cropped to the input window the peak "
                          "cell sees" if insight.top_strip is not None else ""),
         "top_lines": top_lines,

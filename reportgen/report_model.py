@@ -268,20 +268,20 @@ class WeightStats:
 
 
 @dataclass(frozen=True)
-class TopActivation:
-    """One of the inputs that excite a channel most: its peak cell and the input window shown."""
-
-    input_index: int
-    input_name: str
-    score: float  # the channel's max activation on this input
-    peak: tuple[int, ...]  # (row, column) of the peak cell in the layer's output
-    box: tuple[int, int, int, int]  # (top, left, bottom, right) in input pixels, clipped
-
-
-@dataclass(frozen=True)
 class ChannelTop:
+    """The inputs that excite one channel most, strongest first (one column per entry).
+
+    `peaks[i]`: (row, column) of the peak cell in the layer's output (() when not looked up:
+    peaks are found for the channels whose crops are drawn); `boxes[i]`: (top, left, bottom,
+    right) in input pixels of the window that cell sees, clipped ((0, 0, 0, 0) without a peak).
+    """
+
     channel: int
-    top: tuple[TopActivation, ...]
+    inputs: tuple[int, ...]
+    names: tuple[str, ...]
+    scores: tuple[float, ...]  # the channel's max activation on each input
+    peaks: tuple[tuple[int, ...], ...]
+    boxes: tuple[tuple[int, ...], ...]
 
 
 @dataclass(frozen=True)

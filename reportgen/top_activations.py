@@ -28,7 +28,7 @@ from torch import nn
 
 from reportgen.capture import CapturedLayer
 from reportgen.inputs import InputSet
-from reportgen.report_model import ChannelTop, TopActivation
+from reportgen.report_model import ChannelTop
 from reportgen.summary import SummaryRow
 
 CROP_SIZE = 24  # pixels a side of one crop in the strip
@@ -147,19 +147,19 @@ def channel_tops(
     located_rows = located.tolist()
     tops = []
     for row, channel in enumerate(layer.channels_shown[: scores.shape[0]]):
-        entries = []
-        for column, (score, index) in enumerate(zip(score_rows[row], index_rows[row])):
-            if not math.isfinite(score) and score < 0:
-                continue  # fewer inputs than k
-            found = located_rows[row][column]
-            entries.append(TopActivation(
-                input_index=index,
-                input_name=names[index] if 0 <= index < len(names) else str(index),
-                score=score,
-                peak=tuple(peak_rows[row][column]) if found and peak_rows is not None else (),
-                box=tuple(box_rows[row][column]) if found and box_rows is not None else (0, 0, 0, 0),
-            ))
-        tops.append(ChannelTop(channel=int(channel), top=tuple(entries)))
+        # -inf scores: fewer inputs than k
+        kept = [column for column, score in enumerate(score_rows[row]) if math.isfinite(score) or score > 0]
+        found = [located_rows[row][column] for column in kept]
+        tops.append(ChannelTop(
+            channel=int(channel),
+            inputs=tuple(index_rows[row][column] for column in kept),
+            names=tuple(names[i] if 0 <= i < len(names) else str(i) for i in (index_rows[row][c] for c in kept)),
+            scores=tuple(score_rows[row][column] for column in kept),
+            peaks=tuple(tuple(peak_rows[row][c]) if ok and peak_rows is not None else ()
+                        for c, ok in zip(kept, found)),
+            boxes=tuple(tuple(box_rows[row][c]) if ok and box_rows is not None else (0, 0, 0, 0)
+                        for c, ok in zip(kept, found)),
+        ))
     return tuple(tops)
 
 
@@ -205,14 +205,14 @@ def collect_crops(
     shapes: dict[str, tuple[int, int]] = {}
     for key, layer_tops in tops.items():
         chosen = layer_tops[:channels]
-        k = max((len(t.top) for t in chosen), default=0)
+        k = max((len(t.inputs) for t in chosen), default=0)
         if not chosen or k == 0:
             continue
         shapes[key] = (len(chosen), k)
         for row, channel_top in enumerate(chosen):
-            for column, entry in enumerate(channel_top.top):
-                if entry.box[2] > entry.box[0] and entry.box[3] > entry.box[1]:
-                    wanted.setdefault(entry.input_index, []).append((key, row, column, entry.box))
+            for column, (index, box) in enumerate(zip(channel_top.inputs, channel_top.boxes)):
+                if box[2] > box[0] and box[3] > box[1]:
+                    wanted.setdefault(index, []).append((key, row, column, box))
     strips = {key: np.full((rows, k, size, size, 3), 255, dtype=np.uint8) for key, (rows, k) in shapes.items()}
     for index in sorted(wanted):
         image = display_image(inputs.load(index), inputs)

@@ -31,16 +31,17 @@ def test_top_k_finds_the_constructed_inputs_in_order() -> None:
     section = report.model.sections[0]
     spot = section.insight.top_activations[0]
     assert spot.channel == 0
-    assert [t.input_index for t in spot.top] == [19, 33, 7]  # by strength, across batches of 8
-    assert [t.peak for t in spot.top] == [(8, 2), (5, 9), (3, 4)]
+    assert spot.inputs == (19, 33, 7)  # by strength, across batches of 8
+    assert spot.names == ("input-19", "input-33", "input-07")
+    assert spot.peaks == ((8, 2), (5, 9), (3, 4))
     # the score is the channel's max: the spot value minus 1/8 of its dim ring
-    for entry in spot.top:
-        value, y, x = PLANTED[entry.input_index]
-        ring = images[entry.input_index, 0, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].sum() - value
-        assert abs(entry.score - (value - float(ring) / 8)) < 1e-5
+    for index, score in zip(spot.inputs, spot.scores):
+        value, y, x = PLANTED[index]
+        ring = images[index, 0, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].sum() - value
+        assert abs(score - (value - float(ring) / 8)) < 1e-5
     # JSON has the same
-    top_json = report.to_dict()["visualized"][0]["insight"]["top_activations"][0]["top"]
-    assert [t["input_index"] for t in top_json] == [19, 33, 7]
+    top_json = report.to_dict()["visualized"][0]["insight"]["top_activations"][0]
+    assert top_json["inputs"] == [19, 33, 7] and top_json["peaks"] == [[8, 2], [5, 9], [3, 4]]
 
 
 def test_top_k_equals_brute_force_for_every_channel() -> None:
@@ -118,7 +119,7 @@ def test_dataset_mode_draws_crops_around_the_peak() -> None:
     # with no more inputs than are drawn, no crops (the feature maps already show every input)
     few = reportgen.generate_report(SpotDetector(), images[:4], device="cpu", max_inputs_shown=4, top_k=3)
     assert few.model.sections[0].insight.top_strip is None
-    assert len(few.model.sections[0].insight.top_activations[0].top) == 3
+    assert len(few.model.sections[0].insight.top_activations[0].inputs) == 3
     off = reportgen.generate_report(SpotDetector(), images, device="cpu", max_inputs_shown=4, top_k=0)
     assert off.model.sections[0].insight.top_activations == () and off.model.sections[0].insight.top_strip is None
 
