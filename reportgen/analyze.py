@@ -36,7 +36,7 @@ class AnalysisOptions:
     layers: tuple[str, ...] = ()
     max_channels: int = 64
     batch_size: int = 16
-    tile_size: int = 28
+    tile_size: int = 32
     keep_inputs: int = 8  # inputs whose feature maps are drawn; statistics use all inputs
     # batch -> the model's arguments (tuple: positional, dict: keyword), for models that take
     # several inputs or a dict; None calls model(batch).

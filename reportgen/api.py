@@ -51,7 +51,7 @@ class ReportOptions:
     device: str = "auto"
     batch_size: int = 16
     max_channels: int = 64
-    tile_size: int = 28
+    tile_size: int = 32
     max_inputs_shown: int = 8
     filter_scale: str = "per-filter"
     title: str | None = None
