@@ -202,8 +202,19 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
     if options.max_size_mb > 0:  # last, so every section's bytes count; pictures only, no second forward
         from reportgen.size_budget import MEGABYTE, fit_to_budget
 
+        from reportgen.assemble import render_html
+
+        measured: dict[str, Any] = {}
+
+        def measure(candidate: Any) -> int:
+            # The page rendered to be measured is usually the one saved: keep it, render once.
+            measured.update(model=candidate, html=render_html(candidate))
+            return len(measured["html"].encode("utf-8"))
+
         report_model = fit_to_budget(analysis, report_model, limit_bytes=int(options.max_size_mb * MEGABYTE),
-                                     rerender=draw)
+                                     rerender=draw, measure=measure)
+        if measured.get("model") is report_model:
+            return Report(report_model, html=measured["html"])
     return Report(report_model)
 
 

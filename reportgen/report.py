@@ -88,8 +88,10 @@ def _report_insight(model: ReportModel) -> dict[str, Any] | None:
 class Report:
     """A finished report. Nothing is rendered until asked for."""
 
-    def __init__(self, model: ReportModel) -> None:
+    def __init__(self, model: ReportModel, *, html: str | None = None) -> None:
         self.model = model
+        if html is not None:  # already rendered (the size budget measured this very page)
+            self.__dict__["_html"] = html
 
     @cached_property
     def _html(self) -> str:
