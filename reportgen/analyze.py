@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from reportgen.errors import ReportError, one_line
 from reportgen.faults import is_out_of_memory, release_cached_memory
 from reportgen.inputs import InputSet, call_model
 from reportgen.model_state import on_device, preserved_modes
+from reportgen.preprocess import seen_image
 from reportgen.summary import SummaryTable, fallback_summary, summarize
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd,)
@@ -187,20 +187,10 @@ def logits_tensor(output: Any) -> torch.Tensor | None:
 
 
 def thumbnail(sample: torch.Tensor, inputs: InputSet) -> np.ndarray | None:
-    """The input as the model saw it, de-normalised, as a small uint8 image (2D inputs only)."""
-    if sample.dim() != 3 or not sample.is_floating_point():
+    """`preprocess.seen_image` at most THUMBNAIL_SIZE pixels a side, as uint8 (H, W, 3) or (H, W)."""
+    image = seen_image(sample, inputs.preprocessing)
+    if image is None:
         return None
-    image = sample.detach().float().cpu()
-    if inputs.preprocessing is not None:
-        image = inputs.preprocessing.denormalise(image)
-    if image.shape[0] not in (1, 3):
-        image = image.mean(dim=0, keepdim=True)
-    low, high = float(image.min()), float(image.max())
-    if not (math.isfinite(low) and math.isfinite(high)):
-        image = torch.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)
-        low, high = float(image.min()), float(image.max())
-    if low < 0.0 or high > 1.0:  # not a [0, 1] image: stretch its own range
-        image = (image - low) / (high - low) if high > low else torch.zeros_like(image)
     height, width = image.shape[1:]
     if max(height, width) > THUMBNAIL_SIZE:
         scale = THUMBNAIL_SIZE / max(height, width)

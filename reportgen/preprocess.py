@@ -190,3 +190,23 @@ def pil_to_unit_tensor(image: Image.Image) -> torch.Tensor:
     """(C, H, W) float32 in [0, 1] without changing the channel count (gray stays 1 channel)."""
     channels = 1 if _is_gray(image.mode) else 4 if image.mode in ALPHA_MODES else 3
     return image_to_unit_tensor(image, channels)
+
+
+def seen_image(sample: torch.Tensor, preprocessing: Preprocessing | None) -> torch.Tensor | None:
+    """(C, H, W) float in [0, 1], C in (1, 3): the input as the model saw it, de-normalised.
+
+    Images whose de-normalised values leave [0, 1] (no known normalisation) are stretched by
+    their own min and max; other channel counts are averaged to one. None for non-2D inputs.
+    """
+    if sample.dim() != 3 or not sample.is_floating_point():
+        return None
+    image = sample.detach().float().cpu()
+    if preprocessing is not None:
+        image = preprocessing.denormalise(image)
+    if image.shape[0] not in (1, 3):
+        image = image.mean(dim=0, keepdim=True)
+    image = torch.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)
+    low, high = float(image.min()), float(image.max())
+    if low < 0.0 or high > 1.0:  # not a [0, 1] image: stretch its own range
+        image = (image - low) / (high - low) if high > low else torch.zeros_like(image)
+    return image

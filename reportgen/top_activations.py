@@ -28,6 +28,7 @@ from torch import nn
 
 from reportgen.capture import CapturedLayer
 from reportgen.inputs import InputSet
+from reportgen.preprocess import seen_image
 from reportgen.report_model import ChannelTop
 from reportgen.summary import SummaryRow
 
@@ -165,17 +166,9 @@ def channel_tops(
 
 def display_image(sample: torch.Tensor, inputs: InputSet) -> torch.Tensor | None:
     """(3, H, W) float in [0, 1]: the input as the model saw it, de-normalised, like thumbnails."""
-    if sample.dim() != 3 or not sample.is_floating_point():
+    image = seen_image(sample, inputs.preprocessing)
+    if image is None:
         return None
-    image = sample.detach().float().cpu()
-    if inputs.preprocessing is not None:
-        image = inputs.preprocessing.denormalise(image)
-    if image.shape[0] not in (1, 3):
-        image = image.mean(dim=0, keepdim=True)
-    image = torch.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)
-    low, high = float(image.min()), float(image.max())
-    if low < 0.0 or high > 1.0:  # not a [0, 1] image: stretch its own range
-        image = (image - low) / (high - low) if high > low else torch.zeros_like(image)
     return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
 
