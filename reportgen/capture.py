@@ -89,15 +89,21 @@ def downsample(maps: torch.Tensor, tile_size: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(maps, target)
 
 
-def positive_counts(flat: torch.Tensor) -> torch.Tensor:
+def positive_counts(flat: torch.Tensor, *, finite: bool) -> torch.Tensor:
     """Per-channel count of values > 0 in (N, C, S), as float64.
 
     Summing a bool tensor converts it to int64 first (measured ~7x slower than the comparison
-    itself on CPU); writing the comparison into a float buffer and summing that avoids it.
+    itself on CPU). relu then sign gives exactly 1.0 for x > 0 and 0.0 otherwise, twice as fast
+    again as writing the comparison into a float buffer, but a NaN would stay NaN; so the
+    comparison is kept for tensors that may hold one. Counts are summed per input first: exact
+    in float32 up to 2**24 positions (a 4096x4096 map), then added up in float64.
     """
-    buffer = torch.empty_like(flat)
-    torch.gt(flat, 0, out=buffer)
-    return buffer.sum(dim=(0, 2)).double()
+    if finite:
+        indicator = torch.relu(flat).sign_()
+    else:
+        indicator = torch.empty_like(flat)
+        torch.gt(flat, 0, out=indicator)
+    return indicator.sum(dim=2).double().sum(dim=0)
 
 
 def quantise_tiles(
@@ -123,7 +129,8 @@ def quantise_tiles(
     scale = torch.where(flat, torch.ones_like(span), span)
     unit = ((pooled - low[..., None, None]) / scale[..., None, None]).clamp_(0.0, 1.0)
     levels = torch.floor(unit * (LEVELS - 1) + 0.5).to(torch.uint8)
-    levels[flat] = FLAT_INDEX
+    if maps.device.type != "cpu" or bool(flat.any()):  # the mask write costs a pass; most tiles are not flat
+        levels[flat] = FLAT_INDEX
     low = torch.where(finite, low, torch.full_like(low, float("nan")))
     high = torch.where(finite, high, torch.full_like(high, float("nan")))
     return levels, low, high, flat
@@ -179,10 +186,11 @@ class _Accumulator:
         per_input_sum = flat.sum(dim=2).double()
         self.sum_mean += (per_input_sum / flat.shape[2]).sum(dim=0)
         self.max = torch.maximum(self.max, per_input_max.amax(dim=0).double())
-        self.active_positions += positive_counts(flat)
-        self.inputs_active += (per_input_max > 0).sum(dim=0).double()
         # On an accelerator asking `.all()` would stall the stream, and a pass is cheap there.
-        if values.device.type != "cpu" or not bool(torch.isfinite(per_input_sum).all()):
+        finite = values.device.type == "cpu" and bool(torch.isfinite(per_input_sum).all())
+        self.active_positions += positive_counts(flat, finite=finite)
+        self.inputs_active += (per_input_max > 0).sum(dim=0).double()
+        if not finite:
             self.nonfinite += (~torch.isfinite(flat)).sum(dim=(0, 2)).double()
         self.inputs_seen += batch
         self.positions_seen += batch * flat.shape[2]
