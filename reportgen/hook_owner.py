@@ -7,18 +7,20 @@ Subclasses register their hooks in `_register` (appending each handle to `self._
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Any, TypeVar
 
 _Owner = TypeVar("_Owner", bound="HookOwner")
 
 
-class HookOwner:
+class HookOwner(ABC):
     def __init__(self) -> None:
         self._handles: list[Any] = []
 
+    @abstractmethod
     def _register(self) -> None:
-        raise NotImplementedError
+        """Register this owner's hooks, appending every handle to `self._handles`."""
 
     def __enter__(self: _Owner) -> _Owner:
         try:
