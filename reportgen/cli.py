@@ -47,14 +47,23 @@ def _float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"wants numbers separated by commas, got {text!r}") from None
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"wants a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"wants a positive integer, got {text!r}")
-    return value
+def _int_at_least(lowest: int, wanted: str) -> Any:
+    """An argparse type: an integer >= `lowest`, refused with `wanted` in the message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"wants {wanted}, got {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"wants {wanted}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive = _int_at_least(1, "a positive integer")
+_non_negative = _int_at_least(0, "an integer >= 0")
 
 
 DEFAULT_MAX_SIZE_MB = 6.0  # = size_budget.DEFAULT_MAX_SIZE_MB (not imported: it pulls in torch)
@@ -191,16 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
     insight.add_argument("--explode-threshold", metavar="X", type=float, default=1e4,
                          help="alert when a channel's activations exceed this in absolute value (default 1e4)")
     return parser
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"wants an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"wants an integer >= 0, got {text!r}")
-    return value
 
 
 def _fraction(text: str) -> float:
