@@ -34,7 +34,7 @@ from reportgen.labels import check_label_count
 from reportgen.models import LoadedModel
 from reportgen.preprocess import Preprocessing
 from reportgen.progress import progress_bar
-from reportgen.render import RenderOptions, render
+from reportgen.render import RenderOptions, render, render_sections
 from reportgen.report import Report
 from reportgen.report_model import ModelInfo, RunInfo
 from reportgen.size_budget import DEFAULT_MAX_SIZE_MB
@@ -175,15 +175,11 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
-    def draw(source: Any, progress: Any = None) -> Any:
-        # one render call for the first render and the size budget's re-renders (size_budget.py)
-        return render(source, run=run, model_info=model_info, class_names=names,
-                      options=RenderOptions(filter_scale=options.filter_scale), progress=progress,
-                      thresholds=options.thresholds)
-
     render_count = sum(len(layer.tiles) for layer in analysis.layers) + len(analysis.weights)
     with progress_bar(render_count, "render", options.show_progress) as advance:
-        report_model = draw(analysis, advance)
+        report_model = render(analysis, run=run, model_info=model_info, class_names=names,
+                              options=RenderOptions(filter_scale=options.filter_scale), progress=advance,
+                              thresholds=options.thresholds)
     notes = tuple(loaded.notes) + tuple(inputs.notes) + report_model.notes
     from dataclasses import replace
 
@@ -211,8 +207,12 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
             measured.update(model=candidate, html=render_html(candidate))
             return len(measured["html"].encode("utf-8"))
 
+        def redraw_sections(reduced: Any) -> Any:
+            return render_sections(reduced, options=RenderOptions(filter_scale=options.filter_scale),
+                                   thresholds=options.thresholds)
+
         report_model = fit_to_budget(analysis, report_model, limit_bytes=int(options.max_size_mb * MEGABYTE),
-                                     rerender=draw, measure=measure)
+                                     redraw_sections=redraw_sections, measure=measure)
         if measured.get("model") is report_model:
             return Report(report_model, html=measured["html"])
     return Report(report_model)

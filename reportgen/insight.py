@@ -268,6 +268,37 @@ def build(
     data: InsightData | None = getattr(analysis, "insight", None)
     if data is None:
         return tuple(sections), None
+    updated = build_sections(analysis, sections, thresholds=thresholds)
+    encoder = _Encoder()
+    cam_slots = []
+    thumbnails = {record.index: record for record in analysis.inputs}
+    if data.cam is not None:
+        for record in data.cam.records:
+            thumb = thumbnails.get(record.input_index)
+            slot = encoder.queue(gradcam.overlay(thumb.thumbnail, record.cam)) \
+                if thumb is not None and thumb.thumbnail is not None else None
+            cam_slots.append(slot)
+    images = encoder.run()
+    names = {record.index: record.name for record in analysis.inputs}
+    anchors = {section.name: section.anchor for section in sections}
+    report = ReportInsight(
+        gradcam=_gradcam(data.cam, cam_slots, images, names, anchors, label_of),
+        embedding=_embedding(data.features, analysis, names, label_of),
+        per_class=_per_class(analysis, names, label_of),
+        notes=data.notes,
+        init_test=data.init_test,
+    )
+    return updated, report
+
+
+def build_sections(
+    analysis: Analysis, sections: Sequence[LayerSection], *, thresholds: AlertThresholds
+) -> tuple[LayerSection, ...]:
+    """Sections with their per-layer `insight` filled in (what depends on what is drawn:
+    the top-k strip has no more rows than the section draws channels)."""
+    data: InsightData | None = getattr(analysis, "insight", None)
+    if data is None:
+        return tuple(sections)
     encoder = _Encoder()
     layer_by_key = {layer.key: layer for layer in analysis.layers}
     reaches = data.cam.reaches_output if data.cam is not None else {}
@@ -288,15 +319,6 @@ def build(
             picture, _ = tile_grid(crops.reshape(rows * k, *crops.shape[2:]), columns=k, pad_value=(255, 255, 255))
             strip_slot = encoder.queue(picture)
         pending_layers.append((section, layer, stats, dead, activity, strip_slot, crops))
-
-    cam_slots = []
-    thumbnails = {record.index: record for record in analysis.inputs}
-    if data.cam is not None:
-        for record in data.cam.records:
-            thumb = thumbnails.get(record.input_index)
-            slot = encoder.queue(gradcam.overlay(thumb.thumbnail, record.cam)) \
-                if thumb is not None and thumb.thumbnail is not None else None
-            cam_slots.append(slot)
     images = encoder.run()
 
     def image(slot: int | None) -> EncodedImage | None:
@@ -326,16 +348,7 @@ def build(
         )
         updated.append(replace(section, insight=insight))
 
-    names = {record.index: record.name for record in analysis.inputs}
-    anchors = {section.name: section.anchor for section in sections}
-    report = ReportInsight(
-        gradcam=_gradcam(data.cam, cam_slots, images, names, anchors, label_of),
-        embedding=_embedding(data.features, analysis, names, label_of),
-        per_class=_per_class(analysis, names, label_of),
-        notes=data.notes,
-        init_test=data.init_test,
-    )
-    return tuple(updated), report
+    return tuple(updated)
 
 
 def _gradcam(cam: gradcam.CamResult | None, slots: Sequence[int | None], images: Sequence[EncodedImage],

@@ -156,22 +156,22 @@ def _grid_spec(
     return slot, spec
 
 
-def render(
+def _anchors(analysis: Analysis) -> dict[str, str]:
+    section_names = [layer.key for layer in analysis.layers]
+    rows = [row.name for row in analysis.summary.rows]
+    known = set(rows)
+    return anchors_for(rows + [n for n in section_names if n not in known])
+
+
+def _draw_sections(
     analysis: Analysis,
-    *,
-    run: RunInfo,
-    model_info: ModelInfo,
-    class_names: Sequence[str] | None,
-    options: RenderOptions = RenderOptions(),
-    progress: Callable[[int], None] | None = None,
-    thresholds: AlertThresholds = AlertThresholds(),
-) -> ReportModel:
+    anchors: dict[str, str],
+    options: RenderOptions,
+    progress: Callable[[int], None] | None,
+) -> list[LayerSection]:
+    """One section per captured layer call: filters, feature maps and statistics, encoded."""
     renderer = _Renderer(analysis, options)
     first_conv = analysis.selected[0] if analysis.selected else None
-    section_names = [layer.key for layer in analysis.layers]
-    anchors = anchors_for([row.name for row in analysis.summary.rows] + [
-        n for n in section_names if n not in {row.name for row in analysis.summary.rows}
-    ])
 
     # Lay out every picture first, remembering which slot each goes to.
     filter_slots: dict[str, tuple[int, dict[str, object], str]] = {}
@@ -193,12 +193,6 @@ def render(
                                     layer.tile_max[index], layer.flat[index], options.colormap, legend)
             entries.append((index, slot, spec))
         map_slots[layer.key] = entries
-
-    thumb_slots = {
-        record.index: renderer.queue(record.thumbnail, None)
-        for record in analysis.inputs
-        if record.thumbnail is not None
-    }
 
     images = renderer.encode_all(progress)
 
@@ -236,6 +230,41 @@ def render(
                 ),
             )
         )
+    return sections
+
+
+def render_sections(
+    analysis: Analysis,
+    *,
+    options: RenderOptions = RenderOptions(),
+    thresholds: AlertThresholds = AlertThresholds(),
+) -> tuple[LayerSection, ...]:
+    """The layer sections alone, with their per-layer insight: what the size budget redraws
+    from a reduced analysis. Everything else in the report does not depend on what is drawn."""
+    sections = _draw_sections(analysis, _anchors(analysis), options, None)
+    return insight_stage.build_sections(analysis, sections, thresholds=thresholds)
+
+
+def render(
+    analysis: Analysis,
+    *,
+    run: RunInfo,
+    model_info: ModelInfo,
+    class_names: Sequence[str] | None,
+    options: RenderOptions = RenderOptions(),
+    progress: Callable[[int], None] | None = None,
+    thresholds: AlertThresholds = AlertThresholds(),
+) -> ReportModel:
+    anchors = _anchors(analysis)
+    sections = _draw_sections(analysis, anchors, options, progress)
+    thumbnails = _Renderer(analysis, options)
+    thumb_slots = {
+        record.index: thumbnails.queue(record.thumbnail, None)
+        for record in analysis.inputs
+        if record.thumbnail is not None
+    }
+    images = thumbnails.encode_all(progress)
+    names_by_index = {record.index: record.name for record in analysis.inputs}
 
     visualized = {layer.key for layer in analysis.layers}
     rows = tuple(

@@ -180,6 +180,8 @@ class BudgetInfo:
     inputs_drawn: tuple[int, int]
     fits: bool
     message: str
+    # full_bytes estimated (its pictures alone were over the limit, so it was never rendered)
+    full_bytes_estimated: bool = False
 
 
 @dataclass(frozen=True)
