@@ -71,6 +71,24 @@ def test_duplicates_in_a_big_layer_go_through_the_projection_and_are_exact() -> 
     assert {(p.a, p.b) for p in looser.duplicates} == {(10, 200), (10, 150), (150, 200)}
 
 
+@pytest.mark.parametrize("block", [1, 7 * 300, 1 << 19])  # a row at a time, 7 rows, all rows
+def test_duplicate_search_finds_the_same_pairs_whatever_its_block(monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    from reportgen import weight_stats as module
+
+    monkeypatch.setattr(module, "SCREEN_BLOCK", block)
+    generator = torch.Generator().manual_seed(5)
+    points = torch.randn(300, 8, generator=generator)
+    points[123] = points[7] + 0.01  # pairs across blocks, and one inside a block
+    points[299] = points[0] - 0.02
+    points[8] = points[7] + 0.015
+    limit = 0.05
+    found = {tuple(pair) for pair in module._close_pairs(points, limit).tolist()}
+    distances = torch.cdist(points.double(), points.double()).square()
+    distances.fill_diagonal_(math.inf)
+    expected = {tuple(pair) for pair in (distances <= limit).nonzero().tolist()}
+    assert found == expected and {(7, 123), (123, 7), (0, 299), (7, 8)} <= found
+
+
 def test_filters_in_different_groups_are_never_duplicates() -> None:
     depthwise = nn.Conv2d(4, 4, 3, groups=4)
     with torch.no_grad():
