@@ -40,6 +40,7 @@ from harness import (
     FLOOR_SCRIPT,
     MIB,
     ChildResult,
+    compile_package,
     fmt_mib,
     log,
     python_cmd,
@@ -556,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"targets {','.join(args.targets)}, {args.repeat} repetitions")
         which = "FLOOR (self-test)" if args.self_test else shlex.join(bench.reportgen)
         log(f"reportgen: {which}")
+        if not args.self_test and args.reportgen is None:
+            compiled = compile_package()
+            log(f"bytecode written for {compiled}" if compiled else "reportgen not importable here: not compiled")
         if set(args.targets) - {"T6"}:
             # Bring torch's shared libraries into the page cache so the first timed run is
             # not the only one that pays for a cold disk.
