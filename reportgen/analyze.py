@@ -242,6 +242,8 @@ def analyze(
                                     offset=lambda: capture.offset)
         fused = insight_stage.fused_cam(model, inputs, options.insight, keep_inputs=options.keep_inputs,
                                         selected=selected, hookable=hookable)
+        cropper = insight_stage.crop_collector(model, inputs, options.insight, keep_inputs=options.keep_inputs,
+                                               hookable=hookable)
         output_hook = model.register_forward_hook(collector) if hookable else None
         try:
             with capture if hookable else contextlib.nullcontext(capture), features, \
@@ -253,8 +255,8 @@ def analyze(
                     kept = (len(records), len(collector.records))
                     try:
                         with fused.armed(start) if fused is not None else contextlib.nullcontext():
-                            summary = _run_batch(model, inputs, start, stop, device, dtype, options, capture,
-                                                 collector, records, summary, notes, hookable)
+                            summary, batch = _run_batch(model, inputs, start, stop, device, dtype, options,
+                                                        capture, collector, records, summary, notes, hookable)
                     except Exception as exc:
                         if fused is not None and fused.abandon(exc):  # failed with autograd on: again without
                             capture.rollback(mark, start)
@@ -281,6 +283,8 @@ def analyze(
                         )
                         batch_size = smaller
                         continue
+                    if cropper is not None:
+                        cropper.update(capture.winners(cropper.channels), summary.rows, batch, start)
                     if progress is not None:
                         progress(stop - start)
                     start = stop
@@ -304,6 +308,7 @@ def analyze(
             selected=selected, layers=layers, summary=summary, records=records,
             classifier=collector.logits_like and collector.num_classes is not None,
             features=features.result(), call=lambda m, b: call_model(m, b, options.forward_args), fused=fused,
+            cropper=cropper,
         ) if hookable else None
     assert summary is not None
     return Analysis(
@@ -335,9 +340,10 @@ def _run_batch(
     summary: SummaryTable | None,
     notes: list[str],
     hookable: bool,
-) -> SummaryTable:
-    """Load, record and run inputs start..stop-1; the first batch also yields the summary."""
-    batch = inputs.batch(start, stop)
+) -> tuple[SummaryTable, torch.Tensor]:
+    """Load, record and run inputs start..stop-1; the first batch also yields the summary.
+    Returns the summary and the batch as loaded (on the host, before any cast)."""
+    loaded = batch = inputs.batch(start, stop)
     for offset in range(stop - start):
         index = start + offset
         shown = index < options.keep_inputs
@@ -358,15 +364,15 @@ def _run_batch(
     if not hookable:
         output = _forward(model, batch, inputs, start, stop, options.forward_args)
         collector(model, (batch,), output)
-        return summary or fallback_summary(model, "PyTorch cannot attach hooks to a TorchScript module")
+        return summary or fallback_summary(model, "PyTorch cannot attach hooks to a TorchScript module"), loaded
     if summary is None:
         summary = _first_pass(model, batch, capture, collector, inputs, start, stop, options.forward_args)
         if not summary.available:
             notes.append(f"torchinfo could not walk this model ({summary.problem}); "
                          "the table lists parameters only.")
-        return summary
+        return summary, loaded
     _forward(model, batch, inputs, start, stop, options.forward_args)
-    return summary
+    return summary, loaded
 
 
 def _scripted_note(layers: Sequence[str]) -> str:

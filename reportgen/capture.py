@@ -327,11 +327,7 @@ class _Accumulator:
             top_scores=self.top[0].cpu().numpy() if self.top is not None else None,
             top_inputs=self.top[1].cpu().numpy() if self.top is not None else None,
             top_positions=self.top[2].cpu().numpy() if self.top is not None else None,
-            # top_positions index the whole flattened map, so a volume keeps all its dims here
-            # (its tiles show one slice, but its peak can be in any slice).
-            spatial_shape=tuple(int(d) for d in self.output_shape[2:]) if len(self.output_shape) > 4
-            else tuple(int(d) for d in spatial_view(torch.empty((1, 1, *self.output_shape[2:]),
-                                                                device="meta")).shape[2:]),
+            spatial_shape=peak_shape(self.output_shape),
         )
 
     def _update_insight(self, flat: torch.Tensor, per_input_max: torch.Tensor, offset: int, top_k: int,
@@ -378,6 +374,25 @@ class _Accumulator:
             previous = self.top[2].gather(1, order.clamp(max=kept - 1)) if kept else positions
             positions = torch.where(fresh, positions, previous)
         self.top = (scores.gather(1, order), inputs.gather(1, order), positions)
+
+
+def peak_shape(output_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape a top-k peak position indexes (flattened). It indexes the whole map, so a
+    volume keeps all its dims here (its tiles show one slice, but its peak can be in any)."""
+    if len(output_shape) > 4:
+        return tuple(int(d) for d in output_shape[2:])
+    return tuple(int(d) for d in spatial_view(torch.empty((1, 1, *output_shape[2:]), device="meta")).shape[2:])
+
+
+@dataclass(frozen=True)
+class Winners:
+    """One layer call's current top-k of its first channels (host copies; -1 where none)."""
+
+    key: str
+    output_shape: tuple[int, ...]
+    spatial_shape: tuple[int, ...]
+    inputs: np.ndarray  # (channels, k) input indices
+    positions: np.ndarray  # (channels, k) peak cells, flat into spatial_shape
 
 
 def call_key(module_name: str, call_index: int) -> str:
@@ -505,6 +520,23 @@ class ActivationCapture:
                                self.peak_channels, self._scratch)
 
         return hook
+
+    def winners(self, channels: int) -> list[Winners]:
+        """The top-k so far of each layer call's first `channels` shown channels (those whose
+        peaks are located): a few small copies from the device, for crops cut mid-pass."""
+        found = []
+        for acc in self._accumulators.values():
+            if acc.top is None:
+                continue
+            rows = min(channels, acc.top[1].shape[0])
+            found.append(Winners(
+                key=acc.key,
+                output_shape=acc.output_shape,
+                spatial_shape=peak_shape(acc.output_shape),
+                inputs=acc.top[1][:rows].cpu().numpy(),
+                positions=acc.top[2][:rows].cpu().numpy(),
+            ))
+        return found
 
     def results(self) -> list[CapturedLayer]:
         """Captured layer calls in the order they first ran."""

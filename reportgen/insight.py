@@ -41,7 +41,7 @@ from reportgen.report_model import (
     ReportInsight,
     WeightStats,
 )
-from reportgen.top_activations import Geometry, channel_tops, collect_crops, layer_geometry
+from reportgen.top_activations import CropCollector, Geometry, channel_tops, collect_crops, layer_geometry
 from reportgen.weight_stats import untrained_test, weight_stats
 
 if TYPE_CHECKING:
@@ -83,6 +83,14 @@ class InsightData:
     init_test: InitTest | None = None
 
 
+def crop_collector(model: nn.Module, inputs: InputSet, options: InsightOptions, *, keep_inputs: int,
+                   hookable: bool) -> CropCollector | None:
+    """Crops cut during the main pass, in dataset mode (more inputs than feature-map rows)."""
+    if not (hookable and options.top_k > 0 and len(inputs) > keep_inputs):
+        return None
+    return CropCollector(model, inputs, channels=options.top_k_channels)
+
+
 def fused_cam(model: nn.Module, inputs: InputSet, options: InsightOptions, *, keep_inputs: int,
               selected: Sequence[str], hookable: bool) -> gradcam.FusedCam | None:
     """The hook owner that computes Grad-CAM inside the main pass (None when not wanted)."""
@@ -112,6 +120,7 @@ def collect(
     features: Features | None,
     call: Callable[[nn.Module, torch.Tensor], Any] | None = None,
     fused: gradcam.FusedCam | None = None,
+    cropper: CropCollector | None = None,
 ) -> InsightData:
     """Run after the main pass, inside its `preserved_modes`/`on_device`, model in eval mode."""
     notes: list[str] = []
@@ -139,7 +148,8 @@ def collect(
     crops: dict[str, np.ndarray] = {}
     if options.top_k > 0 and len(inputs) > keep_inputs and len(input_spatial) == 2 and tops:
         # Dataset mode: more inputs than feature-map rows, so show who excites each channel.
-        crops = collect_crops(tops, inputs, channels=options.top_k_channels)
+        crops = collect_crops(tops, inputs, channels=options.top_k_channels,
+                              known=cropper.crops if cropper is not None else None)
     cam = None
     if options.cam and classifier and layers and input_spatial:
         target = options.cam_layer or gradcam.default_cam_layer(model)

@@ -141,3 +141,52 @@ def test_geometry_needs_no_summary() -> None:
         model(torch.rand(1, 1, 9, 9))
     geometry = layer_geometry(model, (), capture.results(), (9, 9))
     assert geometry["0"].stride == (9 / 4, 9 / 4) and geometry["0"].receptive_field == (7, 7)
+
+
+def test_crops_cut_during_the_pass_equal_reloaded_ones_and_no_input_is_loaded_twice(monkeypatch) -> None:
+    from reportgen import insight
+    from reportgen.inputs import InputSet
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.Conv2d(5, 4, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    images = torch.rand(60, 3, 40, 40, generator=torch.Generator().manual_seed(8))
+    loads: list[int] = []
+    original_load = InputSet.load
+
+    def counted(self: InputSet, index: int) -> torch.Tensor:
+        loads.append(index)
+        return original_load(self, index)
+
+    monkeypatch.setattr(InputSet, "load", counted)
+    during = reportgen.generate_report(model, images, device="cpu", batch_size=7, max_inputs_shown=4, top_k=4)
+    assert sorted(loads) == list(range(60))  # each input once: no winner reloaded for its crop
+    loads.clear()
+    monkeypatch.setattr(insight, "crop_collector", lambda *args, **kwargs: None)
+    reloaded = reportgen.generate_report(model, images, device="cpu", batch_size=7, max_inputs_shown=4, top_k=4)
+    assert len(loads) > 60  # the winners were loaded again
+    strips = [(a.insight.top_strip, b.insight.top_strip) for a, b in zip(during.model.sections, reloaded.model.sections)]
+    assert len(strips) == 3 and all(a is not None for a, _ in strips)
+    assert all(a == b for a, b in strips)  # the same pixels, bit for bit
+
+
+def test_crop_collector_keeps_only_current_winners() -> None:
+    from reportgen.top_activations import CropCollector
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3, padding=1))
+    images = torch.rand(90, 3, 12, 12, generator=torch.Generator().manual_seed(9))
+    inputs = from_tensor(images)
+    capture = ActivationCapture(model, ["0", "2"], max_channels=6, tile_size=8, keep_inputs=2, top_k=3,
+                                peak_channels=2)
+    collector = CropCollector(model, inputs, channels=2)
+    with capture, torch.inference_mode():
+        for start in range(0, 90, 10):
+            capture.start_batch(start)
+            model(images[start:start + 10])
+            winners = capture.winners(collector.channels)
+            collector.update(winners, (), images[start:start + 10], start)
+            current = {(w.key, row, int(i)) for w in winners for row, r in enumerate(w.inputs) for i in r}
+            assert set(collector.crops) <= current and len(collector.crops) <= 2 * 2 * 3
+    assert len(collector.crops) == 2 * 2 * 3  # every winner of the 2 layers x 2 channels x top-3 has its crop
