@@ -34,7 +34,7 @@ from reportgen.labels import check_label_count
 from reportgen.models import LoadedModel
 from reportgen.preprocess import Preprocessing
 from reportgen.progress import progress_bar
-from reportgen.render import RenderOptions, render, render_sections
+from reportgen.render import RenderOptions, render, render_sections, section_anchors
 from reportgen.report import Report
 from reportgen.report_model import ModelInfo, RunInfo
 from reportgen.size_budget import DEFAULT_MAX_SIZE_MB
@@ -175,46 +175,50 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
-    render_count = sum(len(layer.tiles) for layer in analysis.layers) + len(analysis.weights)
-    with progress_bar(render_count, "render", options.show_progress) as advance:
-        report_model = render(analysis, run=run, model_info=model_info, class_names=names,
-                              options=RenderOptions(filter_scale=options.filter_scale), progress=advance,
-                              thresholds=options.thresholds)
-    notes = tuple(loaded.notes) + tuple(inputs.notes) + report_model.notes
+    # What the report holds besides the render, fixed before any picture is drawn: the size
+    # budget measures whole pages.
     from dataclasses import replace
 
     from reportgen.metadata import input_files
 
     files = input_files(inputs.paths, inputs.names)
-    report_model = replace(report_model, notes=notes, input_files=files)
+    impact = None
     if options.impact is not None and options.impact.enabled:
         from reportgen.impact import impact_for_report
 
         impact = impact_for_report(model, inputs, device, options.impact, selected=analysis.selected,
-                                   sections=report_model.sections, class_names=names,
+                                   anchors=section_anchors(analysis), class_names=names,
                                    batch_size=options.batch_size, max_inputs_shown=options.max_inputs_shown,
                                    forward_args=options.forward_args, show_progress=options.show_progress)
-        report_model = replace(report_model, impact=impact)
-    if options.max_size_mb > 0:  # last, so every section's bytes count; pictures only, no second forward
-        from reportgen.size_budget import MEGABYTE, fit_to_budget
+    render_options = RenderOptions(filter_scale=options.filter_scale)
 
-        from reportgen.assemble import render_html
+    def draw(source: Any, sections: Any = None) -> Any:
+        render_count = sum(len(layer.tiles) for layer in source.layers) + len(source.weights)
+        with progress_bar(render_count, "render", options.show_progress) as advance:
+            drawn = render(source, run=run, model_info=model_info, class_names=names, options=render_options,
+                           progress=advance, thresholds=options.thresholds, sections=sections)
+        notes = tuple(loaded.notes) + tuple(inputs.notes) + drawn.notes
+        return replace(drawn, notes=notes, input_files=files, impact=impact)
 
-        measured: dict[str, Any] = {}
+    def redraw_sections(reduced: Any) -> Any:
+        return render_sections(reduced, options=render_options, thresholds=options.thresholds)
 
-        def measure(candidate: Any) -> int:
-            # The page rendered to be measured is usually the one saved: keep it, render once.
-            measured.update(model=candidate, html=render_html(candidate))
-            return len(measured["html"].encode("utf-8"))
+    if options.max_size_mb <= 0:
+        return Report(draw(analysis))
+    from reportgen.assemble import render_html
+    from reportgen.size_budget import MEGABYTE, fit_to_budget
 
-        def redraw_sections(reduced: Any) -> Any:
-            return render_sections(reduced, options=RenderOptions(filter_scale=options.filter_scale),
-                                   thresholds=options.thresholds)
+    measured: dict[str, Any] = {}
 
-        report_model = fit_to_budget(analysis, report_model, limit_bytes=int(options.max_size_mb * MEGABYTE),
-                                     redraw_sections=redraw_sections, measure=measure)
-        if measured.get("model") is report_model:
-            return Report(report_model, html=measured["html"])
+    def measure(candidate: Any) -> int:
+        # The page rendered to be measured is usually the one saved: keep it, render once.
+        measured.update(model=candidate, html=render_html(candidate))
+        return len(measured["html"].encode("utf-8"))
+
+    report_model = fit_to_budget(analysis, limit_bytes=int(options.max_size_mb * MEGABYTE), render_report=draw,
+                                 redraw_sections=redraw_sections, measure=measure)
+    if measured.get("model") is report_model:
+        return Report(report_model, html=measured["html"])
     return Report(report_model)
 
 

@@ -524,18 +524,19 @@ class ActivationCapture:
     def winners(self, channels: int) -> list[Winners]:
         """The top-k so far of each layer call's first `channels` shown channels (those whose
         peaks are located): a few small copies from the device, for crops cut mid-pass."""
-        found = []
-        for acc in self._accumulators.values():
-            if acc.top is None:
-                continue
-            rows = min(channels, acc.top[1].shape[0])
-            found.append(Winners(
-                key=acc.key,
-                output_shape=acc.output_shape,
-                spatial_shape=peak_shape(acc.output_shape),
-                inputs=acc.top[1][:rows].cpu().numpy(),
-                positions=acc.top[2][:rows].cpu().numpy(),
-            ))
+        layers = [acc for acc in self._accumulators.values() if acc.top is not None]
+        if not layers:
+            return []
+        parts = [torch.stack([acc.top[1][:channels], acc.top[2][:channels]]) for acc in layers]  # type: ignore[index]
+        # one copy for all layers: on an accelerator each copy waits for the stream
+        host = torch.cat([part.reshape(2, -1) for part in parts], dim=1).cpu().numpy()
+        found, offset = [], 0
+        for acc, part in zip(layers, parts):
+            rows, k = part.shape[1:]
+            inputs, positions = host[:, offset:offset + rows * k].reshape(2, rows, k)
+            offset += rows * k
+            found.append(Winners(key=acc.key, output_shape=acc.output_shape,
+                                 spatial_shape=peak_shape(acc.output_shape), inputs=inputs, positions=positions))
         return found
 
     def results(self) -> list[CapturedLayer]:

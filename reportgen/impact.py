@@ -472,16 +472,17 @@ def validate_impact(model: nn.Module, options: ImpactOptions) -> None:
 
 
 def impact_for_report(model: nn.Module, inputs: InputSet, device: torch.device, options: ImpactOptions, *,
-                      selected: Sequence[str], sections: Sequence[Any], class_names: Sequence[str] | None,
+                      selected: Sequence[str], anchors: dict[str, str], class_names: Sequence[str] | None,
                       batch_size: int, max_inputs_shown: int, forward_args: ForwardArgs = None,
                       show_progress: bool = False) -> ImpactReport:
-    """`build_impact` with what `api.build_report` has at hand (the analysis' layers, the sections)."""
+    """`build_impact` with what `api.build_report` has at hand (the analysis' layers, the sections'
+    anchors)."""
     from reportgen.analyze import thumbnail
 
     return build_impact(
         model, inputs, device, options,
         selected=selected,
-        anchors={section.name: section.anchor for section in sections},
+        anchors=anchors,
         class_names=class_names,
         batch_size=batch_size,
         max_inputs_shown=max_inputs_shown,

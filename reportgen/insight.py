@@ -4,8 +4,9 @@
   (`weight_stats`), receptive fields and top-activation crops (`top_activations`), the Grad-CAM
   pass (`gradcam`), the penultimate features (`embedding`, collected during the main pass).
   It returns `InsightData` (numpy and plain values).
-- `build` (render stage): `LayerInsight` per section and the report-level `ReportInsight`
-  (Grad-CAM overlays, embedding scatter, per-class view), pictures encoded.
+- `build_sections` and `build_report_insight` (render stage): `LayerInsight` per section and the
+  report-level `ReportInsight` (Grad-CAM overlays, embedding scatter, per-class view), pictures
+  encoded.
 """
 
 from __future__ import annotations
@@ -267,18 +268,16 @@ class _Encoder:
             return list(pool.map(encode, self.pending))
 
 
-def build(
+def build_report_insight(
     analysis: Analysis,
     sections: Sequence[LayerSection],
     *,
     label_of: Callable[[int | None], str | None],
-    thresholds: AlertThresholds,
-) -> tuple[tuple[LayerSection, ...], ReportInsight | None]:
-    """Sections with their `insight` filled in, and the report-level insight."""
+) -> ReportInsight | None:
+    """The report-level insight: Grad-CAM overlays, the embedding, the per-class view."""
     data: InsightData | None = getattr(analysis, "insight", None)
     if data is None:
-        return tuple(sections), None
-    updated = build_sections(analysis, sections, thresholds=thresholds)
+        return None
     encoder = _Encoder()
     cam_slots = []
     thumbnails = {record.index: record for record in analysis.inputs}
@@ -298,7 +297,7 @@ def build(
         notes=data.notes,
         init_test=data.init_test,
     )
-    return updated, report
+    return report
 
 
 def build_sections(

@@ -168,6 +168,12 @@ def _anchors(analysis: Analysis) -> dict[str, str]:
     return anchors_for(rows + [n for n in section_names if n not in known])
 
 
+def section_anchors(analysis: Analysis) -> dict[str, str]:
+    """The permalink anchor of each layer section (layer call key), whatever is drawn."""
+    anchors = _anchors(analysis)
+    return {layer.key: anchors[layer.key] for layer in analysis.layers}
+
+
 def _draw_sections(
     analysis: Analysis,
     anchors: dict[str, str],
@@ -231,7 +237,7 @@ def _draw_sections(
                     max=_floats(layer.max),
                     fraction_active=_floats(layer.fraction_active),
                     fraction_inputs_active=_floats(layer.fraction_inputs_active),
-                    nonfinite=tuple(int(v) for v in layer.nonfinite),
+                    nonfinite=tuple(np.asarray(layer.nonfinite, dtype=np.int64).tolist()),
                 ),
             )
         )
@@ -259,9 +265,14 @@ def render(
     options: RenderOptions = RenderOptions(),
     progress: Callable[[int], None] | None = None,
     thresholds: AlertThresholds = AlertThresholds(),
+    sections: Sequence[LayerSection] | None = None,
 ) -> ReportModel:
+    """The report model of `analysis`. `sections`: its layer sections already drawn by
+    `render_sections` (possibly from a reduced analysis: the size budget's sample)."""
     anchors = _anchors(analysis)
-    sections = _draw_sections(analysis, anchors, options, progress)
+    if sections is None:
+        sections = insight_stage.build_sections(analysis, _draw_sections(analysis, anchors, options, progress),
+                                                thresholds=thresholds)
     thumbnails = _Renderer(analysis, options)
     thumb_slots = {
         record.index: thumbnails.queue(record.thumbnail, None)
@@ -303,8 +314,8 @@ def render(
     inputs = tuple(_input_summary(record, thumb_slots, images, class_names) for record in analysis.inputs)
     predictions = tuple(_prediction(p, names_by_index, class_names) for p in analysis.predictions)
     report_sections = tuple(sections)
-    report_sections, report_insight = insight_stage.build(
-        analysis, report_sections, label_of=lambda i: _label(i, class_names), thresholds=thresholds)
+    report_insight = insight_stage.build_report_insight(analysis, report_sections,
+                                                        label_of=lambda i: _label(i, class_names))
     alerts = find_alerts(analysis, report_sections, model_info, thresholds)
     return ReportModel(
         run=run,

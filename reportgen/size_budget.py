@@ -38,6 +38,9 @@ DEFAULT_MAX_SIZE_MB = 6.0
 MEGABYTE = 1_000_000  # decimal MB, as the CLI reports sizes
 MAX_RENDERS = 5  # re-renders after the first; each costs PNG encoding only
 HEADROOM = 0.97  # aim a little under the limit: the estimate is not exact
+# The first input's pictures predict the rest; only a prediction this far over the limit skips
+# drawing everything (inputs differ, so a near miss is drawn and measured instead).
+SAMPLE_MARGIN = 1.25
 
 # Measured on resnet18 and resnet50 pages (both gave 400 + 20.1 per tile):
 _TILE_META_BYTES = 20  # about what one tile's channel, min and max take in the page
@@ -73,13 +76,14 @@ def _grids(model: ReportModel) -> list[TileGrid]:
     ]
 
 
-def estimated_html_bytes(model: ReportModel) -> int:
+def estimated_html_bytes(model: ReportModel, maps_per_section: dict[str, int] | None = None) -> int:
     """The page's size without rendering it in full: the page without its grids (rendered,
-    cheap) plus every grid's picture (exact) and markup (estimated per figure and tile)."""
+    cheap) plus every grid's picture (exact, or stood in for: see `_full_grids`) and markup
+    (estimated per figure and tile)."""
     without_grids = replace(
         model, sections=tuple(replace(s, filters=None, feature_maps=()) for s in model.sections)
     )
-    grids = _grids(model)
+    grids = [grid for grid, _ in _full_grids(model, maps_per_section)]
     pictures = sum(len(grid.image.data_uri) for grid in grids)
     markup = sum(_FIGURE_BYTES + _TILE_META_BYTES * len(grid.channels) for grid in grids)
     return html_bytes(without_grids) + pictures + markup
@@ -216,32 +220,56 @@ def _bytes_per_pixel(grid: TileGrid) -> float:
     return len(grid.image.data_uri) / max(pixels, 1)
 
 
-def estimate_bytes(first: ReportModel, first_bytes: int, drawing: Drawing) -> int:
+def _full_grids(model: ReportModel, maps_per_section: dict[str, int] | None = None) -> list[tuple[TileGrid, int]]:
+    """Every grid of the drawing `model` stands for, with its input rank (-1: filters).
+
+    `maps_per_section`: feature-map grids per section when everything is drawn, where `model`
+    drew fewer (the budget's sample draws the first input only); each missing grid is stood in
+    for by the last one drawn (same layer, same size: about the same bytes).
+    """
+    grids: list[tuple[TileGrid, int]] = []
+    for section in model.sections:
+        if section.filters is not None:
+            grids.append((section.filters, -1))
+        drawn = [fm.grid for fm in sorted(section.feature_maps, key=lambda f: f.input_index)]
+        count = max(len(drawn), (maps_per_section or {}).get(section.name, 0)) if drawn else 0
+        grids += [(drawn[min(rank, len(drawn) - 1)], rank) for rank in range(count)]
+    return grids
+
+
+def estimate_bytes(first: ReportModel, first_bytes: int, drawing: Drawing,
+                   maps_per_section: dict[str, int] | None = None) -> int:
     """Predicted HTML size for `drawing`, from the first render's bytes per pixel."""
     picture_bytes = 0
     predicted = 0.0
-    for section in first.sections:
-        grids: list[tuple[TileGrid, int]] = []
-        if section.filters is not None:
-            grids.append((section.filters, -1))
-        grids += [
-            (fm.grid, rank)
-            for rank, fm in enumerate(sorted(section.feature_maps, key=lambda f: f.input_index))
-        ]
-        for grid, rank in grids:
-            picture_bytes += len(grid.image.data_uri)
-            if rank >= drawing.inputs:  # not drawn: its markup and per-tile numbers go too
-                predicted -= _FIGURE_BYTES + _TILE_META_BYTES * len(grid.channels)
-                continue
-            count = min(len(grid.channels), drawing.channels)
-            if rank < 0:  # filters keep their size; only their count changes
-                height, width = grid.tile_height, grid.tile_width
-            else:
-                height, width = _tile_target(grid.tile_height, grid.tile_width, drawing.tile_size)
-            predicted += _bytes_per_pixel(grid) * _grid_pixels(count, height, width, grid.padding)
-            # per-tile numbers (channel, min, max) in the page scale with the channel count
-            predicted -= _TILE_META_BYTES * (len(grid.channels) - count)
+    for grid, rank in _full_grids(first, maps_per_section):
+        picture_bytes += len(grid.image.data_uri)
+        if rank >= drawing.inputs:  # not drawn: its markup and per-tile numbers go too
+            predicted -= _FIGURE_BYTES + _TILE_META_BYTES * len(grid.channels)
+            continue
+        count = min(len(grid.channels), drawing.channels)
+        if rank < 0:  # filters keep their size; only their count changes
+            height, width = grid.tile_height, grid.tile_width
+        else:
+            height, width = _tile_target(grid.tile_height, grid.tile_width, drawing.tile_size)
+        predicted += _bytes_per_pixel(grid) * _grid_pixels(count, height, width, grid.padding)
+        # per-tile numbers (channel, min, max) in the page scale with the channel count
+        predicted -= _TILE_META_BYTES * (len(grid.channels) - count)
     return int(first_bytes - picture_bytes + predicted)
+
+
+def picture_ceiling(analysis: Analysis) -> int:
+    """Bytes the grid pictures of everything drawn can take at most, before any is encoded:
+    one byte a pixel (three for RGB filters; deflate never grows data by more than a little),
+    base64's 4/3 and a header each."""
+    total = 0
+    for layer in analysis.layers:
+        for stack in layer.tiles.values():
+            total += _grid_pixels(stack.shape[0], stack.shape[1], stack.shape[2]) * 1.02 + 300
+    for weights in analysis.weights.values():
+        count, height, width = weights.filters.shape[0], weights.filters.shape[-2], weights.filters.shape[-1]
+        total += _grid_pixels(count, height, width) * 3 * 1.02 + 300
+    return int(total * 4 / 3)
 
 
 # --- fitting ----------------------------------------------------------------------------------
@@ -266,28 +294,45 @@ def describe(start: Drawing, end: Drawing, limit_bytes: int, first_bytes: int, *
 
 def fit_to_budget(
     analysis: Analysis,
-    first: ReportModel,
     *,
     limit_bytes: int,
+    render_report: Callable[[Analysis, tuple[LayerSection, ...] | None], ReportModel],
     redraw_sections: Callable[[Analysis], tuple[LayerSection, ...]],
     measure: Callable[[ReportModel], int] = html_bytes,
 ) -> ReportModel:
-    """`first` if it fits, else the best redraw from a reduced analysis that does.
+    """The report of everything if it fits, else the best redraw from a reduced analysis that does.
 
-    `redraw_sections` draws the layer sections of a (reduced) analysis; `measure` gives the
-    bytes of a page (the caller may keep the page it renders to measure: it is usually the
-    one saved).
+    `render_report(analysis, sections)` renders the report (with `sections` already drawn, or
+    drawing them); `redraw_sections` draws the layer sections of a (reduced) analysis; `measure`
+    gives the bytes of a page (the caller may keep the page it renders to measure: it is usually
+    the one saved).
+
+    When the pictures may not fit, the first input's sections are drawn first (a sample): if
+    they predict the full drawing well over the limit, the full drawing is never encoded and
+    the ladder starts from the sample; otherwise everything is drawn and measured.
     """
     if limit_bytes <= 0:
-        return first
-    estimated = sum(len(grid.image.data_uri) for grid in _grids(first)) > limit_bytes
-    if estimated:  # certainly over: no need to render this page in full
-        first_bytes = estimated_html_bytes(first)
-    else:
-        first_bytes = measure(first)
-        if first_bytes <= limit_bytes:
-            return first
+        return render_report(analysis, None)
     start = full_drawing(analysis)
+    maps = {layer.key: len(layer.tiles) for layer in analysis.layers}
+    first: ReportModel | None = None
+    estimated = False
+    if start.inputs > 1 and picture_ceiling(analysis) > limit_bytes:
+        sample = render_report(analysis, redraw_sections(reduce_analysis(analysis, replace(start, inputs=1))))
+        predicted = sum(len(grid.image.data_uri) for grid, _ in _full_grids(sample, maps))
+        if predicted > limit_bytes * SAMPLE_MARGIN:
+            first, estimated = sample, True
+            first_bytes = estimated_html_bytes(sample, maps)
+    if first is None:
+        first = render_report(analysis, None)
+        maps = {}
+        estimated = sum(len(grid.image.data_uri) for grid in _grids(first)) > limit_bytes
+        if estimated:  # certainly over: no need to render this page in full
+            first_bytes = estimated_html_bytes(first)
+        else:
+            first_bytes = measure(first)
+            if first_bytes <= limit_bytes:
+                return first
     candidates = list(ladder(start))
     if not candidates:
         candidates = [start]
@@ -298,7 +343,7 @@ def fit_to_budget(
             position = len(candidates) - 1  # last try: the smallest drawing there is
         # the first candidate predicted to fit (corrected by what the last render showed)
         while position < len(candidates) - 1 and (
-            estimate_bytes(first, first_bytes, candidates[position]) * correction
+            estimate_bytes(first, first_bytes, candidates[position], maps) * correction
             > limit_bytes * HEADROOM
         ):
             position += 1
@@ -320,7 +365,7 @@ def fit_to_budget(
             return best
         if position == len(candidates) - 1:
             break
-        correction = max(correction, actual / max(estimate_bytes(first, first_bytes, drawing), 1))
+        correction = max(correction, actual / max(estimate_bytes(first, first_bytes, drawing, maps), 1))
         position += 1
     note = info.message.replace(
         "less is drawn", f"less is drawn but it still takes {actual / MEGABYTE:.2f} MB"

@@ -256,3 +256,25 @@ def test_full_size_is_estimated_only_when_the_pictures_alone_are_over(full_and_f
     assert exact.model.budget.full_bytes == full_size
     assert "would take about" not in exact.model.budget.message
     assert len(exact.to_html().encode("utf-8")) <= between
+
+
+def test_a_drawing_predicted_far_over_the_limit_is_never_drawn_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reportgen import render
+
+    drawn: list[tuple[int, int]] = []  # (inputs with feature maps, largest tile side) per drawing
+    original = render._draw_sections
+
+    def spy(analysis, *args, **kwargs):  # type: ignore[no-untyped-def]
+        drawn.append((max(len(layer.tiles) for layer in analysis.layers),
+                      max(max(stack.shape[1:]) for layer in analysis.layers for stack in layer.tiles.values())))
+        return original(analysis, *args, **kwargs)
+
+    monkeypatch.setattr(render, "_draw_sections", spy)
+    model = CountingNet()
+    full_size = len(reportgen.generate_report(model, noise_inputs(), device="cpu", max_size_mb=0).to_html().encode())
+    assert drawn == [(4, 24)]
+    drawn.clear()
+    fitted = reportgen.generate_report(model, noise_inputs(), device="cpu", max_size_mb=full_size * 0.4 / 1e6)
+    # the first input alone (a sample of full size) and then the drawing that fits; never all 4 at 24 px
+    assert drawn[0] == (1, 24) and (4, 24) not in drawn and len(drawn) >= 2
+    assert len(fitted.to_html().encode()) <= full_size * 0.4
