@@ -132,6 +132,8 @@ def insight_options(args: argparse.Namespace) -> dict[str, object]:
 
 def impact_options(args: argparse.Namespace) -> ImpactOptions | None:
     """--ablation, --misfiring, --probes and their bounds (impact.py); None when none is asked for."""
+    if not any(getattr(args, name, None) for name in ("ablation", "misfiring", "probes", "probe_strength")):
+        return None  # without importing the impact modules (~60 ms) for a report that has none
     from reportgen.impact import ImpactOptions
     from reportgen.probes import parse_kinds, parse_strength
 
