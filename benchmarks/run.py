@@ -307,8 +307,15 @@ def target_t2(bench: Bench) -> list[Row]:
 
 
 def target_t3(bench: Bench) -> list[Row]:
+    """The speed-up as the issue states it, and (INFO) the speed-up of the work beyond FLOOR.
+
+    Both processes import torch and torchvision, build the model and run the forward pass:
+    FLOOR. With FLOOR at 5-7 s on the 2-core machine and the classic script at ~98 s, 30x asks
+    for a report faster than FLOOR itself, which no tool that runs the model can be; the second
+    row compares what each adds to FLOOR, the part a tool can actually make faster.
+    """
     check, limit = "speed-up classic/report resnet18", f">= {T3_SPEEDUP:.0f}x"
-    (report,) = bench.measure([bench.report("resnet18", 4)])
+    floor, report = bench.measure([bench.floor("resnet18", 4), bench.report("resnet18", 4)])
     if report.failure or not report.runs:  # don't spend minutes on the baseline for nothing
         return [failed_row("T3", check, limit, report) or Row("T3", check, "-", limit, FAIL)]
     (classic,) = bench.measure([bench.classic("resnet18", 4)], repeat=1)
@@ -317,8 +324,21 @@ def target_t3(bench: Bench) -> list[Row]:
         return [failed]
     speedup = classic.wall_s / report.wall_s
     status = PASS if speedup >= T3_SPEEDUP else FAIL
+    ceiling = classic.wall_s / floor.wall_s if floor.runs and not floor.failure else None
+    note = f"even a report costing no more than FLOOR would be {ceiling:.1f}x" if ceiling else ""
     text = f"{classic.wall_s:.1f} s / {report.wall_s:.2f} s = {speedup:.1f}x"
-    return [Row("T3", check, text, limit, status, value=speedup)]
+    rows = [Row("T3", check, text, limit, status, value=speedup, note=note)]
+    beyond_check = "speed-up beyond FLOOR (classic-floor)/(report-floor)"
+    beyond = failed_row("T3", beyond_check, "-", floor)
+    if beyond is None:
+        extra_classic, extra_report = classic.wall_s - floor.wall_s, report.wall_s - floor.wall_s
+        if extra_report > 0:
+            ratio = extra_classic / extra_report
+            beyond = Row("T3", beyond_check, f"{extra_classic:.1f} s / {extra_report:.2f} s = {ratio:.1f}x", "-",
+                         INFO, value=ratio)
+        else:
+            beyond = Row("T3", beyond_check, f"report within FLOOR's noise ({extra_report:+.2f} s)", "-", INFO)
+    return rows + [beyond]
 
 
 def target_t4(bench: Bench) -> list[Row]:
