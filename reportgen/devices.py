@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -53,3 +56,23 @@ def model_dtype(model: nn.Module) -> torch.dtype:
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.float32
+
+
+@contextmanager
+def one_cpu_thread(applies: bool = True) -> Iterator[None]:
+    """One intra-op CPU thread inside the block (when `applies`), put back afterwards.
+
+    For CPU work made of many small ops (weight statistics, per-input crops), where OpenMP's
+    fork, join and spin-waiting cost more than a second thread saves: measured 2.1 s wall with
+    2 threads on a busy 2-core machine against 0.06 s CPU with 1 for resnet18's weight
+    statistics; on a 16-core GPU machine the crops of 64 inputs took ~1 s of small pooling ops.
+    """
+    if not applies:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

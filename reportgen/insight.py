@@ -12,9 +12,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from torch import nn
 
 from reportgen import gradcam, svg
 from reportgen.embedding import Features, colour_keys, pca_2d
+from reportgen.devices import one_cpu_thread
 from reportgen.errors import ReportError, one_line
 from reportgen.faults import is_out_of_memory, release_cached_memory
 from reportgen.grids import embed, encode_png, tile_grid
@@ -126,7 +126,7 @@ def collect(
     """Run after the main pass, inside its `preserved_modes`/`on_device`, model in eval mode."""
     notes: list[str] = []
     modules = dict(model.named_modules())
-    with torch.no_grad(), _one_thread(device):
+    with torch.no_grad(), one_cpu_thread(device.type == "cpu"):
         stats = {
             name: found
             for name in selected
@@ -177,23 +177,6 @@ def collect(
         notes.append("Grad-CAM was skipped: the model's output is not a (batch, classes) score.")
     return InsightData(weight_stats=stats, geometry=geometry, input_spatial=input_spatial, tops=tops, crops=crops,
                        cam=cam, features=features, notes=tuple(notes), init_test=init_test)
-
-
-@contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """One intra-op thread on the CPU for the weight statistics: a few memory-bound passes per
-    layer, where OpenMP's spin-waiting costs more than it saves (measured 2.1 s wall with 2
-    threads on a busy 2-core machine against 0.06 s CPU with 1, for resnet18's 11M weights).
-    The setting is put back afterwards."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # ---- render stage ------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.capture import CapturedLayer, Winners
+from reportgen.devices import one_cpu_thread
 from reportgen.inputs import InputSet
 from reportgen.preprocess import seen_image
 from reportgen.report_model import ChannelTop
@@ -221,6 +222,10 @@ class CropCollector:
 
     def update(self, winners: Sequence[Winners], rows: Sequence[SummaryRow], batch: torch.Tensor, start: int) -> None:
         """Cut the crops of winners from `batch` (inputs start..), drop those no longer winning."""
+        with one_cpu_thread():  # thousands of tiny pooling ops (see `one_cpu_thread`)
+            self._update(winners, rows, batch, start)
+
+    def _update(self, winners: Sequence[Winners], rows: Sequence[SummaryRow], batch: torch.Tensor, start: int) -> None:
         spatial = tuple(int(d) for d in batch.shape[2:])
         if self._geometry is None:  # the first batch fixes it, as `layer_geometry` does after the pass
             self._input_spatial = spatial
