@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
@@ -376,6 +377,7 @@ class _Accumulator:
         self.top = (scores.gather(1, order), inputs.gather(1, order), positions)
 
 
+@lru_cache(maxsize=1024)  # asked for every layer after every batch (`winners`)
 def peak_shape(output_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape a top-k peak position indexes (flattened). It indexes the whole map, so a
     volume keeps all its dims here (its tiles show one slice, but its peak can be in any)."""

@@ -70,10 +70,9 @@ def section_bytes(section: LayerSection) -> int:
     return total + sum(len(fm.grid.image.data_uri) for fm in section.feature_maps)
 
 
-def _grids(model: ReportModel) -> list[TileGrid]:
-    return [section.filters for section in model.sections if section.filters is not None] + [
-        fm.grid for section in model.sections for fm in section.feature_maps
-    ]
+def _picture_bytes(model: ReportModel, maps_per_section: dict[str, int] | None = None) -> int:
+    """Bytes of every grid picture `model` stands for (see `_full_grids`)."""
+    return sum(len(grid.image.data_uri) for grid, _ in _full_grids(model, maps_per_section))
 
 
 def estimated_html_bytes(model: ReportModel, maps_per_section: dict[str, int] | None = None) -> int:
@@ -83,10 +82,9 @@ def estimated_html_bytes(model: ReportModel, maps_per_section: dict[str, int] | 
     without_grids = replace(
         model, sections=tuple(replace(s, filters=None, feature_maps=()) for s in model.sections)
     )
-    grids = [grid for grid, _ in _full_grids(model, maps_per_section)]
-    pictures = sum(len(grid.image.data_uri) for grid in grids)
-    markup = sum(_FIGURE_BYTES + _TILE_META_BYTES * len(grid.channels) for grid in grids)
-    return html_bytes(without_grids) + pictures + markup
+    markup = sum(_FIGURE_BYTES + _TILE_META_BYTES * len(grid.channels)
+                 for grid, _ in _full_grids(model, maps_per_section))
+    return html_bytes(without_grids) + _picture_bytes(model, maps_per_section) + markup
 
 
 def largest_sections(model: ReportModel, count: int = 5) -> list[tuple[LayerSection, int]]:
@@ -319,14 +317,13 @@ def fit_to_budget(
     estimated = False
     if start.inputs > 1 and picture_ceiling(analysis) > limit_bytes:
         sample = render_report(analysis, redraw_sections(reduce_analysis(analysis, replace(start, inputs=1))))
-        predicted = sum(len(grid.image.data_uri) for grid, _ in _full_grids(sample, maps))
-        if predicted > limit_bytes * SAMPLE_MARGIN:
+        if _picture_bytes(sample, maps) > limit_bytes * SAMPLE_MARGIN:
             first, estimated = sample, True
             first_bytes = estimated_html_bytes(sample, maps)
     if first is None:
         first = render_report(analysis, None)
         maps = {}
-        estimated = sum(len(grid.image.data_uri) for grid in _grids(first)) > limit_bytes
+        estimated = _picture_bytes(first) > limit_bytes
         if estimated:  # certainly over: no need to render this page in full
             first_bytes = estimated_html_bytes(first)
         else:
