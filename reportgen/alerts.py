@@ -24,10 +24,10 @@ WHY = {
     "random-weights": "Random weights show no learned structure: filters look like noise and predictions mean nothing.",
     "nonfinite-activation": "NaN or Inf in activations poison every layer after them and the model's output.",
     "nonfinite-weight": "NaN or Inf in weights make every output that touches them NaN.",
-    "dead-filter": "A filter that never fires on any input contributes nothing; many of them waste capacity or signal a training problem.",
+    "dead-filter": "A channel whose ReLU never fires outputs zero on every input seen and contributes nothing there; many of them waste capacity or signal a training problem. Where no ReLU acts on the channel, the alert says so: never positive is then a weaker sign.",
     "flat-filter": "An all-zero or constant filter detects nothing: it was pruned, never trained, or collapsed.",
     "duplicate-filter": "Near-duplicate filters compute the same feature twice: wasted capacity that pruning could remove, or a sign of collapsed training.",
-    "constant-channel": "A channel with the same value on every input and position is saturated or stuck: it carries no information.",
+    "constant-channel": "A channel with the same value on every input and position seen is saturated or stuck: it carries no information about those inputs.",
     "exploding-activation": "Huge activations overflow in half precision and make training unstable; they usually mean missing normalisation or a bad weight scale.",
     "unreachable-layer": "A layer whose output never reaches the model's output costs compute but cannot change any prediction.",
     "no-conv": "Without convolution layers there are no filters or feature maps to show; the report holds the summary only.",
@@ -43,8 +43,8 @@ class AlertThresholds:
       (0 = on none of them). `--dead-threshold`.
     - `duplicate_cosine` 0.99: two filters of one layer (and group) are near-duplicates when the
       cosine similarity of their flattened weights is at least this. `--duplicate-threshold`.
-    - `explode` 1e4: activations are exploding when a channel's max (or |mean|) exceeds this
-      in absolute value. `--explode-threshold`.
+    - `explode` 1e4: activations are exploding when a channel's largest magnitude,
+      max(|min|, |max|), exceeds this. `--explode-threshold`.
     - `untrained_check` True: flag a model whose conv weights, pooled, are indistinguishable from
       a default initialisation (Kolmogorov-Smirnov, see `weight_stats.untrained_test`).
     """
@@ -90,28 +90,36 @@ def _activation_alerts(section: LayerSection, thresholds: AlertThresholds) -> li
     alerts = []
     total = section.channels_total
     nonfinite = sum(section.stats.nonfinite)
+    seen = _inputs_seen(section)
+    where = site_phrase(section.site)
     if nonfinite:
         channels = sum(1 for v in section.stats.nonfinite if v)
         alerts.append(Alert("nonfinite-activation", section.name,
-                            f"{nonfinite} NaN/Inf activation values in {channels} channel(s).", section.anchor))
+                            f"{nonfinite} NaN/Inf activation values in {channels} channel(s) {where}, "
+                            f"{seen}.", section.anchor))
     insight = section.insight
     dead = list(insight.dead_channels) if insight is not None else [
         i for i, f in enumerate(section.stats.fraction_inputs_active) if f <= thresholds.dead_fraction]
     if dead:
         share = len(dead) / total if total else 0.0
+        inputs = f"{section.stats.inputs} inputs" if section.stats.inputs else "inputs seen"
+        core = (f"never > 0 {where} on any of the {inputs}" if thresholds.dead_fraction == 0
+                else f"> 0 {where} on at most {thresholds.dead_fraction:.0%} of the {inputs}")
+        consequence = ("so they output 0 there" if section.site_zero_floor
+                       else "no ReLU acts here: they still pass non-positive values on")
         alerts.append(Alert("dead-filter", section.name,
-                            f"{len(dead)} of {total} channels ({share:.1%}) never active: {_list(dead)}.",
+                            f"{len(dead)} of {total} channels ({share:.1%}) {core} ({consequence}): {_list(dead)}.",
                             section.anchor))
     if insight is None:
         return alerts
     if insight.constant_channels:
         alerts.append(Alert("constant-channel", section.name,
-                            f"{len(insight.constant_channels)} channel(s) output one constant value on every input: "
-                            f"{_list(insight.constant_channels)}.", section.anchor))
+                            f"{len(insight.constant_channels)} channel(s) hold one constant value at every "
+                            f"position {where}, {seen}: {_list(insight.constant_channels)}.", section.anchor))
     if insight.max_abs_activation is not None and insight.max_abs_activation > thresholds.explode:
         alerts.append(Alert("exploding-activation", section.name,
-                            f"activations reach {insight.max_abs_activation:.3g} in absolute value "
-                            f"(threshold {thresholds.explode:.3g}).", section.anchor))
+                            f"activations reach {insight.max_abs_activation:.3g} in absolute value {where}, "
+                            f"{seen} (threshold {thresholds.explode:.3g}).", section.anchor))
     if insight.reaches_output is False:
         alerts.append(Alert("unreachable-layer", section.name,
                             "its output has no path to the model's output (checked on the autograd graph).",
@@ -141,6 +149,19 @@ def _weight_alerts(name: str, anchor: str | None, full: WeightStats | None, show
                             f"{pairs_total} pair(s) of near-duplicate filters (cosine >= {threshold:g}): "
                             f"{shown_pairs}{more}.", anchor))
     return alerts
+
+
+def site_phrase(site: str) -> str:
+    """Where a layer was observed, as a phrase: "after layer1.0.bn1 (BatchNorm2d) → ..." or "at
+    the raw conv output (...)"."""
+    if not site:
+        return "at the layer output"
+    return site if site.startswith("after ") else f"at {site}"
+
+
+def _inputs_seen(section: LayerSection) -> str:
+    count = section.stats.inputs
+    return f"on all {count} input(s) seen" if count else "on the inputs seen"
 
 
 def _list(indices: Sequence[int], limit: int = 12) -> str:

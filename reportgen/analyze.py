@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from reportgen import insight as insight_stage
-from reportgen.capture import ActivationCapture, CapturedLayer, first_tensor
+from reportgen.capture import ActivationCapture, CapturedLayer, call_key, first_tensor
 from reportgen.devices import model_dtype
 from reportgen.embedding import FeatureCollector
 from reportgen.errors import ReportError, one_line
@@ -24,11 +24,13 @@ from reportgen.faults import is_out_of_memory, release_cached_memory
 from reportgen.inputs import InputSet, call_model
 from reportgen.model_state import on_device, preserved_modes
 from reportgen.preprocess import seen_image
+from reportgen.sites import RAW_BY_REQUEST, Plan, learn_sites
 from reportgen.summary import SummaryTable, fallback_summary, summarize
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd,)
 TOP_K = 5
 THUMBNAIL_SIZE = 96
+TAPS = ("activation", "conv")  # where a conv is observed: its activation site, or its raw output
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class AnalysisOptions:
     # batch -> the model's arguments (tuple: positional, dict: keyword), for models that take
     # several inputs or a dict; None calls model(batch).
     forward_args: Callable[[torch.Tensor], Any] | None = None
+    # "activation": each conv observed where its activation acts on it (sites.py); "conv": the
+    # raw conv output, before any normalisation or activation.
+    tap: str = "activation"
     insight: insight_stage.InsightOptions = insight_stage.InsightOptions()  # statistics, Grad-CAM, top-k
 
 
@@ -222,10 +227,14 @@ def analyze(
     if not hookable:
         notes.append(_scripted_note(options.layers))
     dtype = model_dtype(model)
+    batch_size = max(1, options.batch_size)
+    # the first batch is loaded once: its first input also learns the activation sites
+    preloaded = (0, min(batch_size, len(inputs)), inputs.batch(0, min(batch_size, len(inputs))))
+    plan, raw_reason = _learn_sites(model, preloaded[2][:1], selected, device, dtype, options) \
+        if hookable else (None, "")
     collector = _OutputCollector()
     records: list[InputRecord] = []
     summary: SummaryTable | None = None
-    batch_size = max(1, options.batch_size)
 
     with preserved_modes(model), on_device(model, device), torch.inference_mode():
         model.eval()
@@ -237,6 +246,8 @@ def analyze(
             keep_inputs=options.keep_inputs,
             top_k=options.insight.top_k,
             peak_channels=options.insight.top_k_channels,
+            plan=plan,
+            raw_reason=raw_reason,
         )
         features = FeatureCollector(model, enabled=hookable and options.insight.embedding,
                                     offset=lambda: capture.offset)
@@ -256,7 +267,8 @@ def analyze(
                     try:
                         with fused.armed(start) if fused is not None else contextlib.nullcontext():
                             summary, batch = _run_batch(model, inputs, start, stop, device, dtype, options,
-                                                        capture, collector, records, summary, notes, hookable)
+                                                        capture, collector, records, summary, notes, hookable,
+                                                        preloaded[2] if preloaded[:2] == (start, stop) else None)
                     except Exception as exc:
                         if fused is not None and fused.abandon(exc):  # failed with autograd on: again without
                             capture.rollback(mark, start)
@@ -340,10 +352,11 @@ def _run_batch(
     summary: SummaryTable | None,
     notes: list[str],
     hookable: bool,
+    preloaded: torch.Tensor | None = None,
 ) -> tuple[SummaryTable, torch.Tensor]:
-    """Load, record and run inputs start..stop-1; the first batch also yields the summary.
-    Returns the summary and the batch as loaded (on the host, before any cast)."""
-    loaded = batch = inputs.batch(start, stop)
+    """Load (unless `preloaded`), record and run inputs start..stop-1; the first batch also
+    yields the summary. Returns the summary and the batch as loaded (host, before any cast)."""
+    loaded = batch = preloaded if preloaded is not None else inputs.batch(start, stop)
     for offset in range(stop - start):
         index = start + offset
         shown = index < options.keep_inputs
@@ -373,6 +386,23 @@ def _run_batch(
         return summary, loaded
     _forward(model, batch, inputs, start, stop, options.forward_args)
     return summary, loaded
+
+
+def _learn_sites(model: nn.Module, sample: torch.Tensor, selected: Sequence[str], device: torch.device,
+                 dtype: torch.dtype, options: AnalysisOptions) -> tuple[Plan | None, str]:
+    """Where each selected conv's activation acts on it, learnt from a forward of the first input
+    alone, before the pass; and why raw outputs are observed where there is no plan (`--tap
+    conv`, or that forward failed: the pass then reports the failure, or observes raw outputs)."""
+    if options.tap == "conv" or not selected:
+        return None, RAW_BY_REQUEST
+    sample = sample.to(device=device, dtype=dtype if sample.is_floating_point() else None)
+    try:
+        with preserved_modes(model), on_device(model, device):
+            model.eval()
+            plan = learn_sites(model, selected, lambda: call_model(model, sample, options.forward_args), call_key)
+    except Exception as exc:
+        return None, f"its activation could not be traced: {one_line(exc)}"
+    return plan, "its activation could not be traced"
 
 
 def _scripted_note(layers: Sequence[str]) -> str:

@@ -14,7 +14,7 @@ from torch import nn
 
 from reportgen._version import __version__
 from reportgen.alerts import AlertThresholds
-from reportgen.analyze import AnalysisOptions, analyze
+from reportgen.analyze import TAPS, AnalysisOptions, analyze
 from reportgen.insight import InsightOptions
 from reportgen.devices import resolve_device
 from reportgen.errors import ReportError
@@ -54,6 +54,7 @@ class ReportOptions:
     tile_size: int = 32
     max_inputs_shown: int = 8
     filter_scale: str = "per-filter"
+    tap: str = "activation"  # where each conv is observed: its activation site, or "conv" (raw output)
     title: str | None = None
     command: str | None = None
     show_progress: bool = False
@@ -127,6 +128,8 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         raise ReportError(f"--batch-size must be at least 1, got {options.batch_size}")
     if options.max_channels < 1:
         raise ReportError(f"--max-channels must be at least 1, got {options.max_channels}")
+    if options.tap not in TAPS:
+        raise ReportError(f"--tap must be one of {', '.join(TAPS)}, got {options.tap!r}")
     if not options.max_size_mb >= 0:
         raise ReportError(f"--max-size must be 0 (no limit) or more MB, got {options.max_size_mb:g}")
     if options.impact is not None and options.impact.enabled:
@@ -142,6 +145,7 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         tile_size=options.tile_size,
         keep_inputs=options.max_inputs_shown,
         forward_args=options.forward_args,
+        tap=options.tap,
         insight=insight_options(options),
     )
     with progress_bar(len(inputs), "forward", options.show_progress) as advance:
@@ -236,6 +240,7 @@ def generate_report(
     input_names: Sequence[str] | None = None,
     max_inputs_shown: int = 8,
     filter_scale: str = "per-filter",
+    tap: str = "activation",
     random_weights: bool = False,
     forward_args: Callable[[torch.Tensor], Any] | None = None,
     max_size_mb: float = DEFAULT_MAX_SIZE_MB,
@@ -264,6 +269,9 @@ def generate_report(
     there are more inputs than `max_inputs_shown`. `cam`: Grad-CAM for the shown inputs, at
     `cam_layer` (default: the last conv). `embedding`: PCA scatter of the penultimate features.
     `thresholds`: `reportgen.alerts.AlertThresholds(dead_fraction=..., duplicate_cosine=..., ...)`.
+    `tap`: "activation" (default) observes each conv where its activation acts on it (after BN,
+    a residual add and the ReLU, named on the page): feature maps, statistics, dead/constant
+    alerts and top-k all use that site; "conv" observes the raw conv output instead.
     """
     if not isinstance(model, nn.Module):
         raise ReportError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -286,6 +294,7 @@ def generate_report(
         max_channels=max_channels,
         max_inputs_shown=max_inputs_shown,
         filter_scale=filter_scale,
+        tap=tap,
         title=title,
         max_size_mb=max_size_mb,
         forward_args=forward_args,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.palettes import FLAT_INDEX, LEVELS
+from reportgen.sites import RAW_BY_REQUEST, Plan, Site, SiteTracker
 
 
 @dataclass
@@ -49,6 +51,7 @@ class CapturedLayer:
     channels_total: int
     mean: np.ndarray
     max: np.ndarray
+    min: np.ndarray
     fraction_active: np.ndarray
     fraction_inputs_active: np.ndarray
     nonfinite: np.ndarray
@@ -64,6 +67,7 @@ class CapturedLayer:
     top_inputs: np.ndarray | None = None
     top_positions: np.ndarray | None = None
     spatial_shape: tuple[int, ...] = ()
+    site: Site = Site(raw=RAW_BY_REQUEST)  # where the layer's output was observed (sites.py)
 
 
 def spatial_view(output: torch.Tensor) -> torch.Tensor:
@@ -117,16 +121,17 @@ class Scratch:
 
 @dataclass(frozen=True)
 class RowReductions:
-    """Per input and channel max and sum (N, C), per-channel count of values > 0 (float64)."""
+    """Per input and channel max, min and sum (N, C), per-channel count of values > 0 (float64)."""
 
     max: torch.Tensor
+    min: torch.Tensor
     sum: torch.Tensor
     positives: torch.Tensor
     finite: bool  # known to hold no NaN/Inf (always False on an accelerator: no sync to ask)
 
 
 def reduce_rows(flat: torch.Tensor, scratch: Scratch | None = None) -> RowReductions:
-    """Max, sum and positive count of every (input, channel) row of a float32 (N, C, S) map.
+    """Max, min, sum and positive count of every (input, channel) row of a float32 (N, C, S) map.
 
     On an accelerator: three whole-tensor passes, nothing asked of the device. On the CPU: the
     rows go in chunks of about CHUNK_VALUES values, each reduced while it is in cache, and the
@@ -137,9 +142,10 @@ def reduce_rows(flat: torch.Tensor, scratch: Scratch | None = None) -> RowReduct
         per_max = flat.amax(dim=2)
         per_sum = flat.sum(dim=2).double()
         finite = flat.device.type == "cpu" and bool(torch.isfinite(per_sum).all())
-        return RowReductions(per_max, per_sum, positive_counts(flat, finite=finite), finite)
+        return RowReductions(per_max, flat.amin(dim=2), per_sum, positive_counts(flat, finite=finite), finite)
     rows = flat.reshape(batch * channels, positions)
     per_max = torch.empty(rows.shape[0], dtype=flat.dtype)
+    per_min = torch.empty(rows.shape[0], dtype=flat.dtype)
     per_sum = torch.empty(rows.shape[0], dtype=flat.dtype)
     per_positive = torch.empty(rows.shape[0], dtype=torch.float32)
     step = max(1, CHUNK_VALUES // max(positions, 1))
@@ -148,6 +154,7 @@ def reduce_rows(flat: torch.Tensor, scratch: Scratch | None = None) -> RowReduct
         stop = min(start + step, rows.shape[0])
         chunk = rows[start:stop]
         torch.amax(chunk, dim=1, out=per_max[start:stop])
+        torch.amin(chunk, dim=1, out=per_min[start:stop])
         torch.sum(chunk, dim=1, out=per_sum[start:stop])
         chunk_finite = bool(torch.isfinite(per_sum[start:stop]).all())
         finite = finite and chunk_finite
@@ -155,7 +162,8 @@ def reduce_rows(flat: torch.Tensor, scratch: Scratch | None = None) -> RowReduct
         _indicate_positive(chunk, indicator, finite=chunk_finite)
         torch.sum(indicator, dim=1, out=per_positive[start:stop])
     positives = per_positive.view(batch, channels).double().sum(dim=0)
-    return RowReductions(per_max.view(batch, channels), per_sum.view(batch, channels).double(), positives, finite)
+    return RowReductions(per_max.view(batch, channels), per_min.view(batch, channels),
+                         per_sum.view(batch, channels).double(), positives, finite)
 
 
 def _indicate_positive(values: torch.Tensor, out: torch.Tensor, *, finite: bool) -> torch.Tensor:
@@ -224,6 +232,8 @@ class _Accumulator:
         self.positions_seen = 0
         self.sum_mean: torch.Tensor | None = None
         self.max: torch.Tensor | None = None
+        self.min: torch.Tensor | None = None
+        self.site = Site(raw=RAW_BY_REQUEST)
         self.active_positions: torch.Tensor | None = None
         self.inputs_active: torch.Tensor | None = None
         self.nonfinite: torch.Tensor | None = None
@@ -247,19 +257,21 @@ class _Accumulator:
             device = values.device
             self.sum_mean = torch.zeros(channels, dtype=torch.float64, device=device)
             self.max = torch.full((channels,), float("-inf"), dtype=torch.float64, device=device)
+            self.min = torch.full((channels,), float("inf"), dtype=torch.float64, device=device)
             self.active_positions = torch.zeros(channels, dtype=torch.float64, device=device)
             self.inputs_active = torch.zeros(channels, dtype=torch.float64, device=device)
             self.nonfinite = torch.zeros(channels, dtype=torch.float64, device=device)
             shown = tuple(range(min(channels, max_channels)))
             self.tiles = LayerTiles(channels=shown)
-        assert self.max is not None and self.tiles is not None
-        # Three passes over the activation (max, sum, > 0); everything else is derived from
+        assert self.max is not None and self.min is not None and self.tiles is not None
+        # Four passes over the activation (max, min, sum, > 0); everything else is derived from
         # the small (N, C) results. NaN and Inf propagate into the sums, so the exact count of
         # non-finite values is only taken when a sum says there is something to count.
         reduced = reduce_rows(flat, scratch)
         per_input_max, per_input_sum = reduced.max, reduced.sum
         self.sum_mean += (per_input_sum / flat.shape[2]).sum(dim=0)
         self.max = torch.maximum(self.max, per_input_max.amax(dim=0).double())
+        self.min = torch.minimum(self.min, reduced.min.amin(dim=0).double())
         self.active_positions += reduced.positives
         self.inputs_active += (per_input_max > 0).sum(dim=0).double()
         if not reduced.finite:  # on an accelerator always: asking would stall the stream
@@ -287,14 +299,14 @@ class _Accumulator:
 
     def snapshot(self) -> tuple[Any, ...]:
         """The running state, cloned, so a failed batch can be undone (`restore`)."""
-        tensors = (self.sum_mean, self.max, self.active_positions, self.inputs_active, self.nonfinite)
+        tensors = (self.sum_mean, self.max, self.min, self.active_positions, self.inputs_active, self.nonfinite)
         # self.top is replaced, never changed in place, on each update: a reference is a snapshot.
         return (*(t.clone() if t is not None else None for t in tensors), self.inputs_seen, self.positions_seen,
                 self.top)
 
     def restore(self, state: tuple[Any, ...], first_index: int) -> None:
         """Back to `state`; tiles of inputs from `first_index` on are forgotten."""
-        (self.sum_mean, self.max, self.active_positions, self.inputs_active, self.nonfinite,
+        (self.sum_mean, self.max, self.min, self.active_positions, self.inputs_active, self.nonfinite,
          self.inputs_seen, self.positions_seen, self.top) = state
         if self.tiles is not None:
             for store in (self.tiles.per_input, self.tiles.tile_min, self.tiles.tile_max, self.tiles.flat):
@@ -302,8 +314,8 @@ class _Accumulator:
                     del store[index]
 
     def finish(self) -> CapturedLayer:
-        assert self.sum_mean is not None and self.max is not None and self.tiles is not None
-        assert self.active_positions is not None and self.inputs_active is not None
+        assert self.sum_mean is not None and self.max is not None and self.min is not None
+        assert self.tiles is not None and self.active_positions is not None and self.inputs_active is not None
         assert self.nonfinite is not None
         inputs = max(self.inputs_seen, 1)
         positions = max(self.positions_seen, 1)
@@ -316,6 +328,7 @@ class _Accumulator:
             channels_total=self.channels_total,
             mean=(self.sum_mean / inputs).cpu().numpy(),
             max=self.max.cpu().numpy(),
+            min=self.min.cpu().numpy(),
             fraction_active=(self.active_positions / positions).cpu().numpy(),
             fraction_inputs_active=(self.inputs_active / inputs).cpu().numpy(),
             nonfinite=self.nonfinite.cpu().numpy().astype(np.int64),
@@ -329,6 +342,7 @@ class _Accumulator:
             top_inputs=self.top[1].cpu().numpy() if self.top is not None else None,
             top_positions=self.top[2].cpu().numpy() if self.top is not None else None,
             spatial_shape=peak_shape(self.output_shape),
+            site=self.site,
         )
 
     def _update_insight(self, flat: torch.Tensor, per_input_max: torch.Tensor, offset: int, top_k: int,
@@ -424,6 +438,12 @@ class ActivationCapture:
 
     Usage: `with ActivationCapture(model, names, ...) as capture:` then, before each batch,
     `capture.start_batch(offset)`, run the forward, and at the end `capture.results()`.
+
+    With a `plan` (`sites.learn_sites`) each layer call is observed at its activation site (the
+    output of the activation that acts on it, after BN and a residual add): its hook only hands
+    the output to a `SiteTracker`, which calls back when the site's tensor exists. Without one
+    (or for a call the plan does not know) the raw layer output is observed, and `raw_reason`
+    (or "not traced") says why.
     """
 
     def __init__(
@@ -436,8 +456,14 @@ class ActivationCapture:
         keep_inputs: int,
         top_k: int = 0,
         peak_channels: int = 0,
+        plan: Plan | None = None,
+        raw_reason: str = RAW_BY_REQUEST,
     ) -> None:
         self.model = model
+        self.raw_reason = raw_reason
+        self._tracker = SiteTracker(model, self._on_site, plan) if plan else None
+        self._plan = plan or {}
+        self._layer_types: dict[str, tuple[str, int, str]] = {}  # key -> (module name, call index, type)
         self.top_k = top_k
         self.peak_channels = peak_channels
         self.layer_names = list(layer_names)
@@ -457,6 +483,8 @@ class ActivationCapture:
             self._handles.append(self.model.register_forward_pre_hook(self._reset_calls))
             for name in self.layer_names:
                 self._handles.append(modules[name].register_forward_hook(self._make_hook(name)))
+            if self._tracker is not None:
+                self._tracker.__enter__()
         except BaseException:
             self._remove()
             raise
@@ -471,10 +499,14 @@ class ActivationCapture:
         self._remove()
 
     def _remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._scratch.release()
+        try:
+            if self._tracker is not None:
+                self._tracker.__exit__(None, None, None)
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            self._scratch.release()
 
     def _reset_calls(self, module: nn.Module, args: Any) -> None:
         self._calls.clear()
@@ -514,14 +546,29 @@ class ActivationCapture:
             if tensor is None or tensor.dim() < 1 or not tensor.is_floating_point():
                 return
             key = call_key(name, call_index)
-            accumulator = self._accumulators.get(key)
-            if accumulator is None:
-                accumulator = _Accumulator(key, name, call_index, type(module).__name__)
-                self._accumulators[key] = accumulator
-            accumulator.update(tensor, self.keep, self.max_channels, self.tile_size, self._offset, self.top_k,
-                               self.peak_channels, self._scratch)
+            self._layer_types[key] = (name, call_index, type(module).__name__)
+            if self._tracker is not None and key in self._plan:
+                self._tracker.watch(tensor, key)  # observed at its site: `_on_site`
+                return
+            with torch._C.DisableTorchFunction():  # the tracker's mode need not see the reductions
+                reason = self.raw_reason if self._tracker is None else "its path was not traced on the first input"
+                self._observe(key, tensor, Site(raw=reason))
 
         return hook
+
+    def _on_site(self, arrivals: Sequence[tuple[str, Site]], tensor: torch.Tensor) -> None:
+        for key, site in arrivals:
+            self._observe(key, tensor, site)
+
+    def _observe(self, key: str, tensor: torch.Tensor, site: Site) -> None:
+        accumulator = self._accumulators.get(key)
+        if accumulator is None:
+            name, call_index, module_type = self._layer_types[key]
+            accumulator = _Accumulator(key, name, call_index, module_type)
+            accumulator.site = site
+            self._accumulators[key] = accumulator
+        accumulator.update(tensor, self.keep, self.max_channels, self.tile_size, self._offset, self.top_k,
+                           self.peak_channels, self._scratch)
 
     def winners(self, channels: int) -> list[Winners]:
         """The top-k so far of each layer call's first `channels` shown channels (those whose
@@ -542,5 +589,7 @@ class ActivationCapture:
         return found
 
     def results(self) -> list[CapturedLayer]:
-        """Captured layer calls in the order they first ran."""
-        return [acc.finish() for acc in self._accumulators.values()]
+        """Captured layer calls in the order they first ran (not the order their sites did)."""
+        order = {key: i for i, key in enumerate(self._layer_types)}
+        ranked = sorted(self._accumulators.values(), key=lambda acc: order.get(acc.key, len(order)))
+        return [acc.finish() for acc in ranked]

@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="feature-map tiles are average-pooled to at most this many pixels a side (default 32: a 32x32 CIFAR map is drawn whole, a 56x56 map halved)")
     run.add_argument("--filter-scale", choices=("per-filter", "shared"), default="per-filter",
                      help="per-filter min-max (default) or one symmetric diverging scale per layer")
+    run.add_argument("--tap", choices=("activation", "conv"), default="activation",
+                     help="where each conv is observed for maps, statistics and alerts: after the activation that acts on it (default; e.g. after BN, the residual add and ReLU, named per layer) or its raw output")
     run.add_argument("--batch-size", metavar="N", type=_positive, default=16, help="inputs per forward pass (default 16)")
     run.add_argument("--device", metavar="D", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
 

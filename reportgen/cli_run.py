@@ -51,6 +51,7 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
         tile_size=args.tile_size,
         max_inputs_shown=args.max_inputs_shown,
         filter_scale=args.filter_scale,
+        tap=args.tap,
         title=args.title,
         command=command,
         show_progress=not args.quiet,

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from reportgen.inputs import InputSet
     from reportgen.summary import SummaryTable
 
-CONSTANT_TOLERANCE = 1e-5  # a channel is constant when (max - mean) <= this * |max|
+CONSTANT_TOLERANCE = 1e-5  # a channel is constant when (max - min) <= this * max(|max|, |min|)
 ACTIVITY_HEIGHT = 24  # pixels of the per-channel activity bars
 
 
@@ -191,15 +191,13 @@ def dead_channels(section: LayerSection, dead_fraction: float) -> tuple[int, ...
 
 
 def constant_channels(section: LayerSection, dead: Sequence[int]) -> tuple[int, ...]:
-    """Channels with the same value at every position of every input, other than dead ones.
-
-    Over all inputs and positions mean <= max, with equality only when every value equals the
-    max; the tolerance absorbs float32 rounding of the sums.
-    """
-    mean = np.asarray(section.stats.mean, dtype=np.float64)
+    """Channels with the same value at every position of every input, other than dead ones:
+    max - min within float32 rounding of the larger magnitude."""
+    low = np.asarray(section.stats.min, dtype=np.float64)
     high = np.asarray(section.stats.max, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        constant = np.isfinite(mean) & np.isfinite(high) & (high - mean <= CONSTANT_TOLERANCE * np.abs(high))
+        scale = np.maximum(np.abs(high), np.abs(low))
+        constant = np.isfinite(low) & np.isfinite(high) & (high - low <= CONSTANT_TOLERANCE * scale)
     constant[list(dead)] = False
     return tuple(int(i) for i in np.flatnonzero(constant))
 
@@ -319,7 +317,8 @@ def build_sections(
     updated = []
     for section, layer, stats, dead, activity, strip_slot, crops in pending_layers:
         geometry = data.geometry.get(section.name)
-        extremes = np.abs(np.asarray((*section.stats.max, *section.stats.mean), dtype=np.float64))
+        # the largest magnitude either way: a channel at -2e5 is as large as one at +2e5
+        extremes = np.abs(np.asarray((*section.stats.max, *section.stats.min), dtype=np.float64))
         finite_max = extremes[np.isfinite(extremes)]
         insight = LayerInsight(
             weights=stats,

@@ -235,10 +235,14 @@ def _draw_sections(
                 stats=ChannelStats(
                     mean=_floats(layer.mean),
                     max=_floats(layer.max),
+                    min=_floats(layer.min),
                     fraction_active=_floats(layer.fraction_active),
                     fraction_inputs_active=_floats(layer.fraction_inputs_active),
                     nonfinite=tuple(np.asarray(layer.nonfinite, dtype=np.int64).tolist()),
+                    inputs=layer.inputs_seen,
                 ),
+                site=layer.site.describe(),
+                site_zero_floor=layer.site.zero_floor,
             )
         )
     return sections

@@ -23,6 +23,7 @@ def contract_dict(model: ReportModel) -> dict[str, Any]:
             "channels_total": s.channels_total,
             "output_shape": list(s.output_shape),
             "weight_shape": list(s.weight_shape),
+            "site": s.site,
             "stats": to_plain(s.stats, images=False),
             "insight": _layer_insight(s),
         }

@@ -49,9 +49,11 @@ class ChannelStats:
 
     mean: tuple[float, ...]
     max: tuple[float, ...]
+    min: tuple[float, ...]
     fraction_active: tuple[float, ...]  # fraction of all positions (inputs x space) > 0
     fraction_inputs_active: tuple[float, ...]  # fraction of inputs on which it is ever > 0
     nonfinite: tuple[int, ...]  # NaN/Inf values seen
+    inputs: int = 0  # how many inputs these statistics rest on
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,10 @@ class LayerSection:
     feature_maps: tuple[FeatureMaps, ...]
     stats: ChannelStats
     insight: LayerInsight | None = None  # weight/activation statistics, top activations (insight.py)
+    # Where the layer's output was observed (maps and statistics alike): "after layer1.0.bn1
+    # (BatchNorm2d) → layer1.0.relu (ReLU)", or the raw conv output and why (sites.py).
+    site: str = ""
+    site_zero_floor: bool = False  # observed after a ReLU-like activation: never > 0 means always 0
 
 
 @dataclass(frozen=True)

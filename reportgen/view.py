@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from reportgen.alerts import WHY
+from reportgen.alerts import WHY, site_phrase
 from reportgen.insight_view import layer_view, nav_entries, report_view
 from reportgen.report_model import (
     EncodedImage,
@@ -122,8 +122,10 @@ def stats_line(section: LayerSection) -> str:
     mean = sum(stats.mean) / total
     active = sum(stats.fraction_active) / total
     never = sum(1 for f in stats.fraction_inputs_active if f == 0)
-    return (f"over all inputs: mean activation {mean:.4g}, {percent(active)} of positions > 0, "
-            f"{never} of {total} channels never active")
+    inputs = f"all {stats.inputs} inputs" if stats.inputs else "all inputs"
+    observed = f"Observed {site_phrase(section.site)}. " if section.site else ""
+    return (f"{observed}Over {inputs}: mean activation {mean:.4g}, {percent(active)} of positions > 0, "
+            f"{never} of {total} channels never > 0")
 
 
 def section_view(section: LayerSection, position: int, alert_kinds: dict[str, list[str]]) -> dict[str, Any]:

@@ -78,7 +78,8 @@ def test_out_of_memory_halves_the_batch_and_discards_the_partial_capture(referen
 
 
 def test_out_of_memory_mid_run_keeps_earlier_batches(reference: reportgen.Report) -> None:
-    model = OutOfMemoryAbove(limit=100, fail_on_calls=(2,))  # the second batch fails once
+    # call 1 is the one-input forward that learns the activation sites; call 3 is the second batch
+    model = OutOfMemoryAbove(limit=100, fail_on_calls=(3,))  # the second batch fails once
     report = reportgen.generate_report(model, rand(7, 3, 6, 6), device="cpu", batch_size=4)
     same_analysis(report, reference)
     assert [n for n in report.model.notes if n.startswith("Out of memory")] == [
@@ -120,7 +121,7 @@ class FailsOnCall(nn.Module):
 
 
 def test_a_forward_that_raises_mid_batch_names_the_batch_and_leaves_the_model() -> None:
-    model = FailsOnCall(call=3)
+    model = FailsOnCall(call=4)  # call 1: the one-input forward that learns the activation sites
     model.train()
     with torch.no_grad():
         model.bn.running_mean.uniform_(-1, 1)
@@ -189,7 +190,9 @@ def test_nan_inside_a_captured_layer_is_an_alert_with_counts() -> None:
         model[1].weight[2, 0] = float("nan")  # channel 2 of layer 1 is NaN everywhere
     report = reportgen.generate_report(model, rand(3, 3, 6, 6), device="cpu")
     alerts = [a for a in report.model.alerts if a.kind == "nonfinite-activation"]
-    assert [(a.layer, a.message) for a in alerts] == [("1", "48 NaN/Inf activation values in 1 channel(s).")]
+    assert [(a.layer, a.message) for a in alerts] == [(
+        "1", "48 NaN/Inf activation values in 1 channel(s) at the raw conv output (no normalisation or "
+             "activation acts on it directly), on all 3 input(s) seen.")]
     grid = next(s for s in report.model.sections if s.name == "1").feature_maps[0].grid
     assert 2 in grid.flat_channels and grid.tile_min[2] is None
     assert "NaN" in report.to_html()

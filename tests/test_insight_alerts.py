@@ -65,7 +65,9 @@ def test_planted_defects_give_exactly_their_alerts() -> None:
     by_kind = {alert.kind: alert for alert in report.model.alerts}
     assert "2 ≈ 5" in by_kind["duplicate-filter"].message
     assert by_kind["flat-filter"].message.endswith(": 1.")
-    assert "never active: 3." in by_kind["dead-filter"].message  # the NaN channel 7 is not called dead
+    # the NaN channel 7 is not called dead; the site and the number of inputs are named
+    assert by_kind["dead-filter"].message.endswith("never > 0 after 3 (ReLU) on any of the 24 inputs "
+                                                   "(so they output 0 there): 3.")
     assert by_kind["nonfinite-weight"].message == "1 NaN/Inf weight values."
     first, second = report.model.sections
     assert first.insight.weights.duplicates[0].a == 2 and first.insight.weights.duplicates[0].b == 5

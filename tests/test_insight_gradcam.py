@@ -103,7 +103,9 @@ def test_maps_come_from_the_main_pass_without_a_forward_of_their_own(monkeypatch
     monkeypatch.setattr(gradcam, "grad_cam", lambda *a, **k: pytest.fail("a separate Grad-CAM pass ran"))
     report = reportgen.generate_report(model, quadrant_images(QUADRANTS * 3), device="cpu", batch_size=4,
                                        max_inputs_shown=6)  # the shown inputs span two batches
-    assert calls == [4, 4, 4]  # one forward per batch, nothing more
+    # one forward per batch, nothing more, after one forward of input 0 alone that learns where
+    # each conv's activation acts on it (sites.py)
+    assert calls == [1, 4, 4, 4]
     assert [entry.input_index for entry in report.model.insight.gradcam.inputs] == list(range(6))
     assert report.model.sections[0].insight.reaches_output is True
 

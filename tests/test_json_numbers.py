@@ -50,7 +50,7 @@ def test_parameter_counts_and_table(data: dict) -> None:
 def test_activation_statistics_match_direct_computation(data: dict) -> None:
     model, x = tiny_cnn(), tiny_inputs(5)
     with torch.no_grad():
-        out = model[2](torch.relu(model[0](x))).double()
+        out = torch.relu(model[2](torch.relu(model[0](x)))).double()  # observed after its ReLU
     flat = out.flatten(2)
     stats = {v["name"]: v for v in data["visualized"]}["2"]["stats"]
     np.testing.assert_allclose(stats["mean"], flat.mean(dim=2).mean(dim=0).numpy(), rtol=1e-5, atol=1e-7)

@@ -67,20 +67,42 @@ def test_shared_scale_is_symmetric_and_diverging() -> None:
     assert "blue" in grid.legend and "red" in grid.legend
 
 
-def test_feature_maps_match_pre_relu_conv_output(report: reportgen.Report) -> None:
-    """Conv 0 is followed by ReLU(inplace=True): the tile must show the conv's own output."""
+def _assert_maps_show(section, planes: np.ndarray) -> None:
+    assert [fm.input_index for fm in section.feature_maps] == [0, 1, 2]
+    for fm in section.feature_maps:
+        for tile, channel in enumerate(fm.grid.channels):
+            plane = planes[fm.input_index, channel]
+            if plane.max() == plane.min():
+                assert channel in fm.grid.flat_channels
+                continue
+            expected = levels((plane - plane.min()) / (plane.max() - plane.min()), 253)
+            close_enough(tile_pixels(fm.grid, tile), expected)
+            assert fm.grid.tile_min[tile] == pytest.approx(plane.min(), rel=1e-5, abs=1e-6)
+            assert fm.grid.tile_max[tile] == pytest.approx(plane.max(), rel=1e-5, abs=1e-6)
+
+
+def test_feature_maps_show_the_activation_site_by_default(report: reportgen.Report) -> None:
+    """Conv 0 is followed by ReLU(inplace=True): by default its maps are that ReLU's output, and
+    the page says so."""
+    model, x = tiny_cnn(), tiny_inputs()
+    with torch.no_grad():
+        out = torch.relu(model[0](x)).numpy().astype(np.float64)
+    section = report.model.sections[0]
+    _assert_maps_show(section, out)
+    assert section.site == "after 1 (ReLU)"
+    assert "Observed after 1 (ReLU)" in report.to_html()
+
+
+def test_tap_conv_shows_the_raw_conv_output_before_an_inplace_relu() -> None:
     model, x = tiny_cnn(), tiny_inputs()
     with torch.no_grad():
         out = model[0](x).numpy().astype(np.float64)
     assert (out < 0).any(), "test needs negative values that an in-place ReLU would erase"
+    report = reportgen.generate_report(tiny_cnn(), x, device="cpu", tap="conv")
     section = report.model.sections[0]
-    assert [fm.input_index for fm in section.feature_maps] == [0, 1, 2]
-    for fm in section.feature_maps:
-        for tile, channel in enumerate(fm.grid.channels):
-            plane = out[fm.input_index, channel]
-            expected = levels((plane - plane.min()) / (plane.max() - plane.min()), 253)
-            close_enough(tile_pixels(fm.grid, tile), expected)
-            assert fm.grid.tile_min[tile] == pytest.approx(plane.min(), rel=1e-5, abs=1e-6)
+    _assert_maps_show(section, out)
+    assert section.site.startswith("the raw conv output (--tap conv")
+    assert min(section.stats.min) == pytest.approx(out.min(), rel=1e-5)
 
 
 def test_downsampled_tiles_are_average_pooled_with_full_resolution_range() -> None:
@@ -93,7 +115,7 @@ def test_downsampled_tiles_are_average_pooled_with_full_resolution_range() -> No
     tiles = analysis.layers[0].tiles[0]
     assert tiles.shape == (12, 8, 8)
     with torch.no_grad():
-        full = model[2](torch.relu(model[0](x)))
+        full = torch.relu(model[2](torch.relu(model[0](x))))  # observed after its ReLU
     pooled = F.avg_pool2d(full, 2)[0].numpy().astype(np.float64)
     full_np = full[0].numpy().astype(np.float64)
     for channel in range(12):

@@ -82,15 +82,19 @@ def assert_stats_match(sec: Any, output: torch.Tensor) -> None:
     np.testing.assert_allclose(grid.tile_max, view.flatten(1).amax(dim=1).numpy(), rtol=1e-4, atol=1e-6)
 
 
-def test_inplace_relu_does_not_reach_the_captured_conv_output() -> None:
+def test_inplace_relu_chain_is_observed_after_its_first_relu_or_raw_with_tap_conv() -> None:
     model, x, report = run("inplace-relu-chain")
     with torch.no_grad():
         first = model[0](x)  # the conv output before any ReLU, computed directly
         second = model[2](torch.relu(first))
     assert float(first.min()) < 0 and float(second.min()) < 0  # a ReLU would have removed these
-    assert_stats_match(section(report, "0"), first)
-    assert_stats_match(section(report, "2"), second)
-    assert min(section(report, "2").feature_maps[0].grid.tile_min) < 0
+    assert_stats_match(section(report, "0"), torch.relu(first))
+    assert_stats_match(section(report, "2"), torch.relu(second))
+    assert section(report, "2").site == "after 3 (ReLU)"  # the first of the two in-place ReLUs
+    raw = reportgen.generate_report(model, x, device="cpu", tap="conv")
+    assert_stats_match(section(raw, "0"), first)  # in-place ReLUs after it cannot reach it
+    assert_stats_match(section(raw, "2"), second)
+    assert min(section(raw, "2").feature_maps[0].grid.tile_min) < 0
 
 
 def test_a_conv_called_twice_gets_two_entries_with_their_own_numbers() -> None:
@@ -98,8 +102,10 @@ def test_a_conv_called_twice_gets_two_entries_with_their_own_numbers() -> None:
     with torch.no_grad():
         once = model.shared(torch.relu(model.stem(x)))
         twice = model.shared(torch.relu(once))
-    assert_stats_match(section(report, "shared"), once)
-    assert_stats_match(section(report, "shared#2"), twice)
+    assert_stats_match(section(report, "shared"), torch.relu(once))  # each call at its own site
+    assert_stats_match(section(report, "shared#2"), twice)  # nothing activates the second call
+    assert section(report, "shared").site == "after relu()"
+    assert section(report, "shared#2").site.startswith("the raw conv output")
     rows = [row.name for row in report.model.layers]
     assert "shared" in rows and "shared#2" in rows
     assert section(report, "shared").filters is not None and section(report, "shared#2").filters is None
@@ -126,7 +132,7 @@ def test_conv1d_maps_and_kernels_are_one_pixel_strips() -> None:
     assert first.filters.tile_height == 1 and first.filters.tile_width == 5
     assert decode(first.feature_maps[0].grid.image).height == 1 + first.feature_maps[0].grid.rows * 2
     with torch.no_grad():
-        assert_stats_match(first, model[0](x))
+        assert_stats_match(first, torch.relu(model[0](x)))
 
 
 def test_conv3d_shows_the_middle_depth_slice() -> None:
@@ -135,7 +141,7 @@ def test_conv3d_shows_the_middle_depth_slice() -> None:
     assert sec.output_shape == (1, 3, 5, 6, 7)
     assert sec.feature_maps[0].grid.tile_height == 6 and sec.feature_maps[0].grid.tile_width == 7
     with torch.no_grad():
-        assert_stats_match(sec, model[0](x))
+        assert_stats_match(sec, torch.relu(model[0](x)))
     assert "middle depth slice" in sec.feature_maps[0].grid.legend
 
 
@@ -195,7 +201,7 @@ def test_inputs_with_1_4_and_12_channels(channels: int) -> None:
     thumb = decode(report.model.inputs[0].thumbnail)
     assert thumb.size == (8, 8) and thumb.mode == "L"
     with torch.no_grad():
-        assert_stats_match(sec, model[0](x))
+        assert_stats_match(sec, torch.relu(model[0](x)))
 
 
 def test_a_1024_channel_conv_draws_64_and_counts_all() -> None:
@@ -204,7 +210,7 @@ def test_a_1024_channel_conv_draws_64_and_counts_all() -> None:
     assert sec.channels_total == 1024 and len(sec.channels_shown) == 64
     assert len(sec.stats.max) == 1024
     with torch.no_grad():
-        assert_stats_match(sec, model[0](x))
+        assert_stats_match(sec, torch.relu(model[0](x)))
 
 
 def test_1x1_kernels_and_1x1_maps() -> None:
@@ -217,7 +223,7 @@ def test_1x1_kernels_and_1x1_maps() -> None:
         assert grid.tile_min == grid.tile_max
         assert int(tile_pixels(grid, 0)[0, 0]) == FLAT_INDEX
     with torch.no_grad():
-        value = model[0](x)[0, :, 0, 0]
+        value = torch.relu(model[0](x))[0, :, 0, 0]
     np.testing.assert_allclose(section(report, "0").feature_maps[0].grid.tile_min, value.numpy(), rtol=1e-5)
 
 
@@ -240,8 +246,10 @@ def test_train_mode_batchnorm_and_dropout_run_in_eval_and_are_restored() -> None
     model.eval()
     try:
         with torch.no_grad():
-            deep = model[4](model[3](model[2](model[1](model[0](x)))))
-        assert_stats_match(section(report, "4"), deep)  # eval mode: no dropout, running stats
+            deep = model[5](model[4](model[3](model[2](model[1](model[0](x))))))
+        # eval mode: no dropout, running stats; no activation follows conv 4, so its BN output
+        assert_stats_match(section(report, "4"), deep)
+        assert section(report, "4").site == "after 5 (BatchNorm2d) (no activation follows on this path)"
     finally:
         model.train()
 
@@ -264,7 +272,7 @@ def test_half_precision_models_match_float32_or_fail_cleanly(name: str) -> None:
     reference = model.float()
     try:
         with torch.no_grad():
-            expected = reference[0](x).double()
+            expected = torch.relu(reference[0](x)).double()
     finally:
         model.to(torch.bfloat16 if name == "bfloat16" else torch.float16)
     sec = section(result, "0")
@@ -288,7 +296,7 @@ def test_weight_norm_and_spectral_norm_parametrizations() -> None:
 def test_data_parallel_wrapper() -> None:
     model, x, report = run("data-parallel")
     with torch.no_grad():
-        assert_stats_match(section(report, "module.0"), model.module[0](x))
+        assert_stats_match(section(report, "module.0"), torch.relu(model.module[0](x)))
 
 
 def test_scripted_models_get_summary_predictions_and_a_plain_note() -> None:
