@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from reportgen.grids import GridLayout, decode_data_uri
+from reportgen.grids import decode_data_uri
 from reportgen.report_model import EncodedImage, TileGrid
 
 
@@ -16,8 +16,13 @@ def decode(image: EncodedImage) -> Image.Image:
 
 
 def tile_pixels(grid: TileGrid, tile: int) -> np.ndarray:
-    """The raw pixels of tile number `tile`: palette indices (P images) or RGB values."""
+    """The raw pixels of tile number `tile`: palette indices (P images) or RGB values.
+
+    Found by the documented layout, worked out here rather than asked of reportgen.grids: tiles
+    row by row, `padding` pixels around and between them."""
     picture = np.asarray(decode(grid.image))
-    layout = GridLayout(grid.columns, grid.rows, grid.tile_height, grid.tile_width, grid.padding)
-    y, x = layout.origin(tile)
+    pad = grid.padding
+    assert picture.shape[:2] == (pad + grid.rows * (grid.tile_height + pad), pad + grid.columns * (grid.tile_width + pad))
+    row, column = divmod(tile, grid.columns)
+    y, x = pad + row * (grid.tile_height + pad), pad + column * (grid.tile_width + pad)
     return picture[y : y + grid.tile_height, x : x + grid.tile_width]

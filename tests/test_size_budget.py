@@ -19,6 +19,7 @@ from reportgen.size_budget import (
     html_bytes,
     ladder,
 )
+from tests.helpers import tile_pixels
 
 
 class CountingNet(nn.Module):
@@ -111,23 +112,10 @@ def test_fitted_report_is_under_the_limit_without_a_second_forward(full_and_fitt
 
 
 def test_fitted_pixels_are_pooled_captured_tiles(full_and_fitted) -> None:  # type: ignore[no-untyped-def]
-    from reportgen.grids import decode_data_uri
-
     full, fitted = full_and_fitted[0], full_and_fitted[1]
 
     def tiles_of(grid):  # type: ignore[no-untyped-def]
-        import io
-
-        from PIL import Image
-
-        picture = np.asarray(Image.open(io.BytesIO(decode_data_uri(grid.image.data_uri))))
-        step_y, step_x = grid.tile_height + grid.padding, grid.tile_width + grid.padding
-        out = []
-        for i in range(len(grid.channels)):
-            row, column = divmod(i, grid.columns)
-            y, x = grid.padding + row * step_y, grid.padding + column * step_x
-            out.append(picture[y : y + grid.tile_height, x : x + grid.tile_width])
-        return np.stack(out)
+        return np.stack([tile_pixels(grid, i) for i in range(len(grid.channels))])
 
     big = full.model.sections[1].feature_maps[0].grid
     small = fitted.model.sections[1].feature_maps[0].grid
