@@ -22,7 +22,8 @@ def tile_pixels(grid: TileGrid, tile: int) -> np.ndarray:
     row by row, `padding` pixels around and between them."""
     picture = np.asarray(decode(grid.image))
     pad = grid.padding
-    assert picture.shape[:2] == (pad + grid.rows * (grid.tile_height + pad), pad + grid.columns * (grid.tile_width + pad))
+    assert picture.shape[:2] == (pad + grid.rows * (grid.tile_height + pad),
+                                 pad + grid.columns * (grid.tile_width + pad))
     row, column = divmod(tile, grid.columns)
     y, x = pad + row * (grid.tile_height + pad), pad + column * (grid.tile_width + pad)
     return picture[y : y + grid.tile_height, x : x + grid.tile_width]

@@ -137,7 +137,7 @@ def test_same_inputs_give_the_same_impact_bytes(monkeypatch):
 
 
 def test_impact_json_validates_against_the_shipped_schema():
-    import jsonschema  # a test dependency (pyproject [test]), as in test_schema.py: never a silent skip
+    import jsonschema  # a [test] dependency, as in test_schema.py: never a silent skip
     from importlib import resources
 
     schema = json.loads(resources.files("reportgen.data").joinpath("report.schema.json").read_text())

@@ -43,7 +43,8 @@ def threshold_inputs(count: int) -> torch.Tensor:
     """Each input holds the values 0.5, 1.5, ..., 63.5 once, in its own random order."""
     generator = np.random.default_rng(4)
     values = np.arange(SIDE * SIDE, dtype=np.float32) + 0.5
-    return torch.from_numpy(np.stack([generator.permutation(values).reshape(1, SIDE, SIDE) for _ in range(count)]))
+    shuffled = [generator.permutation(values).reshape(1, SIDE, SIDE) for _ in range(count)]
+    return torch.from_numpy(np.stack(shuffled))
 
 
 def test_activity_bar_of_each_channel_is_that_channels_fraction_active() -> None:
@@ -55,7 +56,8 @@ def test_activity_bar_of_each_channel_is_that_channels_fraction_active() -> None
     expected = np.array([(pixels - t > 0).mean() for t in thresholds])
     np.testing.assert_allclose(expected, FRACTIONS)  # the construction does what it says
 
-    report = reportgen.generate_report(ThresholdNet(thresholds), images, device="cpu", max_size_mb=0)
+    model = ThresholdNet(thresholds)
+    report = reportgen.generate_report(model, images, device="cpu", max_size_mb=0)
     (section,) = [s for s in report.model.sections if s.name == "conv"]
     np.testing.assert_allclose(section.stats.fraction_active, expected, atol=1e-6)
 
@@ -86,11 +88,12 @@ class FixedAnswers(nn.Module):
         return self.conv(x).mean(dim=(2, 3))
 
 
-def _svg_cells(svg: str, count: int) -> tuple[np.ndarray, list[str]]:
+def _svg_cells(svg: str, count: int) -> tuple[np.ndarray, list[str], list[str]]:
     """The count x count grid of numbers written in the heatmap's cells (0 where none is
-    written), by the cells' own positions, and the row labels top to bottom."""
-    cells = [(float(x), float(y), float(w)) for x, y, w, h in
-             re.findall(r'<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"', svg) if w == h]
+    written), by the cells' own positions; the row labels top to bottom and the column labels
+    left to right."""
+    rect = r'<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"'
+    cells = [(float(x), float(y), float(w)) for x, y, w, h in re.findall(rect, svg) if w == h]
     xs = sorted({x for x, _, _ in cells})
     ys = sorted({y for _, y, _ in cells})
     assert len(xs) == len(ys) == count and len(cells) == count * count
@@ -100,8 +103,11 @@ def _svg_cells(svg: str, count: int) -> tuple[np.ndarray, list[str]]:
         column = next(i for i, left in enumerate(xs) if left <= float(x) <= left + size)
         row = next(i for i, top in enumerate(ys) if top <= float(y) <= top + size)
         grid[row, column] = int(number)
-    labels = [(float(y), text) for y, text in re.findall(r'<text x="[\d.]+" y="([\d.]+)" text-anchor="end"[^>]*>([^<]*)</text>', svg)]
-    return grid, [text for _, text in sorted(labels)]
+    rows = re.findall(r'<text x="[\d.]+" y="([\d.]+)" text-anchor="end"[^>]*>([^<]*)</text>', svg)
+    rotated = r'<text transform="translate\(([\d.]+),[\d.]+\) rotate\(-90\)"[^>]*>([^<]*)</text>'
+    columns = re.findall(rotated, svg)
+    return (grid, [text for _, text in sorted(rows, key=lambda r: float(r[0]))],
+            [text for _, text in sorted(columns, key=lambda c: float(c[0]))])
 
 
 def test_confusion_matrix_rows_are_true_classes_and_columns_predictions() -> None:
@@ -114,17 +120,17 @@ def test_confusion_matrix_rows_are_true_classes_and_columns_predictions() -> Non
     np.add.at(expected, (np.array(truth), np.array(predicted)), 1)
     assert not np.array_equal(expected, expected.T)  # a transposed matrix cannot pass
 
-    report = reportgen.generate_report(FixedAnswers(3), images, device="cpu", targets=truth, labels=names,
-                                       max_size_mb=0)
+    report = reportgen.generate_report(FixedAnswers(3), images, device="cpu", targets=truth,
+                                       labels=names, max_size_mb=0)
     pc = report.model.insight.per_class
     assert pc.confusion_classes == (0, 1, 2)
     assert np.array_equal(np.array(pc.confusion), expected)
     assert pc.correct == int(np.trace(expected)) and pc.labelled == len(truth)
-    assert sorted(pc.confusion_pairs) == sorted((t, p, int(expected[t, p])) for t in range(3) for p in range(3)
-                                                if expected[t, p])
+    pairs = [(t, p, int(expected[t, p])) for t in range(3) for p in range(3) if expected[t, p]]
+    assert sorted(pc.confusion_pairs) == pairs
 
     svg = decode_data_uri(pc.chart.data_uri).decode("utf-8")
-    grid, row_labels = _svg_cells(svg, 3)
-    assert row_labels == names
+    grid, row_labels, column_labels = _svg_cells(svg, 3)
+    assert row_labels == column_labels == names
     assert np.array_equal(grid, expected)
     assert pc.chart.data_uri in report.to_html()
