@@ -15,12 +15,17 @@ def decode(image: EncodedImage) -> Image.Image:
     return Image.open(io.BytesIO(decode_data_uri(image.data_uri)))
 
 
-def tile_pixels(grid: TileGrid, tile: int) -> np.ndarray:
-    """The raw pixels of tile number `tile`: palette indices (P images) or RGB values.
+MAGENTA = (255, 0, 255)  # documented colour of flat (zero-range or non-finite) tiles
+
+
+def tile_pixels(grid: TileGrid, tile: int, *, rgb: bool = False) -> np.ndarray:
+    """The raw pixels of tile number `tile`: palette indices (P images) or RGB values; with
+    `rgb`, the colours a reader sees (palette looked up).
 
     Found by the documented layout, worked out here rather than asked of reportgen.grids: tiles
     row by row, `padding` pixels around and between them."""
-    picture = np.asarray(decode(grid.image))
+    image = decode(grid.image)
+    picture = np.asarray(image.convert("RGB") if rgb else image)
     pad = grid.padding
     assert picture.shape[:2] == (pad + grid.rows * (grid.tile_height + pad),
                                  pad + grid.columns * (grid.tile_width + pad))
