@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from reportgen.grids import GridLayout, decode_data_uri
+from reportgen.grids import decode_data_uri
 from reportgen.report_model import EncodedImage, TileGrid
 
 
@@ -15,9 +15,20 @@ def decode(image: EncodedImage) -> Image.Image:
     return Image.open(io.BytesIO(decode_data_uri(image.data_uri)))
 
 
-def tile_pixels(grid: TileGrid, tile: int) -> np.ndarray:
-    """The raw pixels of tile number `tile`: palette indices (P images) or RGB values."""
-    picture = np.asarray(decode(grid.image))
-    layout = GridLayout(grid.columns, grid.rows, grid.tile_height, grid.tile_width, grid.padding)
-    y, x = layout.origin(tile)
+MAGENTA = (255, 0, 255)  # documented colour of flat (zero-range or non-finite) tiles
+
+
+def tile_pixels(grid: TileGrid, tile: int, *, rgb: bool = False) -> np.ndarray:
+    """The raw pixels of tile number `tile`: palette indices (P images) or RGB values; with
+    `rgb`, the colours a reader sees (palette looked up).
+
+    Found by the documented layout, worked out here rather than asked of reportgen.grids: tiles
+    row by row, `padding` pixels around and between them."""
+    image = decode(grid.image)
+    picture = np.asarray(image.convert("RGB") if rgb else image)
+    pad = grid.padding
+    assert picture.shape[:2] == (pad + grid.rows * (grid.tile_height + pad),
+                                 pad + grid.columns * (grid.tile_width + pad))
+    row, column = divmod(tile, grid.columns)
+    y, x = pad + row * (grid.tile_height + pad), pad + column * (grid.tile_width + pad)
     return picture[y : y + grid.tile_height, x : x + grid.tile_width]

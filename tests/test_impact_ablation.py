@@ -44,8 +44,16 @@ def test_the_one_carrier_channel_ranks_first_and_the_others_do_nothing():
     assert layer.channels == (0, 1, 2, 3, 4)
     d_loss = layer.scores.loss - result.baseline.loss
     d_acc = layer.scores.accuracy - result.baseline.accuracy
-    order = ranking(d_loss, layer.channels)
-    assert layer.channels[order[0]] == CARRIER
+    # independent reference: one plain forward per zeroed channel
+    target = torch.tensor(labels)
+    clean = _logits_without(model, images)
+    reference = np.array([_naive(model, images, target, "conv", c) for c in layer.channels])
+    ref_d_loss = reference[:, 2] - float(F.cross_entropy(clean, target))
+    np.testing.assert_allclose(d_loss, ref_d_loss, atol=1e-5)
+    np.testing.assert_allclose(d_acc, reference[:, 0] - 1.0, atol=1e-9)
+    # the carrier does the most damage by those numbers, and the ranking puts it first
+    assert layer.channels[int(np.argmax(ref_d_loss))] == CARRIER
+    assert layer.channels[ranking(d_loss, layer.channels)[0]] == CARRIER
     # zeroing the carrier sends every input to class 0: the 6 bright (class 1) ones become wrong
     assert d_acc[CARRIER] == pytest.approx(-0.5)
     assert d_loss[CARRIER] > 1.0
@@ -55,6 +63,11 @@ def test_the_one_carrier_channel_ranks_first_and_the_others_do_nothing():
     # per class: the carrier carries class 1 (its probability collapses), class 0 gains
     classes = list(result.classes)
     per_class = layer.scores.per_class[CARRIER] - result.baseline.per_class
+    ablated = _logits_without(model, images, "conv", CARRIER)
+    for k in (0, 1):
+        rows = target == k
+        expected = F.softmax(ablated[rows], 1)[:, k].mean() - F.softmax(clean[rows], 1)[:, k].mean()
+        assert per_class[classes.index(k)] == pytest.approx(float(expected), abs=1e-5)
     assert per_class[classes.index(1)] < -0.9
     assert per_class[classes.index(0)] > 0
 
@@ -83,8 +96,12 @@ def test_report_json_ranks_the_carrier_first_with_its_class_and_tile():
     assert 'id="impact-ablation"' in html and "Most impact" in html
 
 
-def _naive(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, layer: str, channel: int):
-    """One forward over all inputs with `channel` of `layer` zeroed: (accuracy, probability, loss)."""
+def _logits_without(model: nn.Module, images: torch.Tensor, layer: str | None = None,
+                    channel: int | None = None) -> torch.Tensor:
+    """One plain forward over all inputs, with `channel` of `layer` zeroed when given."""
+    if layer is None:
+        with torch.inference_mode():
+            return model(images)
     module = dict(model.named_modules())[layer]
 
     def hook(mod, args, output):
@@ -95,9 +112,14 @@ def _naive(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, layer: 
     handle = module.register_forward_hook(hook)
     try:
         with torch.inference_mode():
-            logits = model(images)
+            return model(images)
     finally:
         handle.remove()
+
+
+def _naive(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, layer: str, channel: int):
+    """One forward over all inputs with `channel` of `layer` zeroed: (accuracy, probability, loss)."""
+    logits = _logits_without(model, images, layer, channel)
     prob = F.softmax(logits, dim=1)[torch.arange(len(labels)), labels]
     accuracy = (logits.argmax(1) == labels).double().mean()
     return float(accuracy), float(prob.mean()), float(F.cross_entropy(logits, labels))

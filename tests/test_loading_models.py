@@ -135,7 +135,8 @@ def test_factory_file_with_checkpoint_in_every_wrapping(trained, tmp_path, capsy
 
 
 def test_safetensors_checkpoint(trained, tmp_path, capsys):
-    safetensors_torch = pytest.importorskip("safetensors.torch")
+    safetensors_torch = pytest.importorskip(
+        "safetensors.torch", reason="safetensors is optional: pip install reportgen[safetensors]")
     source, model, inputs_pt, inputs = trained
     checkpoint = tmp_path / "weights.safetensors"
     safetensors_torch.save_file(model.state_dict(), str(checkpoint))

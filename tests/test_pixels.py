@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import reportgen
-from reportgen.palettes import FLAT_INDEX
 from tests.fixtures.models import tiny_cnn, tiny_inputs
-from tests.helpers import decode, tile_pixels
+from tests.helpers import MAGENTA, decode, tile_pixels
 
 
 def levels(unit: np.ndarray, top: int) -> np.ndarray:
@@ -135,8 +134,8 @@ def test_flat_and_nonfinite_tiles_render_flat_and_are_marked() -> None:
     section = report.model.sections[0]
     grid = section.feature_maps[0].grid
     assert grid.flat_channels == (1, 2)
-    assert (tile_pixels(grid, 1) == FLAT_INDEX).all()
-    assert (tile_pixels(grid, 2) == FLAT_INDEX).all()
+    assert (tile_pixels(grid, 1, rgb=True) == MAGENTA).all()
+    assert (tile_pixels(grid, 2, rgb=True) == MAGENTA).all()
     assert grid.tile_min[2] is None and grid.tile_max[1] == pytest.approx(0.5)
     assert section.filters is not None
     assert 1 in section.filters.flat_channels and 2 in section.filters.flat_channels

@@ -18,8 +18,8 @@ from reportgen.size_budget import (
     estimate_bytes,
     html_bytes,
     ladder,
-    largest_sections,
 )
+from tests.helpers import tile_pixels
 
 
 class CountingNet(nn.Module):
@@ -112,29 +112,20 @@ def test_fitted_report_is_under_the_limit_without_a_second_forward(full_and_fitt
 
 
 def test_fitted_pixels_are_pooled_captured_tiles(full_and_fitted) -> None:  # type: ignore[no-untyped-def]
-    from reportgen.grids import decode_data_uri
-
     full, fitted = full_and_fitted[0], full_and_fitted[1]
 
     def tiles_of(grid):  # type: ignore[no-untyped-def]
-        import io
-
-        from PIL import Image
-
-        picture = np.asarray(Image.open(io.BytesIO(decode_data_uri(grid.image.data_uri))))
-        step_y, step_x = grid.tile_height + grid.padding, grid.tile_width + grid.padding
-        out = []
-        for i in range(len(grid.channels)):
-            row, column = divmod(i, grid.columns)
-            y, x = grid.padding + row * step_y, grid.padding + column * step_x
-            out.append(picture[y : y + grid.tile_height, x : x + grid.tile_width])
-        return np.stack(out)
+        return np.stack([tile_pixels(grid, i) for i in range(len(grid.channels))])
 
     big = full.model.sections[1].feature_maps[0].grid
     small = fitted.model.sections[1].feature_maps[0].grid
-    expected = adaptive_pool_levels(
-        tiles_of(big)[: len(small.channels)], small.tile_height, small.tile_width
+    # independent reference: torch's adaptive average pooling of the levels, +0.5 before the cast
+    pooled = torch.nn.functional.adaptive_avg_pool2d(
+        torch.from_numpy(tiles_of(big)[: len(small.channels)]).double(),
+        (small.tile_height, small.tile_width),
     )
+    expected = np.floor(pooled.numpy() + 0.5).astype(np.uint8)
+    assert (small.tile_height, small.tile_width) != (big.tile_height, big.tile_width)
     assert np.array_equal(tiles_of(small), expected)
     assert small.tile_min == big.tile_min[: len(small.channels)]
 
@@ -144,16 +135,20 @@ def test_report_says_what_was_reduced_and_lists_largest_sections(full_and_fitted
     page = fitted.to_html()
     assert "less is drawn" in page and "--max-size 0" in page
     assert "Largest layer sections" in page
-    biggest, size = largest_sections(fitted.model)[0]
-    assert size == max(
-        len(s.filters.image.data_uri if s.filters else "")
-        + sum(len(f.grid.image.data_uri) for f in s.feature_maps)
-        for s in fitted.model.sections
-    )
-    assert re.search(
-        rf'<a href="#{biggest.anchor}">{biggest.name}</a></th><td class="num">[0-9.]+ (kB|MB)</td>',
-        page,
-    )
+    # independent reference, read off the page: the bytes of each layer section's filter and
+    # feature-map pictures (the ones the budget redraws), largest first, ties in page order
+    measured = [
+        (anchor, sum(len(uri) for uri in re.findall(r'<img class="tiles" src="(data:[^"]+)"', body)))
+        for anchor, body in re.findall(r'<details class="layer" id="([^"]+)"(.*?)</details>', page, re.S)
+    ]
+    assert [anchor for anchor, _ in measured] == [s.anchor for s in fitted.model.sections]
+    expected = sorted((m for m in measured if m[1] > 0), key=lambda m: -m[1])[:5]
+    table = page.split('aria-label="Largest layer sections"', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r'<a href="#([^"]+)">[^<]*</a></th><td class="num">([0-9.]+) (kB|MB)</td>', table)
+    assert [anchor for anchor, _, _ in rows] == [anchor for anchor, _ in expected]
+    for (_, number, unit), (_, size) in zip(rows, expected):
+        step = {"kB": 1e3, "MB": 1e6}[unit]  # kB shown to 1 kB, MB to 0.01 MB
+        assert abs(float(number) * step - size) <= (0.5 if unit == "kB" else 0.005) * step
     assert "less is drawn" not in full.to_html()
     assert fitted.to_dict()["size_budget"]["limit_bytes"] == fitted.model.budget.limit_bytes  # type: ignore[union-attr]
     assert full.to_dict()["size_budget"] is None
