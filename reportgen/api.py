@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,8 +145,13 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         forward_args=options.forward_args,
         insight=insight_options(options),
     )
-    with progress_bar(len(inputs), "forward", options.show_progress) as advance:
-        analysis = analyze(loaded.module, inputs, device, analysis_options, progress=advance)
+    if class_names is not None:  # a --labels file says how many classes there are: check now
+        inputs.check_labels(len(class_names), f"named by {getattr(class_names, 'source', 'labels=')}")
+    with progress_bar(len(inputs), "forward", options.show_progress) as advance, \
+            _label_check(loaded.module, inputs, advance) as after_batch:
+        analysis = analyze(loaded.module, inputs, device, analysis_options, progress=after_batch)
+    if analysis.num_classes is not None:  # models without hooks (TorchScript) get here unchecked
+        inputs.check_labels(analysis.num_classes, "the model outputs")
     names = list(class_names) if class_names is not None else loaded.class_names
     if class_names is not None:
         check_label_count(class_names, analysis.num_classes, getattr(class_names, "source", "--labels"))
@@ -222,6 +228,42 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
     return Report(report_model)
 
 
+@contextlib.contextmanager
+def _label_check(model: nn.Module, inputs: InputSet,
+                 progress: Callable[[int], None] | None) -> Iterator[Callable[[int], None] | None]:
+    """A progress callback for the main pass that checks the true classes against the model's
+    output width after the first batch, so a wrong label stops a long run at its start.
+
+    The width is read by a hook of its own on the model, with the test the prediction collector
+    applies (a 2-D float output of at least 2 columns is class logits).
+    """
+    from reportgen.analyze import logits_tensor
+
+    width: list[int] = []  # the output width, once seen; emptied when the labels were checked
+
+    def record(module: nn.Module, args: object, output: object) -> None:
+        tensor = logits_tensor(output)
+        if tensor is not None and tensor.dim() == 2 and tensor.shape[1] >= 2 and tensor.is_floating_point():
+            width[:] = [int(tensor.shape[1])]
+
+    def after_batch(count: int) -> None:
+        if width:
+            inputs.check_labels(width[0], "the model outputs")
+            handle.remove()
+            width.clear()
+        if progress is not None:
+            progress(count)
+
+    if not inputs.labels or isinstance(model, torch.jit.ScriptModule):  # no hooks on TorchScript
+        yield progress
+        return
+    handle = model.register_forward_hook(record)
+    try:
+        yield after_batch
+    finally:
+        handle.remove()
+
+
 def generate_report(
     model: nn.Module,
     inputs: Any,
@@ -277,6 +319,7 @@ def generate_report(
         if len(targets) != len(input_set):
             raise ReportError(f"targets has {len(targets)} entries but there are {len(input_set)} inputs")
         input_set.labels = [None if t is None else int(t) for t in targets]
+        input_set.label_source = "targets="
     loaded = LoadedModel(module=model, name=type(model).__name__, source="Python object",
                          random_weights=random_weights)
     options = ReportOptions(

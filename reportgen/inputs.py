@@ -50,6 +50,7 @@ class InputSet:
     synthetic: bool = False
     item_notes: list[tuple[str, ...]] = field(default_factory=list)
     class_names: list[str] | None = None  # from a --dataset folder's class folders
+    label_source: str = "the given labels"  # where the true classes came from, for error messages
 
     def __len__(self) -> int:
         return len(self.names)
@@ -73,6 +74,13 @@ class InputSet:
 
     def notes_for(self, index: int) -> tuple[str, ...]:
         return self.item_notes[index] if index < len(self.item_notes) else ()
+
+    def check_labels(self, num_classes: int, whose: str) -> None:
+        """Every true class must be one of `num_classes` (`whose`: "the model outputs")."""
+        for index, label in enumerate(self.labels):
+            if label is not None and not 0 <= label < num_classes:
+                raise ReportError(f"label {label} of input {self.names[index]} (from {self.label_source}) is not one "
+                                  f"of the {num_classes} classes {whose} (0..{num_classes - 1})")
 
 
 def from_tensor(batch: torch.Tensor, names: Sequence[str] | None = None) -> InputSet:
@@ -106,6 +114,7 @@ def concatenate(sets: Sequence[InputSet]) -> InputSet:
         preprocessing=next(iter(preps.values())) if len(preps) == 1 else None,
         item_notes=[s.notes_for(i) for s in sets for i in range(len(s))],
         class_names=next((s.class_names for s in sets if s.class_names), None),
+        label_source=" and ".join(dict.fromkeys(s.label_source for s in sets if s.labels)) or "the given labels",
     )
 
 
@@ -178,11 +187,30 @@ def expand_paths(specs: Sequence[str | Path]) -> list[Path]:
 
 # --- images ----------------------------------------------------------------------------------
 
+# What PIL's ImageOps.exif_transpose (and torchvision's decode_image(apply_exif_orientation=True))
+# does for each EXIF Orientation value, so the model sees the picture the way a camera app shows it.
+EXIF_ORIENTATION = 0x0112
+ORIENTATION_NOTES = {
+    2: "mirrored left-right",
+    3: "rotated 180°",
+    4: "mirrored top-bottom",
+    5: "rotated and mirrored",
+    6: "rotated 90° clockwise",
+    7: "rotated and mirrored",
+    8: "rotated 90° counter-clockwise",
+}
+
+
 @dataclass(frozen=True)
 class ImageHeader:
     mode: str
     size: tuple[int, int]
     has_transparency: bool
+    orientation: int = 1  # EXIF Orientation; 1 (or absent): stored as shown
+
+    def orientation_note(self) -> str | None:
+        how = ORIENTATION_NOTES.get(self.orientation)
+        return f"{how} per EXIF orientation {self.orientation}" if how else None
 
 
 def peek_image(path: Path) -> ImageHeader:
@@ -191,7 +219,9 @@ def peek_image(path: Path) -> ImageHeader:
 
     try:
         with refuse_huge_images(), Image.open(path) as image:
-            return ImageHeader(image.mode, image.size, "transparency" in image.info)
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            return ImageHeader(image.mode, image.size, "transparency" in image.info,
+                               orientation if isinstance(orientation, int) else 1)
     except FileNotFoundError as exc:
         raise ReportError(f"input not found: {path}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -204,13 +234,14 @@ def peek_image(path: Path) -> ImageHeader:
 
 
 def open_image(path: Path) -> Any:
-    """Decode an image fully, turning every PIL failure into a one-line user error."""
-    from PIL import Image, UnidentifiedImageError
+    """Decode an image fully, turned upright by its EXIF orientation; every PIL failure becomes a
+    one-line user error."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with refuse_huge_images(), Image.open(path) as image:
             image.load()
-            return image.copy()
+            return ImageOps.exif_transpose(image)
     except FileNotFoundError as exc:
         raise ReportError(f"input not found: {path}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -228,12 +259,16 @@ def from_image_files(
     adaptations); the pixels are decoded when their batch runs."""
     item_notes: list[tuple[str, ...]] = []
     by_note: dict[str, list[str]] = {}
+    turned: list[str] = []
     for path in paths:
         header = peek_image(path)
         note = preprocessing.adaptation_note(header.mode, header.has_transparency)
-        item_notes.append((f"{header.mode} image: {note}",) if note else ())
+        turn = header.orientation_note()
+        item_notes.append(((f"{header.mode} image: {note}",) if note else ()) + ((turn,) if turn else ()))
         if note:
             by_note.setdefault(f"{header.mode}: {note}", []).append(path.name)
+        if turn:
+            turned.append(path.name)
 
     def load(index: int) -> torch.Tensor:
         return preprocessing.to_tensor(open_image(paths[index]))
@@ -245,15 +280,22 @@ def from_image_files(
         paths=[str(p) for p in paths],
         preprocessing=preprocessing,
         item_notes=item_notes,
-        notes=[_adaptation_summary(by_note, preprocessing.target_channels)] if by_note else [],
+        notes=([_adaptation_summary(by_note, preprocessing.target_channels)] if by_note else [])
+        + ([f"{len(turned)} image(s) turned upright per their EXIF orientation tag, as a camera app shows "
+            f"them ({_examples(turned)})."] if turned else []),
     )
+
+
+def _examples(names: Sequence[str]) -> str:
+    """The first NOTE_EXAMPLES names, and how many more."""
+    more = len(names) - NOTE_EXAMPLES
+    return ", ".join(names[:NOTE_EXAMPLES]) + (f" and {more} more" if more > 0 else "")
 
 
 def _adaptation_summary(by_note: dict[str, list[str]], channels: int) -> str:
     parts = []
     for note, names in sorted(by_note.items()):
-        shown = ", ".join(names[:NOTE_EXAMPLES]) + (f" and {len(names) - NOTE_EXAMPLES} more" if len(names) > NOTE_EXAMPLES else "")
-        parts.append(f"{len(names)} image(s) {note} ({shown})")
+        parts.append(f"{len(names)} image(s) {note} ({_examples(names)})")
     return f"Channels adapted to the model's {channels}-channel input: " + "; ".join(parts) + "."
 
 
@@ -440,6 +482,7 @@ def from_tensor_files(paths: Sequence[Path], layout: InputLayout) -> InputSet:
         names=names,
         loader=load,
         labels=labels if any(label is not None for label in labels) else [],
+        label_source="the labels stored in the tensor files",
         paths=[str(files[k].path) for k, _ in owners],
         notes=notes,
         item_notes=item_notes,
@@ -526,6 +569,7 @@ def load_dataset(root: str | Path, preprocessing: Preprocessing, *, class_names:
     check_image_channels(preprocessing, InputLayout(3, preprocessing.channels))
     inputs = from_image_files(paths, preprocessing, labels=labels)
     inputs.class_names = names
+    inputs.label_source = f"the class folders of --dataset {folder}"
     inputs.notes.insert(0, f"Labelled inputs from --dataset {folder.name}: {len(paths)} images in "
                            f"{len(classes)} class folders ({how}).")
     return inputs
@@ -561,6 +605,7 @@ def apply_label_pattern(inputs: InputSet, pattern: str, class_names: Sequence[st
     if len(unmatched) == len(labels):
         raise ReportError(f"--label-pattern {pattern!r} matches none of the inputs (e.g. {inputs.names[0]})")
     inputs.labels = labels
+    inputs.label_source = f"--label-pattern {pattern!r}"
     note = f"True classes read from the file names with --label-pattern '{pattern}'"
     if unmatched:
         note += f"; {len(unmatched)} input(s) did not match and have no label (e.g. {unmatched[0]})"

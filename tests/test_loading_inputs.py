@@ -321,3 +321,42 @@ def test_forward_args_feed_models_with_several_or_dict_inputs():
     with torch.no_grad():
         expected = torch.softmax(keyed({"image": images, "scale": 2.0}), dim=1)
     assert [p.top[0].index for p in report.model.predictions] == expected.argmax(dim=1).tolist()
+
+
+@pytest.mark.parametrize("orientation, upright", [
+    (2, lambda a: a[:, ::-1]),
+    (3, lambda a: a[::-1, ::-1]),
+    (6, lambda a: np.rot90(a, k=-1)),  # the camera was turned: the picture is shown turned clockwise
+    (8, lambda a: np.rot90(a, k=1)),
+])
+def test_exif_orientation_is_applied_and_noted(tmp_path, orientation, upright):
+    import reportgen
+    from reportgen.api import coerce_inputs
+
+    rng = np.random.default_rng(orientation)
+    stored = (np.linspace(0, 255, 24)[None, :, None] * np.ones((16, 1, 3)) * 0.6
+              + rng.integers(0, 90, (16, 24, 3))).astype(np.uint8)  # 16 rows, 24 columns: not square
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, quality=95, exif=exif.tobytes())
+    with Image.open(path) as raw:  # the decoded pixels as stored, orientation ignored
+        decoded = np.asarray(raw.convert("RGB"), dtype=np.float32) / 255
+    seen = coerce_inputs([path], None).load(0).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(seen, np.ascontiguousarray(upright(decoded)), atol=1e-6)
+    turned = {2: "mirrored left-right", 3: "rotated 180°", 6: "rotated 90° clockwise",
+              8: "rotated 90° counter-clockwise"}[orientation]
+    report = reportgen.generate_report(ChannelMeanNet(), [path], device="cpu", max_size_mb=0)
+    assert report.model.inputs[0].notes == (f"{turned} per EXIF orientation {orientation}",)
+    assert f'<span class="input-note">{turned} per EXIF orientation {orientation}</span>' in report.to_html()
+    assert any("1 image(s) turned upright per their EXIF orientation" in n and "phone.jpg" in n
+               for n in report.model.notes)
+
+
+def test_images_without_exif_orientation_are_used_as_stored(tmp_path):
+    from reportgen.api import coerce_inputs
+
+    stored = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(stored).save(tmp_path / "plain.png")
+    seen = coerce_inputs([tmp_path / "plain.png"], None).load(0).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(seen, stored / 255, atol=1e-6)
