@@ -86,10 +86,10 @@ def report_date() -> str:
 
 
 def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Sequence[str] | None = None,
-                  layout: InputLayout | None = None) -> InputSet:
+                  layout: InputLayout | None = None, *, strict: bool = False) -> InputSet:
     """Tensor, list of tensors, PIL images, paths (images, folders, globs, .pt/.npy/.npz), or an
     InputSet -> InputSet. `layout` (from the model's first conv) says how to read tensor files and
-    how many channels images need."""
+    how many channels images need. `strict`: an unreadable image in a folder is an error, not skipped."""
     if isinstance(inputs, InputSet):
         return inputs
     if isinstance(inputs, torch.Tensor):
@@ -104,7 +104,7 @@ def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Seque
     if all(isinstance(item, (str, Path)) for item in items):
         layout = layout or InputLayout(None, None)
         prep = preprocessing or Preprocessing(channels=layout.channels if layout.channels in (1, 3, 4) else None)
-        return load_paths(items, prep, layout)
+        return load_paths(items, prep, layout, strict=strict)
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - pillow is a dependency
@@ -145,6 +145,7 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         forward_args=options.forward_args,
         insight=insight_options(options),
     )
+    inputs.check_tail(options.batch_size)  # unreadable files at the end are left out before the pass
     if class_names is not None:  # a --labels file says how many classes there are: check now
         inputs.check_labels(len(class_names), f"named by {getattr(class_names, 'source', 'labels=')}")
     with progress_bar(len(inputs), "forward", options.show_progress) as advance, \
@@ -203,7 +204,8 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         with progress_bar(render_count, "render", options.show_progress) as advance:
             drawn = render(source, run=run, model_info=model_info, class_names=names, options=render_options,
                            progress=advance, thresholds=options.thresholds, sections=sections)
-        notes = tuple(loaded.notes) + tuple(inputs.notes) + drawn.notes
+        skipped = inputs.skipped_note()
+        notes = tuple(loaded.notes) + tuple(inputs.notes) + ((skipped,) if skipped else ()) + drawn.notes
         return replace(drawn, notes=notes, input_files=files, impact=impact)
 
     def redraw_sections(reduced: Any) -> Any:
@@ -288,6 +290,7 @@ def generate_report(
     cam_layer: str | None = None,
     embedding: bool = True,
     thresholds: AlertThresholds | None = None,
+    strict: bool = False,
 ) -> Report:
     """Analyse `model` on `inputs` and return a Report (`.save(path)`, `.to_html()`, `.to_dict()`).
 
@@ -306,6 +309,8 @@ def generate_report(
     there are more inputs than `max_inputs_shown`. `cam`: Grad-CAM for the shown inputs, at
     `cam_layer` (default: the last conv). `embedding`: PCA scatter of the penultimate features.
     `thresholds`: `reportgen.alerts.AlertThresholds(dead_fraction=..., duplicate_cosine=..., ...)`.
+    `strict`: an unreadable image found in a folder or by a glob is an error; by default it is
+    skipped and listed in the report's notes (a file named on its own is always an error).
     """
     if not isinstance(model, nn.Module):
         raise ReportError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -314,7 +319,7 @@ def generate_report(
         input_set = synthetic_probes(shape)
         input_set.notes.append(f"Probe shape {'x'.join(map(str, shape))}: {how}.")
     else:
-        input_set = coerce_inputs(inputs, preprocessing, input_names, layout_of(model))
+        input_set = coerce_inputs(inputs, preprocessing, input_names, layout_of(model), strict=strict)
     if targets is not None:
         if len(targets) != len(input_set):
             raise ReportError(f"targets has {len(targets)} entries but there are {len(input_set)} inputs")
