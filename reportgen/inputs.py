@@ -481,9 +481,12 @@ def read_tensor_file(path: Path) -> tuple[Any, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         message = str(exc)
-        if "weights_only" in message or "Unsupported global" in message:
+        if "Unsupported global" in message or "Unsupported class" in message:
             raise ReportError(f"{path} holds pickled Python objects, not a tensor; input files are read "
                               "with weights_only=True (save tensors with torch.save(tensor, path))") from exc
+        if "WeightsUnpickler error:" in message:  # garbage bytes: keep the unpickler's own words only
+            detail = " ".join(message.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+            raise ReportError(f"cannot read {path}: not a file torch.load can read ({detail})") from exc
         raise ReportError(f"cannot read {path}: {one_line(exc)}") from exc
     if isinstance(data, torch.Tensor):
         return data, None
@@ -518,13 +521,20 @@ def fit_rank(shape: Sequence[int], layout: InputLayout, path: Path) -> tuple[boo
     raise ReportError(f"{path} has shape {list(shape)}; {layout.layer} takes {layout.describe()}")
 
 
+class UnreadableFile(ReportError):
+    """A file that cannot be read as an input at all (not one whose shape doesn't fit)."""
+
+
 class _TensorFile:
     """One tensor file: its rows are inputs. Holds a memory map (.npy) or reloads on demand."""
 
     def __init__(self, path: Path, layout: InputLayout) -> None:
         self.path = path
         self.layout = layout
-        data, labels = read_tensor_file(path)
+        try:
+            data, labels = read_tensor_file(path)
+        except ReportError as exc:
+            raise UnreadableFile(str(exc)) from exc
         self.shape = tuple(int(d) for d in data.shape)
         self.batched, self.unit_dims, self.note = fit_rank(self.shape, layout, path)
         self.count = self.shape[0] if self.batched else 1
@@ -562,9 +572,20 @@ class _TensorFile:
         return tensor
 
 
-def from_tensor_files(paths: Sequence[Path], layout: InputLayout) -> InputSet:
-    """.pt/.pth/.npy/.npz files, each one sample or a batch (first axis) -> InputSet."""
-    files = [_TensorFile(path, layout) for path in paths]
+def from_tensor_files(paths: Sequence[Path], layout: InputLayout, *, skippable: Sequence[bool] | None = None) -> InputSet:
+    """.pt/.pth/.npy/.npz files, each one sample or a batch (first axis) -> InputSet. A file marked
+    `skippable` that cannot be read is left out and listed; one whose shape doesn't fit is an error."""
+    files: list[_TensorFile] = []
+    skipped: list[str] = []
+    for position, path in enumerate(paths):
+        try:
+            files.append(_TensorFile(path, layout))
+        except UnreadableFile as exc:
+            if not (skippable and skippable[position]):
+                raise
+            skipped.append(f"{path.name} ({one_line(exc)})")
+    if not files:
+        raise ReportError(f"none of the {len(skipped)} tensor files could be read (e.g. {skipped[0]})")
     owners: list[tuple[int, int]] = []
     names: list[str] = []
     labels: list[int | None] = []
@@ -599,13 +620,14 @@ def from_tensor_files(paths: Sequence[Path], layout: InputLayout) -> InputSet:
         paths=[str(files[k].path) for k, _ in owners],
         notes=notes,
         item_notes=item_notes,
+        skipped=skipped,
     )
 
 
 def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout: InputLayout, *,
                strict: bool = False) -> InputSet:
     """INPUT arguments (files, folders, globs; images and tensor files) -> one InputSet, in order.
-    An unreadable image found in a folder or by a glob is skipped and listed, unless `strict`;
+    An unreadable file found in a folder or by a glob is skipped and listed, unless `strict`;
     a file named on its own must be readable."""
     found = find_inputs(specs)
     paths = found.paths
@@ -618,9 +640,11 @@ def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout
             groups.append((is_tensor, [path]))
     if any(not is_tensor for is_tensor, _ in groups):
         check_image_channels(preprocessing, layout)
-    sets = [from_tensor_files(group, layout) if is_tensor else
-            from_image_files(group, preprocessing, skippable=[not strict and p in found.in_bulk for p in group])
-            for is_tensor, group in groups]
+    sets = []
+    for is_tensor, group in groups:
+        skippable = [not strict and p in found.in_bulk for p in group]
+        sets.append(from_tensor_files(group, layout, skippable=skippable) if is_tensor
+                    else from_image_files(group, preprocessing, skippable=skippable))
     inputs = concatenate(sets)
     note = found.left_out_note()
     if note:

@@ -101,6 +101,11 @@ def case_pt_holding_a_dict_without_tensors(tmp: Path) -> tuple[list[str], list[s
     return [MEAN_NET, str(tmp / "meta.pt")], ["meta.pt holds no input tensor", "epoch"]
 
 
+def case_pt_of_garbage_bytes(tmp: Path) -> tuple[list[str], list[str]]:
+    (tmp / "junk.pt").write_bytes(b"not a torch file")
+    return [MEAN_NET, str(tmp / "junk.pt")], ["cannot read", "junk.pt", "not a file torch.load can read"]
+
+
 def case_pt_with_pickled_objects(tmp: Path) -> tuple[list[str], list[str]]:
     torch.save({"x": torch.zeros(1, 3, 4, 4), "args": argparse.Namespace(lr=0.1)}, tmp / "objs.pt")
     return [MEAN_NET, str(tmp / "objs.pt")], ["objs.pt holds pickled Python objects", "weights_only"]

@@ -466,3 +466,24 @@ def test_input_set_batches_stay_full_and_aligned_when_inputs_are_left_out():
     named = InputSet(names=["a", "b"], loader=load, skippable=[False, False])
     with pytest.raises(ReportError, match="f1.png: broken"):
         named.batch(0, 2)
+
+
+def test_unreadable_tensor_file_in_a_folder_is_skipped_but_a_wrong_shape_is_not(tmp_path):
+    import reportgen
+    from reportgen.errors import ReportError
+
+    folder = tmp_path / "tensors"
+    folder.mkdir()
+    good = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    torch.save(good, folder / "a.pt")
+    (folder / "b.pt").write_bytes(b"not a torch file")
+    report = reportgen.generate_report(ChannelMeanNet(), [str(folder)], device="cpu", max_size_mb=0)
+    assert [i.name for i in report.model.inputs] == ["a.pt[0]", "a.pt[1]"]
+    assert any(n.startswith("1 unreadable input file(s) skipped") and "b.pt (cannot read" in n
+               for n in report.model.notes)
+    with pytest.raises(ReportError, match="cannot read .*b.pt"):
+        reportgen.generate_report(ChannelMeanNet(), [str(folder)], device="cpu", strict=True)
+    np.save(folder / "c.npy", np.zeros((3, 4), dtype=np.float32))  # a 2-D array for a Conv2d: user mistake
+    (folder / "b.pt").unlink()
+    with pytest.raises(ReportError, match=r"c.npy has shape \[3, 4\]"):
+        reportgen.generate_report(ChannelMeanNet(), [str(folder)], device="cpu")
