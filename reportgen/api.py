@@ -89,7 +89,7 @@ def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Seque
                   layout: InputLayout | None = None, *, strict: bool = False) -> InputSet:
     """Tensor, list of tensors, PIL images, paths (images, folders, globs, .pt/.npy/.npz), or an
     InputSet -> InputSet. `layout` (from the model's first conv) says how to read tensor files and
-    how many channels images need. `strict`: an unreadable image in a folder is an error, not skipped."""
+    how many channels images need. `strict`: an unreadable file found in a folder or by a glob is an error, not skipped."""
     if isinstance(inputs, InputSet):
         return inputs
     if isinstance(inputs, torch.Tensor):
@@ -309,7 +309,7 @@ def generate_report(
     there are more inputs than `max_inputs_shown`. `cam`: Grad-CAM for the shown inputs, at
     `cam_layer` (default: the last conv). `embedding`: PCA scatter of the penultimate features.
     `thresholds`: `reportgen.alerts.AlertThresholds(dead_fraction=..., duplicate_cosine=..., ...)`.
-    `strict`: an unreadable image found in a folder or by a glob is an error; by default it is
+    `strict`: an unreadable file found in a folder or by a glob is an error; by default it is
     skipped and listed in the report's notes (a file named on its own is always an error).
     """
     if not isinstance(model, nn.Module):
