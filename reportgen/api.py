@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,10 +87,10 @@ def report_date() -> str:
 
 
 def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Sequence[str] | None = None,
-                  layout: InputLayout | None = None) -> InputSet:
+                  layout: InputLayout | None = None, *, strict: bool = False) -> InputSet:
     """Tensor, list of tensors, PIL images, paths (images, folders, globs, .pt/.npy/.npz), or an
     InputSet -> InputSet. `layout` (from the model's first conv) says how to read tensor files and
-    how many channels images need."""
+    how many channels images need. `strict`: an unreadable file found in a folder or by a glob is an error, not skipped."""
     if isinstance(inputs, InputSet):
         return inputs
     if isinstance(inputs, torch.Tensor):
@@ -104,7 +105,7 @@ def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Seque
     if all(isinstance(item, (str, Path)) for item in items):
         layout = layout or InputLayout(None, None)
         prep = preprocessing or Preprocessing(channels=layout.channels if layout.channels in (1, 3, 4) else None)
-        return load_paths(items, prep, layout)
+        return load_paths(items, prep, layout, strict=strict)
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - pillow is a dependency
@@ -148,8 +149,14 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         tap=options.tap,
         insight=insight_options(options),
     )
-    with progress_bar(len(inputs), "forward", options.show_progress) as advance:
-        analysis = analyze(loaded.module, inputs, device, analysis_options, progress=advance)
+    inputs.check_tail(options.batch_size)  # unreadable files at the end are left out before the pass
+    if class_names is not None:  # a --labels file says how many classes there are: check now
+        inputs.check_labels(len(class_names), f"named by {getattr(class_names, 'source', 'labels=')}")
+    with progress_bar(len(inputs), "forward", options.show_progress) as advance, \
+            _label_check(loaded.module, inputs, advance) as after_batch:
+        analysis = analyze(loaded.module, inputs, device, analysis_options, progress=after_batch)
+    if analysis.num_classes is not None:  # models without hooks (TorchScript) get here unchecked
+        inputs.check_labels(analysis.num_classes, "the model outputs")
     names = list(class_names) if class_names is not None else loaded.class_names
     if class_names is not None:
         check_label_count(class_names, analysis.num_classes, getattr(class_names, "source", "--labels"))
@@ -201,7 +208,8 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         with progress_bar(render_count, "render", options.show_progress) as advance:
             drawn = render(source, run=run, model_info=model_info, class_names=names, options=render_options,
                            progress=advance, thresholds=options.thresholds, sections=sections)
-        notes = tuple(loaded.notes) + tuple(inputs.notes) + drawn.notes
+        skipped = inputs.skipped_note()
+        notes = tuple(loaded.notes) + tuple(inputs.notes) + ((skipped,) if skipped else ()) + drawn.notes
         return replace(drawn, notes=notes, input_files=files, impact=impact)
 
     def redraw_sections(reduced: Any) -> Any:
@@ -224,6 +232,42 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
     if measured.get("model") is report_model:
         return Report(report_model, html=measured["html"])
     return Report(report_model)
+
+
+@contextlib.contextmanager
+def _label_check(model: nn.Module, inputs: InputSet,
+                 progress: Callable[[int], None] | None) -> Iterator[Callable[[int], None] | None]:
+    """A progress callback for the main pass that checks the true classes against the model's
+    output width after the first batch, so a wrong label stops a long run at its start.
+
+    The width is read by a hook of its own on the model, with the test the prediction collector
+    applies (a 2-D float output of at least 2 columns is class logits).
+    """
+    from reportgen.analyze import logits_tensor
+
+    width: list[int] = []  # the output width, once seen; emptied when the labels were checked
+
+    def record(module: nn.Module, args: object, output: object) -> None:
+        tensor = logits_tensor(output)
+        if tensor is not None and tensor.dim() == 2 and tensor.shape[1] >= 2 and tensor.is_floating_point():
+            width[:] = [int(tensor.shape[1])]
+
+    def after_batch(count: int) -> None:
+        if width:
+            inputs.check_labels(width[0], "the model outputs")
+            handle.remove()
+            width.clear()
+        if progress is not None:
+            progress(count)
+
+    if not inputs.labels or isinstance(model, torch.jit.ScriptModule):  # no hooks on TorchScript
+        yield progress
+        return
+    handle = model.register_forward_hook(record)
+    try:
+        yield after_batch
+    finally:
+        handle.remove()
 
 
 def generate_report(
@@ -251,6 +295,7 @@ def generate_report(
     cam_layer: str | None = None,
     embedding: bool = True,
     thresholds: AlertThresholds | None = None,
+    strict: bool = False,
 ) -> Report:
     """Analyse `model` on `inputs` and return a Report (`.save(path)`, `.to_html()`, `.to_dict()`).
 
@@ -272,6 +317,8 @@ def generate_report(
     `tap`: "activation" (default) observes each conv where its activation acts on it (after BN,
     a residual add and the ReLU, named on the page): feature maps, statistics, dead/constant
     alerts and top-k all use that site; "conv" observes the raw conv output instead.
+    `strict`: an unreadable file found in a folder or by a glob is an error; by default it is
+    skipped and listed in the report's notes (a file named on its own is always an error).
     """
     if not isinstance(model, nn.Module):
         raise ReportError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -280,11 +327,12 @@ def generate_report(
         input_set = synthetic_probes(shape)
         input_set.notes.append(f"Probe shape {'x'.join(map(str, shape))}: {how}.")
     else:
-        input_set = coerce_inputs(inputs, preprocessing, input_names, layout_of(model))
+        input_set = coerce_inputs(inputs, preprocessing, input_names, layout_of(model), strict=strict)
     if targets is not None:
         if len(targets) != len(input_set):
             raise ReportError(f"targets has {len(targets)} entries but there are {len(input_set)} inputs")
         input_set.labels = [None if t is None else int(t) for t in targets]
+        input_set.label_source = "targets="
     loaded = LoadedModel(module=model, name=type(model).__name__, source="Python object",
                          random_weights=random_weights)
     options = ReportOptions(

@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     sources.add_argument("--label-pattern", metavar="REGEX",
                          help="read each input's true class from its path: the regex's first group, "
                               r"a class index or name (e.g. '_(\d+)\.png$')")
+    sources.add_argument("--strict", action="store_true",
+                         help="stop at an unreadable file found in a folder, a glob or --dataset (default: "
+                              "skip it and list it in the report; a file named on its own is always an error)")
 
     size = parser.add_argument_group("size, exports and viewing")
     size.add_argument("--max-size", metavar="MB", type=_megabytes, default=DEFAULT_MAX_SIZE_MB,

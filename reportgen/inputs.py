@@ -50,15 +50,32 @@ class InputSet:
     synthetic: bool = False
     item_notes: list[tuple[str, ...]] = field(default_factory=list)
     class_names: list[str] | None = None  # from a --dataset folder's class folders
+    label_source: str = "the given labels"  # where the true classes came from, for error messages
+    # Per input: True where an unreadable file is skipped and listed rather than an error (files
+    # found in folders, globs and --dataset, unless strict); empty: none is.
+    skippable: list[bool] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "name (why)" of each unreadable input left out
+    # The loader's index of each input, once an unreadable one was left out; empty: the same index.
+    loader_index: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def load(self, index: int) -> torch.Tensor:
-        return self.loader(index)
+        return self.loader(self.loader_index[index] if self.loader_index else index)
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
-        tensors = [self.load(i) for i in range(start, stop)]
+        """Inputs start..stop-1, stacked. A skippable input that fails to load is left out of the
+        set (later inputs move up one place, so the batch still holds stop - start inputs) and listed."""
+        tensors = []
+        while len(tensors) < stop - start:
+            index = start + len(tensors)
+            try:
+                tensors.append(self.load(index))
+            except ReportError as exc:
+                if not self._can_skip(index) or len(self) - 1 < stop:
+                    raise  # check_tail() saw to it that the last batch never comes up short
+                self._leave_out(index, exc)
         first = tensors[0].shape
         for i, tensor in zip(range(start, stop), tensors):
             if tensor.shape != first:
@@ -73,6 +90,49 @@ class InputSet:
 
     def notes_for(self, index: int) -> tuple[str, ...]:
         return self.item_notes[index] if index < len(self.item_notes) else ()
+
+    def check_tail(self, count: int) -> None:
+        """Load the last `count` inputs now, leaving out skippable ones that fail, until `count`
+        load (or none is left), so that `batch` can always fill a batch from the inputs after it.
+        Call before a pass in batches of at most `count`."""
+        index = len(self) - 1
+        good = 0
+        while self.skippable and good < count and index >= 0:
+            try:
+                self.load(index)
+                good += 1
+            except ReportError as exc:
+                if not self._can_skip(index):
+                    raise
+                self._leave_out(index, exc)
+            index -= 1
+        if self.skipped and not len(self):
+            raise ReportError(f"none of the {len(self.skipped)} inputs could be read (e.g. {self.skipped[0]})")
+
+    def _can_skip(self, index: int) -> bool:
+        return index < len(self.skippable) and self.skippable[index]
+
+    def _leave_out(self, index: int, exc: ReportError) -> None:
+        if not self.loader_index:
+            self.loader_index = list(range(len(self)))
+        self.skipped.append(f"{self.names[index]} ({one_line(exc)})")
+        for values in (self.names, self.labels, self.paths, self.item_notes, self.skippable, self.loader_index):
+            if index < len(values):
+                del values[index]
+
+    def skipped_note(self) -> str | None:
+        """The unreadable inputs left out, for the report's notes."""
+        if not self.skipped:
+            return None
+        return (f"{len(self.skipped)} unreadable input file(s) skipped, not counted anywhere in this report: "
+                f"{_examples(self.skipped)}. Pass --strict (strict=True) to stop at an unreadable file instead.")
+
+    def check_labels(self, num_classes: int, whose: str) -> None:
+        """Every true class must be one of `num_classes` (`whose`: "the model outputs")."""
+        for index, label in enumerate(self.labels):
+            if label is not None and not 0 <= label < num_classes:
+                raise ReportError(f"label {label} of input {self.names[index]} (from {self.label_source}) is not one "
+                                  f"of the {num_classes} classes {whose} (0..{num_classes - 1})")
 
 
 def from_tensor(batch: torch.Tensor, names: Sequence[str] | None = None) -> InputSet:
@@ -106,6 +166,10 @@ def concatenate(sets: Sequence[InputSet]) -> InputSet:
         preprocessing=next(iter(preps.values())) if len(preps) == 1 else None,
         item_notes=[s.notes_for(i) for s in sets for i in range(len(s))],
         class_names=next((s.class_names for s in sets if s.class_names), None),
+        label_source=" and ".join(dict.fromkeys(s.label_source for s in sets if s.labels)) or "the given labels",
+        skippable=[s.skippable[i] if i < len(s.skippable) else False for s in sets for i in range(len(s))]
+        if any(s.skippable for s in sets) else [],
+        skipped=[n for s in sets for n in s.skipped],
     )
 
 
@@ -139,33 +203,74 @@ def _visible(path: Path, root: Path) -> bool:
 
 def folder_files(folder: Path) -> list[Path]:
     """A folder's images, recursively and sorted; its tensor files if it holds no image."""
+    return scan_folder(folder)[0]
+
+
+def scan_folder(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(used, left out): a folder's images, recursively and sorted, or its tensor files if it
+    holds no image; and its other visible files (hidden files and folders are not looked at)."""
     images_ok = image_suffixes()
     files = sorted(p for p in folder.rglob("*") if p.is_file() and _visible(p, folder))
     images = [p for p in files if p.suffix.lower() in images_ok]
-    if images:
-        return images
-    tensors = [p for p in files if p.suffix.lower() in TENSOR_SUFFIXES]
-    if tensors:
-        return tensors
-    raise ReportError(f"no images (or .pt/.npy/.npz tensors) found in folder {folder}")
+    used = images or [p for p in files if p.suffix.lower() in TENSOR_SUFFIXES]
+    if not used:
+        raise ReportError(f"no images (or .pt/.npy/.npz tensors) found in folder {folder}")
+    chosen = set(used)
+    return used, [p for p in files if p not in chosen]
+
+
+@dataclass
+class FoundFiles:
+    """What INPUT arguments name: the files to use, which of them were found in a folder or by a
+    glob (where an unreadable one is skipped, unless strict), and the folder files left out."""
+
+    paths: list[Path]
+    in_bulk: set[Path] = field(default_factory=set)
+    left_out: list[Path] = field(default_factory=list)
+
+    def left_out_note(self) -> str | None:
+        if not self.left_out:
+            return None
+        return (f"{len(self.left_out)} file(s) in the input folders are neither images nor tensors (or are "
+                f"tensors beside images) and were not used: {_examples([p.name for p in self.left_out])}.")
 
 
 def expand_paths(specs: Sequence[str | Path]) -> list[Path]:
     """Files as given, folders recursively (sorted), globs expanded; duplicates kept once."""
+    return find_inputs(specs).paths
+
+
+def find_inputs(specs: Sequence[str | Path]) -> FoundFiles:
+    """`expand_paths`, remembering which files came from folders and globs and which were left out."""
     found: list[Path] = []
+    in_bulk: set[Path] = set()
+    named: set[Path] = set()  # a file named on its own is never skipped, also when a folder holds it
+    left_out: list[Path] = []
+
+    def add_folder(folder: Path) -> None:
+        used, others = scan_folder(folder)
+        found.extend(used)
+        in_bulk.update(used)
+        left_out.extend(others)
+
     for spec in specs:
         text = str(spec)
         path = Path(text)
         if path.is_dir():
-            found.extend(folder_files(path))
+            add_folder(path)
         elif path.is_file():
             found.append(path)
+            named.add(path)
         elif any(ch in text for ch in "*?["):
             matches = sorted(glob.glob(text, recursive=True))
             if not matches:
                 raise ReportError(f"no files match {text!r}")
             for match in map(Path, matches):
-                found.extend(folder_files(match) if match.is_dir() else [match])
+                if match.is_dir():
+                    add_folder(match)
+                else:
+                    found.append(match)
+                    in_bulk.add(match)
         elif path.exists():
             raise ReportError(f"input is not a regular file: {text}")
         else:
@@ -173,16 +278,35 @@ def expand_paths(specs: Sequence[str | Path]) -> list[Path]:
     unique: dict[str, Path] = {}
     for path in found:
         unique.setdefault(str(path), path)
-    return list(unique.values())
+    return FoundFiles(list(unique.values()), in_bulk - named, sorted(set(left_out) - set(found)))
 
 
 # --- images ----------------------------------------------------------------------------------
+
+# What PIL's ImageOps.exif_transpose (and torchvision's decode_image(apply_exif_orientation=True))
+# does for each EXIF Orientation value, so the model sees the picture the way a camera app shows it.
+EXIF_ORIENTATION = 0x0112
+ORIENTATION_NOTES = {
+    2: "mirrored left-right",
+    3: "rotated 180°",
+    4: "mirrored top-bottom",
+    5: "rotated and mirrored",
+    6: "rotated 90° clockwise",
+    7: "rotated and mirrored",
+    8: "rotated 90° counter-clockwise",
+}
+
 
 @dataclass(frozen=True)
 class ImageHeader:
     mode: str
     size: tuple[int, int]
     has_transparency: bool
+    orientation: int = 1  # EXIF Orientation; 1 (or absent): stored as shown
+
+    def orientation_note(self) -> str | None:
+        how = ORIENTATION_NOTES.get(self.orientation)
+        return f"{how} per EXIF orientation {self.orientation}" if how else None
 
 
 def peek_image(path: Path) -> ImageHeader:
@@ -191,7 +315,9 @@ def peek_image(path: Path) -> ImageHeader:
 
     try:
         with refuse_huge_images(), Image.open(path) as image:
-            return ImageHeader(image.mode, image.size, "transparency" in image.info)
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            return ImageHeader(image.mode, image.size, "transparency" in image.info,
+                               orientation if isinstance(orientation, int) else 1)
     except FileNotFoundError as exc:
         raise ReportError(f"input not found: {path}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -204,13 +330,14 @@ def peek_image(path: Path) -> ImageHeader:
 
 
 def open_image(path: Path) -> Any:
-    """Decode an image fully, turning every PIL failure into a one-line user error."""
-    from PIL import Image, UnidentifiedImageError
+    """Decode an image fully, turned upright by its EXIF orientation; every PIL failure becomes a
+    one-line user error."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with refuse_huge_images(), Image.open(path) as image:
             image.load()
-            return image.copy()
+            return ImageOps.exif_transpose(image)
     except FileNotFoundError as exc:
         raise ReportError(f"input not found: {path}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -222,18 +349,37 @@ def open_image(path: Path) -> Any:
 
 
 def from_image_files(
-    paths: Sequence[Path], preprocessing: Preprocessing, *, labels: Sequence[int | None] | None = None
+    paths: Sequence[Path], preprocessing: Preprocessing, *, labels: Sequence[int | None] | None = None,
+    skippable: Sequence[bool] | None = None,
 ) -> InputSet:
     """Image files -> InputSet. Headers are read now (to fail early and to note channel
-    adaptations); the pixels are decoded when their batch runs."""
+    adaptations); the pixels are decoded when their batch runs. A file marked `skippable` that
+    cannot be read is left out and listed instead of being an error."""
     item_notes: list[tuple[str, ...]] = []
     by_note: dict[str, list[str]] = {}
-    for path in paths:
-        header = peek_image(path)
+    turned: list[str] = []
+    kept: list[int] = []
+    skipped: list[str] = []
+    for position, path in enumerate(paths):
+        try:
+            header = peek_image(path)
+        except ReportError as exc:
+            if not (skippable and skippable[position]):
+                raise
+            skipped.append(f"{path.name} ({one_line(exc)})")
+            continue
+        kept.append(position)
         note = preprocessing.adaptation_note(header.mode, header.has_transparency)
-        item_notes.append((f"{header.mode} image: {note}",) if note else ())
+        turn = header.orientation_note()
+        item_notes.append(((f"{header.mode} image: {note}",) if note else ()) + ((turn,) if turn else ()))
         if note:
             by_note.setdefault(f"{header.mode}: {note}", []).append(path.name)
+        if turn:
+            turned.append(path.name)
+
+    if skipped and not kept:
+        raise ReportError(f"none of the {len(skipped)} image files could be read (e.g. {skipped[0]})")
+    paths = [paths[i] for i in kept]
 
     def load(index: int) -> torch.Tensor:
         return preprocessing.to_tensor(open_image(paths[index]))
@@ -241,19 +387,28 @@ def from_image_files(
     return InputSet(
         names=[path.name for path in paths],
         loader=load,
-        labels=list(labels) if labels is not None else [],
+        labels=[labels[i] for i in kept] if labels is not None else [],
         paths=[str(p) for p in paths],
         preprocessing=preprocessing,
         item_notes=item_notes,
-        notes=[_adaptation_summary(by_note, preprocessing.target_channels)] if by_note else [],
+        skippable=[skippable[i] for i in kept] if skippable else [],
+        skipped=skipped,
+        notes=([_adaptation_summary(by_note, preprocessing.target_channels)] if by_note else [])
+        + ([f"{len(turned)} image(s) turned upright per their EXIF orientation tag, as a camera app shows "
+            f"them ({_examples(turned)})."] if turned else []),
     )
+
+
+def _examples(names: Sequence[str]) -> str:
+    """The first NOTE_EXAMPLES names, and how many more."""
+    more = len(names) - NOTE_EXAMPLES
+    return ", ".join(names[:NOTE_EXAMPLES]) + (f" and {more} more" if more > 0 else "")
 
 
 def _adaptation_summary(by_note: dict[str, list[str]], channels: int) -> str:
     parts = []
     for note, names in sorted(by_note.items()):
-        shown = ", ".join(names[:NOTE_EXAMPLES]) + (f" and {len(names) - NOTE_EXAMPLES} more" if len(names) > NOTE_EXAMPLES else "")
-        parts.append(f"{len(names)} image(s) {note} ({shown})")
+        parts.append(f"{len(names)} image(s) {note} ({_examples(names)})")
     return f"Channels adapted to the model's {channels}-channel input: " + "; ".join(parts) + "."
 
 
@@ -326,9 +481,12 @@ def read_tensor_file(path: Path) -> tuple[Any, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         message = str(exc)
-        if "weights_only" in message or "Unsupported global" in message:
+        if "Unsupported global" in message or "Unsupported class" in message:
             raise ReportError(f"{path} holds pickled Python objects, not a tensor; input files are read "
                               "with weights_only=True (save tensors with torch.save(tensor, path))") from exc
+        if "WeightsUnpickler error:" in message:  # garbage bytes: keep the unpickler's own words only
+            detail = " ".join(message.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0].split())
+            raise ReportError(f"cannot read {path}: not a file torch.load can read ({detail})") from exc
         raise ReportError(f"cannot read {path}: {one_line(exc)}") from exc
     if isinstance(data, torch.Tensor):
         return data, None
@@ -363,13 +521,20 @@ def fit_rank(shape: Sequence[int], layout: InputLayout, path: Path) -> tuple[boo
     raise ReportError(f"{path} has shape {list(shape)}; {layout.layer} takes {layout.describe()}")
 
 
+class UnreadableFile(ReportError):
+    """A file that cannot be read as an input at all (not one whose shape doesn't fit)."""
+
+
 class _TensorFile:
     """One tensor file: its rows are inputs. Holds a memory map (.npy) or reloads on demand."""
 
     def __init__(self, path: Path, layout: InputLayout) -> None:
         self.path = path
         self.layout = layout
-        data, labels = read_tensor_file(path)
+        try:
+            data, labels = read_tensor_file(path)
+        except ReportError as exc:
+            raise UnreadableFile(str(exc)) from exc
         self.shape = tuple(int(d) for d in data.shape)
         self.batched, self.unit_dims, self.note = fit_rank(self.shape, layout, path)
         self.count = self.shape[0] if self.batched else 1
@@ -407,9 +572,20 @@ class _TensorFile:
         return tensor
 
 
-def from_tensor_files(paths: Sequence[Path], layout: InputLayout) -> InputSet:
-    """.pt/.pth/.npy/.npz files, each one sample or a batch (first axis) -> InputSet."""
-    files = [_TensorFile(path, layout) for path in paths]
+def from_tensor_files(paths: Sequence[Path], layout: InputLayout, *, skippable: Sequence[bool] | None = None) -> InputSet:
+    """.pt/.pth/.npy/.npz files, each one sample or a batch (first axis) -> InputSet. A file marked
+    `skippable` that cannot be read is left out and listed; one whose shape doesn't fit is an error."""
+    files: list[_TensorFile] = []
+    skipped: list[str] = []
+    for position, path in enumerate(paths):
+        try:
+            files.append(_TensorFile(path, layout))
+        except UnreadableFile as exc:
+            if not (skippable and skippable[position]):
+                raise
+            skipped.append(f"{path.name} ({one_line(exc)})")
+    if not files:
+        raise ReportError(f"none of the {len(skipped)} tensor files could be read (e.g. {skipped[0]})")
     owners: list[tuple[int, int]] = []
     names: list[str] = []
     labels: list[int | None] = []
@@ -440,15 +616,21 @@ def from_tensor_files(paths: Sequence[Path], layout: InputLayout) -> InputSet:
         names=names,
         loader=load,
         labels=labels if any(label is not None for label in labels) else [],
+        label_source="the labels stored in the tensor files",
         paths=[str(files[k].path) for k, _ in owners],
         notes=notes,
         item_notes=item_notes,
+        skipped=skipped,
     )
 
 
-def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout: InputLayout) -> InputSet:
-    """INPUT arguments (files, folders, globs; images and tensor files) -> one InputSet, in order."""
-    paths = expand_paths(specs)
+def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout: InputLayout, *,
+               strict: bool = False) -> InputSet:
+    """INPUT arguments (files, folders, globs; images and tensor files) -> one InputSet, in order.
+    An unreadable file found in a folder or by a glob is skipped and listed, unless `strict`;
+    a file named on its own must be readable."""
+    found = find_inputs(specs)
+    paths = found.paths
     groups: list[tuple[bool, list[Path]]] = []
     for path in paths:
         is_tensor = path.suffix.lower() in TENSOR_SUFFIXES
@@ -458,9 +640,16 @@ def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout
             groups.append((is_tensor, [path]))
     if any(not is_tensor for is_tensor, _ in groups):
         check_image_channels(preprocessing, layout)
-    sets = [from_tensor_files(group, layout) if is_tensor else from_image_files(group, preprocessing)
-            for is_tensor, group in groups]
-    return concatenate(sets)
+    sets = []
+    for is_tensor, group in groups:
+        skippable = [not strict and p in found.in_bulk for p in group]
+        sets.append(from_tensor_files(group, layout, skippable=skippable) if is_tensor
+                    else from_image_files(group, preprocessing, skippable=skippable))
+    inputs = concatenate(sets)
+    note = found.left_out_note()
+    if note:
+        inputs.notes.append(note)
+    return inputs
 
 
 def check_image_channels(preprocessing: Preprocessing, layout: InputLayout) -> None:
@@ -487,7 +676,7 @@ def class_index(text: str, class_names: Sequence[str] | None) -> int | None:
 
 
 def load_dataset(root: str | Path, preprocessing: Preprocessing, *, class_names: Sequence[str] | None = None,
-                 names_given: bool = False) -> InputSet:
+                 names_given: bool = False, strict: bool = False) -> InputSet:
     """An ImageFolder-style folder: one subfolder per class, images anywhere below it.
 
     Classes are numbered in sorted folder order (as torchvision's ImageFolder does) and named
@@ -517,25 +706,25 @@ def load_dataset(root: str | Path, preprocessing: Preprocessing, *, class_names:
         how = "classes numbered in sorted folder order and named after the folders"
     paths: list[Path] = []
     labels: list[int | None] = []
+    left_out = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
     for class_dir, index in zip(classes, indices):
-        images = [p for p in folder_files_or_empty(class_dir) if p.suffix.lower() in image_suffixes()]
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and _visible(p, class_dir))
+        images = [p for p in files if p.suffix.lower() in image_suffixes()]
         if not images:
             raise ReportError(f"--dataset class folder {class_dir} holds no images")
         paths.extend(images)
         labels.extend([index] * len(images))
+        left_out.extend(p for p in files if p.suffix.lower() not in image_suffixes())
     check_image_channels(preprocessing, InputLayout(3, preprocessing.channels))
-    inputs = from_image_files(paths, preprocessing, labels=labels)
+    inputs = from_image_files(paths, preprocessing, labels=labels, skippable=[not strict] * len(paths))
     inputs.class_names = names
+    inputs.label_source = f"the class folders of --dataset {folder}"
     inputs.notes.insert(0, f"Labelled inputs from --dataset {folder.name}: {len(paths)} images in "
                            f"{len(classes)} class folders ({how}).")
+    if left_out:
+        inputs.notes.append(f"{len(left_out)} file(s) in --dataset {folder.name} are not images and were not used: "
+                            f"{_examples([str(p.relative_to(folder)) for p in left_out])}.")
     return inputs
-
-
-def folder_files_or_empty(folder: Path) -> list[Path]:
-    try:
-        return folder_files(folder)
-    except ReportError:
-        return []
 
 
 def apply_label_pattern(inputs: InputSet, pattern: str, class_names: Sequence[str] | None) -> None:
@@ -561,6 +750,7 @@ def apply_label_pattern(inputs: InputSet, pattern: str, class_names: Sequence[st
     if len(unmatched) == len(labels):
         raise ReportError(f"--label-pattern {pattern!r} matches none of the inputs (e.g. {inputs.names[0]})")
     inputs.labels = labels
+    inputs.label_source = f"--label-pattern {pattern!r}"
     note = f"True classes read from the file names with --label-pattern '{pattern}'"
     if unmatched:
         note += f"; {len(unmatched)} input(s) did not match and have no label (e.g. {unmatched[0]})"

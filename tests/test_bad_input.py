@@ -101,6 +101,11 @@ def case_pt_holding_a_dict_without_tensors(tmp: Path) -> tuple[list[str], list[s
     return [MEAN_NET, str(tmp / "meta.pt")], ["meta.pt holds no input tensor", "epoch"]
 
 
+def case_pt_of_garbage_bytes(tmp: Path) -> tuple[list[str], list[str]]:
+    (tmp / "junk.pt").write_bytes(b"not a torch file")
+    return [MEAN_NET, str(tmp / "junk.pt")], ["cannot read", "junk.pt", "not a file torch.load can read"]
+
+
 def case_pt_with_pickled_objects(tmp: Path) -> tuple[list[str], list[str]]:
     torch.save({"x": torch.zeros(1, 3, 4, 4), "args": argparse.Namespace(lr=0.1)}, tmp / "objs.pt")
     return [MEAN_NET, str(tmp / "objs.pt")], ["objs.pt holds pickled Python objects", "weights_only"]
@@ -232,6 +237,28 @@ def case_label_pattern_matches_nothing(tmp: Path) -> tuple[list[str], list[str]]
     return [MEAN_NET, str(tmp / "cat.png"), "--label-pattern", r"_(\d)\.png$"], ["matches none of the inputs", "cat.png"]
 
 
+def case_label_pattern_outside_the_model_classes(tmp: Path) -> tuple[list[str], list[str]]:
+    noisy_png(tmp / "cat_1.png", 8)
+    noisy_png(tmp / "cat_8000.png", 8)
+    return ([MEAN_NET, str(tmp / "cat_1.png"), str(tmp / "cat_8000.png"), "--label-pattern", r"_(\d+)\.png$"],
+            ["label 8000 of input cat_8000.png", "--label-pattern", "not one of the 4 classes the model outputs"])
+
+
+def case_label_pattern_outside_the_labels_file(tmp: Path) -> tuple[list[str], list[str]]:
+    noisy_png(tmp / "dog_7.png", 8)
+    (tmp / "four.txt").write_text("a\nb\nc\nd\n", encoding="utf-8")
+    return ([MEAN_NET, str(tmp / "dog_7.png"), "--label-pattern", r"_(\d+)\.png$", "--labels", str(tmp / "four.txt")],
+            ["label 7 of input dog_7.png", "not one of the 4 classes named by --labels", "four.txt"])
+
+
+def case_dataset_with_more_class_folders_than_the_model_has(tmp: Path) -> tuple[list[str], list[str]]:
+    for name in "abcde":  # ChannelMeanNet outputs 4 classes: folder e would be class 4
+        (tmp / "ds" / name).mkdir(parents=True)
+        noisy_png(tmp / "ds" / name / f"{name}.png", 8)
+    return ([MEAN_NET, "--dataset", str(tmp / "ds")],
+            ["label 4 of input e.png", "class folders of --dataset", "not one of the 4 classes the model outputs"])
+
+
 def case_mean_without_std(tmp: Path) -> tuple[list[str], list[str]]:
     return [MEAN_NET, "--mean", "0.5,0.5,0.5"], ["--mean and --std go together"]
 
@@ -286,3 +313,43 @@ def test_in_a_real_process_exit_2_and_debug_traceback(tmp_path):
     done = _cli([*args, "-o", str(out), "--debug"], tmp_path)
     assert done.returncode == 1 and "Traceback (most recent call last)" in done.stderr
     assert "ReportError: cannot read image" in done.stderr and not out.exists()
+
+
+class CountingNet(torch.nn.Module):
+    """tiny_cnn's layers, counting the batches its forward sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_cnn(classes=5)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x)
+
+
+def test_api_targets_outside_the_classes_stop_after_the_first_batch():
+    import reportgen
+
+    model = CountingNet()
+    inputs = torch.rand(12, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    targets = [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 5]  # 5 classes: the last target is out of range
+    with pytest.raises(ReportError) as info:
+        reportgen.generate_report(model, inputs, targets=targets, batch_size=2, device="cpu", cam=False,
+                                  embedding=False, top_k=0)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "label 5 of input input-11 (from targets=) is not one of the 5 classes the model outputs" in message
+    assert model.calls <= 3, f"{model.calls} forward calls: the check waited beyond the first batch of 6"
+    with pytest.raises(ReportError, match="label -1 of input input-00"):
+        reportgen.generate_report(tiny_cnn(), inputs[:2], targets=[-1, 0], device="cpu")
+
+
+def test_api_labels_give_the_class_count_before_any_forward():
+    import reportgen
+
+    model = CountingNet()
+    with pytest.raises(ReportError, match=r"label 3 of input input-01 .* 3 classes named by labels="):
+        reportgen.generate_report(model, torch.rand(2, 3, 8, 8), targets=[0, 3], labels=["a", "b", "c"],
+                                  device="cpu")
+    assert model.calls == 0

@@ -321,3 +321,169 @@ def test_forward_args_feed_models_with_several_or_dict_inputs():
     with torch.no_grad():
         expected = torch.softmax(keyed({"image": images, "scale": 2.0}), dim=1)
     assert [p.top[0].index for p in report.model.predictions] == expected.argmax(dim=1).tolist()
+
+
+@pytest.mark.parametrize("orientation, upright", [
+    (2, lambda a: a[:, ::-1]),
+    (3, lambda a: a[::-1, ::-1]),
+    (6, lambda a: np.rot90(a, k=-1)),  # the camera was turned: the picture is shown turned clockwise
+    (8, lambda a: np.rot90(a, k=1)),
+])
+def test_exif_orientation_is_applied_and_noted(tmp_path, orientation, upright):
+    import reportgen
+    from reportgen.api import coerce_inputs
+
+    rng = np.random.default_rng(orientation)
+    stored = (np.linspace(0, 255, 24)[None, :, None] * np.ones((16, 1, 3)) * 0.6
+              + rng.integers(0, 90, (16, 24, 3))).astype(np.uint8)  # 16 rows, 24 columns: not square
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, quality=95, exif=exif.tobytes())
+    with Image.open(path) as raw:  # the decoded pixels as stored, orientation ignored
+        decoded = np.asarray(raw.convert("RGB"), dtype=np.float32) / 255
+    seen = coerce_inputs([path], None).load(0).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(seen, np.ascontiguousarray(upright(decoded)), atol=1e-6)
+    turned = {2: "mirrored left-right", 3: "rotated 180°", 6: "rotated 90° clockwise",
+              8: "rotated 90° counter-clockwise"}[orientation]
+    report = reportgen.generate_report(ChannelMeanNet(), [path], device="cpu", max_size_mb=0)
+    assert report.model.inputs[0].notes == (f"{turned} per EXIF orientation {orientation}",)
+    assert f'<span class="input-note">{turned} per EXIF orientation {orientation}</span>' in report.to_html()
+    assert any("1 image(s) turned upright per their EXIF orientation" in n and "phone.jpg" in n
+               for n in report.model.notes)
+
+
+def test_images_without_exif_orientation_are_used_as_stored(tmp_path):
+    from reportgen.api import coerce_inputs
+
+    stored = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(stored).save(tmp_path / "plain.png")
+    seen = coerce_inputs([tmp_path / "plain.png"], None).load(0).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(seen, stored / 255, atol=1e-6)
+
+
+def noisy_png_bytes(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_files_left_out_of_an_input_folder_are_listed(tmp_path, capsys):
+    root = tmp_path / "tree"
+    (root / "sub").mkdir(parents=True)
+    for rel in ("a.png", "sub/b.png"):
+        solid("RGB", (4, 4), (10, 20, 30)).save(root / rel)
+    for rel in ("notes.txt", "sub/meta.csv", "sub/extra.npy", ".DS_Store"):
+        (root / rel).write_bytes(b"x")
+    report = run([MEAN_NET, str(root)], tmp_path, capsys)
+    assert [i["name"] for i in report["inputs"]] == ["a.png", "b.png"]
+    listed = [n for n in report["notes"] if "were not used" in n]
+    assert listed == ["3 file(s) in the input folders are neither images nor tensors (or are tensors beside "
+                      "images) and were not used: notes.txt, extra.npy, meta.csv."]  # in path order
+
+
+def test_dataset_skips_and_lists_unreadable_files_and_strict_stops(tmp_path, capsys):
+    """3 classes x 3 images, batches of 2: a truncated image in the first batch, one in the last
+    place (the tail), and a file that is no image at all; the others keep their own labels."""
+    root = tmp_path / "ds"
+    colours = {"r": (255, 0, 0), "g": (0, 255, 0), "b": (0, 0, 255)}
+    for name, rgb in colours.items():
+        (root / name).mkdir(parents=True)
+        for k in range(3):
+            solid("RGB", (6, 6), rgb).save(root / name / f"{name}{k}.png")
+    whole = noisy_png_bytes(0)
+    (root / "b" / "b1.png").write_bytes(whole[: len(whole) // 2])  # sorted first class: b
+    (root / "r" / "r2.png").write_bytes(whole[: len(whole) // 3])  # the very last input
+    (root / "g" / "g1.png").write_bytes(b"not an image at all" * 20)
+    (root / "g" / "readme.txt").write_text("about the greens", encoding="utf-8")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("r\ng\nb\n", encoding="utf-8")
+    args = [MEAN_NET, "--model-arg", "zero_logit=False", "--dataset", str(root), "--labels", str(labels),
+            "--batch-size", "2"]
+    report = run(args, tmp_path, capsys)
+    kept = ["b0.png", "b2.png", "g0.png", "g2.png", "r0.png", "r1.png"]
+    assert [i["name"] for i in report["inputs"]] == kept
+    assert [p["true_label"] for p in report["predictions"]] == [name[0] for name in kept]
+    assert all(p["correct"] is True for p in report["predictions"])  # labels stayed with their images
+    skipped = [n for n in report["notes"] if "unreadable input file(s) skipped" in n]
+    assert len(skipped) == 1 and skipped[0].startswith("3 unreadable input file(s) skipped")
+    for name in ("b1.png", "g1.png", "r2.png", "truncated", "not an image PIL can read", "--strict"):
+        assert name in skipped[0], name
+    assert any("1 file(s) in --dataset ds are not images" in n and "readme.txt" in n for n in report["notes"])
+
+    out = tmp_path / "strict.html"
+    code = main([*args, "--strict", "-o", str(out), "-q", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and "b1.png" in err and "truncated" in err
+    assert not out.exists()
+
+
+def test_unreadable_file_named_on_its_own_stays_an_error_and_api_strict(tmp_path):
+    import reportgen
+    from reportgen.errors import ReportError
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    solid("RGB", (5, 5), (1, 2, 3)).save(folder / "ok.png")
+    whole = noisy_png_bytes(1)
+    (folder / "cut.png").write_bytes(whole[: len(whole) // 2])
+    report = reportgen.generate_report(ChannelMeanNet(), [str(folder)], device="cpu")
+    assert [i.name for i in report.model.inputs] == ["ok.png"]
+    with pytest.raises(ReportError, match="cannot read image .*cut.png"):
+        reportgen.generate_report(ChannelMeanNet(), [str(folder)], device="cpu", strict=True)
+    with pytest.raises(ReportError, match="cannot read image .*cut.png"):
+        reportgen.generate_report(ChannelMeanNet(), [str(folder / "ok.png"), str(folder / "cut.png")], device="cpu")
+    with pytest.raises(ReportError, match="cannot read image .*cut.png"):  # named, and also in the folder
+        reportgen.generate_report(ChannelMeanNet(), [str(folder), str(folder / "cut.png")], device="cpu")
+
+
+def test_input_set_batches_stay_full_and_aligned_when_inputs_are_left_out():
+    from reportgen.errors import ReportError
+    from reportgen.inputs import InputSet
+
+    broken = {1, 2, 6, 9}  # two in a row, one mid-set, the last one
+
+    def load(i: int) -> torch.Tensor:
+        if i in broken:
+            raise ReportError(f"cannot read image f{i}.png: broken")
+        return torch.full((1, 2), float(i))
+
+    inputs = InputSet(names=[f"f{i}.png" for i in range(10)], loader=load, labels=list(range(10)),
+                      skippable=[True] * 10)
+    inputs.check_tail(3)
+    seen: list[float] = []
+    start = 0
+    while start < len(inputs):  # the loop analyze runs
+        stop = min(start + 3, len(inputs))
+        batch = inputs.batch(start, stop)
+        assert batch.shape[0] == stop - start
+        assert [inputs.label(i) for i in range(start, stop)] == [int(v) for v in batch[:, 0, 0]]
+        assert inputs.names[start:stop] == [f"f{int(v)}.png" for v in batch[:, 0, 0]]
+        seen.extend(float(v) for v in batch[:, 0, 0])
+        start = stop
+    assert seen == [float(i) for i in range(10) if i not in broken]
+    assert sorted(inputs.skipped) == sorted(f"f{i}.png (cannot read image f{i}.png: broken)" for i in broken)
+    named = InputSet(names=["a", "b"], loader=load, skippable=[False, False])
+    with pytest.raises(ReportError, match="f1.png: broken"):
+        named.batch(0, 2)
+
+
+def test_unreadable_tensor_file_in_a_folder_is_skipped_but_a_wrong_shape_is_not(tmp_path):
+    import reportgen
+    from reportgen.errors import ReportError
+
+    folder = tmp_path / "tensors"
+    folder.mkdir()
+    good = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    torch.save(good, folder / "a.pt")
+    (folder / "b.pt").write_bytes(b"not a torch file")
+    report = reportgen.generate_report(ChannelMeanNet(), [str(folder)], device="cpu", max_size_mb=0)
+    assert [i.name for i in report.model.inputs] == ["a.pt[0]", "a.pt[1]"]
+    assert any(n.startswith("1 unreadable input file(s) skipped") and "b.pt (cannot read" in n
+               for n in report.model.notes)
+    with pytest.raises(ReportError, match="cannot read .*b.pt"):
+        reportgen.generate_report(ChannelMeanNet(), [str(folder)], device="cpu", strict=True)
+    np.save(folder / "c.npy", np.zeros((3, 4), dtype=np.float32))  # a 2-D array for a Conv2d: user mistake
+    (folder / "b.pt").unlink()
+    with pytest.raises(ReportError, match=r"c.npy has shape \[3, 4\]"):
+        reportgen.generate_report(ChannelMeanNet(), [str(folder)], device="cpu")
