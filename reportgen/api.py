@@ -31,7 +31,7 @@ from reportgen.inputs import (
     synthetic_probes,
 )
 from reportgen.labels import check_label_count
-from reportgen.models import LoadedModel
+from reportgen.models import DEFAULT_SEED, MAX_SEED, LoadedModel, seeded
 from reportgen.preprocess import Preprocessing
 from reportgen.progress import progress_bar
 from reportgen.render import RenderOptions, render, render_sections, section_anchors
@@ -69,6 +69,9 @@ class ReportOptions:
     cam_layer: str | None = None  # default: the last convolution
     embedding: bool = True  # PCA of the penultimate features
     thresholds: AlertThresholds = AlertThresholds()
+    # Seeds torch's RNG for the passes (a model's own randomness) and the probe noise; the CLI
+    # also builds the model under it. Recorded in the report.
+    seed: int = DEFAULT_SEED
 
 
 def report_date() -> str:
@@ -82,6 +85,11 @@ def report_date() -> str:
     else:
         moment = _dt.datetime.now(tz=_dt.timezone.utc)
     return moment.strftime("%Y-%m-%d")
+
+
+def check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ReportError(f"--seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
 
 
 def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Sequence[str] | None = None,
@@ -120,7 +128,18 @@ def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Seque
 
 def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
                  class_names: Sequence[str] | None = None) -> Report:
-    """Analyze -> render; the returned Report renders HTML and JSON when asked."""
+    """Analyze -> render; the returned Report renders HTML and JSON when asked.
+
+    Runs with torch's RNG seeded from `options.seed` (put back afterwards), so anything random
+    on the way (a lazy layer's init, noise in a model's forward) is the same on every run.
+    """
+    check_seed(options.seed)
+    with seeded(options.seed):
+        return _build_report(loaded, inputs, options, class_names)
+
+
+def _build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
+                  class_names: Sequence[str] | None) -> Report:
     import torchvision
 
     if options.batch_size < 1:
@@ -163,6 +182,7 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         batch_size=options.batch_size,
         preprocessing=preprocessing,
         command=options.command,
+        seed=options.seed,
     )
     model = loaded.module
     model_info = ModelInfo(
@@ -172,6 +192,7 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         file=display_path(loaded.file) if loaded.file else None,  # no home folders in a shared report
         sha256=loaded.sha256,
         random_weights=loaded.random_weights,
+        init=loaded.init if loaded.random_weights else None,
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
@@ -189,7 +210,8 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         impact = impact_for_report(model, inputs, device, options.impact, selected=analysis.selected,
                                    anchors=section_anchors(analysis), class_names=names,
                                    batch_size=options.batch_size, max_inputs_shown=options.max_inputs_shown,
-                                   forward_args=options.forward_args, show_progress=options.show_progress)
+                                   forward_args=options.forward_args, show_progress=options.show_progress,
+                                   seed=options.seed)
     render_options = RenderOptions(filter_scale=options.filter_scale)
 
     def draw(source: Any, sections: Any = None) -> Any:
@@ -246,6 +268,7 @@ def generate_report(
     cam_layer: str | None = None,
     embedding: bool = True,
     thresholds: AlertThresholds | None = None,
+    seed: int = DEFAULT_SEED,
 ) -> Report:
     """Analyse `model` on `inputs` and return a Report (`.save(path)`, `.to_html()`, `.to_dict()`).
 
@@ -264,12 +287,15 @@ def generate_report(
     there are more inputs than `max_inputs_shown`. `cam`: Grad-CAM for the shown inputs, at
     `cam_layer` (default: the last conv). `embedding`: PCA scatter of the penultimate features.
     `thresholds`: `reportgen.alerts.AlertThresholds(dead_fraction=..., duplicate_cosine=..., ...)`.
+    `seed`: seeds synthetic inputs, probe noise and torch's RNG during the passes (restored after);
+    recorded in the report. The model is already built: seed its init yourself.
     """
     if not isinstance(model, nn.Module):
         raise ReportError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    check_seed(seed)
     if inputs is None:
         shape, how = probe_shape(model, forward_args=forward_args)
-        input_set = synthetic_probes(shape)
+        input_set = synthetic_probes(shape, seed=seed)
         input_set.notes.append(f"Probe shape {'x'.join(map(str, shape))}: {how}.")
     else:
         input_set = coerce_inputs(inputs, preprocessing, input_names, layout_of(model))
@@ -295,6 +321,7 @@ def generate_report(
         cam_layer=cam_layer,
         embedding=embedding,
         thresholds=thresholds if thresholds is not None else AlertThresholds(),
+        seed=seed,
     )
     return build_report(loaded, input_set, options, class_names=labels)
 

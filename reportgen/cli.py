@@ -13,7 +13,6 @@ import shlex
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from reportgen._version import __version__
@@ -67,6 +66,18 @@ _non_negative = _int_at_least(0, "an integer >= 0")
 
 
 DEFAULT_MAX_SIZE_MB = 6.0  # = size_budget.DEFAULT_MAX_SIZE_MB (not imported: it pulls in torch)
+DEFAULT_SEED = 0  # = models.DEFAULT_SEED (not imported: it pulls in torch)
+MAX_SEED = 2**63 - 2  # = models.MAX_SEED
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"wants an integer from 0 to {MAX_SEED}, got {text!r}")
+    return value
 
 
 def _megabytes(text: str) -> float:
@@ -124,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="per-filter min-max (default) or one symmetric diverging scale per layer")
     run.add_argument("--batch-size", metavar="N", type=_positive, default=16, help="inputs per forward pass (default 16)")
     run.add_argument("--device", metavar="D", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    run.add_argument("--seed", metavar="N", type=_seed, default=DEFAULT_SEED,
+                     help=f"seeds the random init of models built without weights, probe noise and synthetic "
+                          f"inputs (default {DEFAULT_SEED}: every run gives the same report); recorded in it")
 
     prep = parser.add_argument_group("inputs and preprocessing")
     prep.add_argument("--input-shape", metavar="C,H,W", type=lambda t: _int_list(t, None, "--input-shape"),
@@ -219,19 +233,16 @@ def _channels_or_all(text: str) -> int | None:
     return _positive(text)
 
 
-def _command_line(argv: Sequence[str]) -> str:
-    """The command as typed, with paths made relative to the current folder (no home dirs leak)."""
-    cwd = Path.cwd()
-    parts = []
-    for arg in argv:
-        path = Path(arg)
-        if path.is_absolute():
-            try:
-                arg = str(path.relative_to(cwd))
-            except ValueError:
-                arg = path.name
-        parts.append(arg)
-    return " ".join(shlex.quote(p) for p in ["reportgen", *parts])
+def _command_line(argv: Sequence[str], seed: int) -> str:
+    """The command as typed, runnable as printed: `cd FOLDER && reportgen ...` with the arguments
+    exactly as given (relative to FOLDER, or absolute), `--seed` and, when set, SOURCE_DATE_EPOCH,
+    so that running it again makes the same report."""
+    parts = ["reportgen", *argv]
+    if not any(arg == "--seed" or arg.startswith("--seed=") for arg in argv):
+        parts += ["--seed", str(seed)]
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    date = f"SOURCE_DATE_EPOCH={shlex.quote(epoch)} " if epoch is not None else ""
+    return f"cd {shlex.quote(os.getcwd())} && {date}" + " ".join(shlex.quote(p) for p in parts)
 
 
 def _raise_on_sigterm(signum: int, frame: Any) -> None:
@@ -279,7 +290,7 @@ def _main_thread() -> bool:
 def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from reportgen.cli_run import run_cli
 
-    return run_cli(args, _command_line(argv))
+    return run_cli(args, _command_line(argv, args.seed))
 
 
 if __name__ == "__main__":  # pragma: no cover
