@@ -155,11 +155,10 @@ def _is_demo(args: argparse.Namespace) -> bool:
 
 
 def _check_output(path: Path, option: str) -> None:
-    if path.is_dir():
-        raise ReportError(f"output path is a folder: {path}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ReportError(f"output folder does not exist: {parent}")
+    """Before any work: the folder exists and takes a new file (write.check_writable)."""
+    from reportgen.write import check_writable
+
+    check_writable(path, option)
 
 
 def _demo_sources() -> tuple[LoadedModel, InputSet]:
