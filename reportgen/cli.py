@@ -13,6 +13,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from reportgen._version import __version__
@@ -234,15 +235,33 @@ def _channels_or_all(text: str) -> int | None:
 
 
 def _command_line(argv: Sequence[str], seed: int) -> str:
-    """The command as typed, runnable as printed: `cd FOLDER && reportgen ...` with the arguments
-    exactly as given (relative to FOLDER, or absolute), `--seed` and, when set, SOURCE_DATE_EPOCH,
-    so that running it again makes the same report."""
-    parts = ["reportgen", *argv]
+    """The command as typed, runnable as printed: `cd FOLDER && reportgen ...` with `--seed` and,
+    when set, SOURCE_DATE_EPOCH, so that running it again makes the same report. Absolute paths
+    inside FOLDER become relative to it; the home folder is written `~` (the shell expands it; the
+    reader of a shared report does not learn it)."""
+    cwd = Path.cwd()
+    parts = [shlex.quote("reportgen")]
+    for arg in argv:
+        path = Path(arg)
+        if path.is_absolute() and path.is_relative_to(cwd) and path != cwd:
+            parts.append(shlex.quote(path.relative_to(cwd).as_posix()))
+        else:
+            parts.append(_shell_path(arg))
     if not any(arg == "--seed" or arg.startswith("--seed=") for arg in argv):
         parts += ["--seed", str(seed)]
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     date = f"SOURCE_DATE_EPOCH={shlex.quote(epoch)} " if epoch is not None else ""
-    return f"cd {shlex.quote(os.getcwd())} && {date}" + " ".join(shlex.quote(p) for p in parts)
+    return f"cd {_shell_path(str(cwd))} && {date}" + " ".join(parts)
+
+
+def _shell_path(text: str) -> str:
+    """`text` quoted for the shell; an absolute path under the home folder as `~/...`."""
+    home = Path(os.path.expanduser("~"))
+    path = Path(text)
+    if not path.is_absolute() or not home.is_absolute() or home == Path(home.anchor) or not path.is_relative_to(home):
+        return shlex.quote(text)
+    rest = path.relative_to(home).as_posix()
+    return "~" if rest == "." else "~/" + shlex.quote(rest)
 
 
 def _raise_on_sigterm(signum: int, frame: Any) -> None:

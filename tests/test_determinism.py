@@ -160,14 +160,19 @@ def test_bad_seed_is_a_user_error(seed: object) -> None:
         reportgen.generate_report(tiny_cnn(), tiny_inputs(1), device="cpu", seed=seed)  # type: ignore[arg-type]
 
 
-def test_printed_command_remakes_the_report(workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_printed_command_remakes_the_report(workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # the workspace is in the home folder
     (workspace / "out").mkdir()
-    _run(["nets.py:build", "my photo.png", "-o", "out/r.html", "--json", "out/r.json"], capsys)
+    _run(["nets.py:build", str(workspace / "my photo.png"), "-o", "out/r.html", "--json", "out/r.json"], capsys)
     data = json.loads((workspace / "out" / "r.json").read_text(encoding="utf-8"))
     command = data["run"]["command"]
-    assert command.startswith(f"cd {shlex.quote(str(workspace))} && ")
-    assert "--seed 0" in command
+    # The folder it ran in, the home folder as ~ (expanded by the shell, not shown to readers),
+    # an absolute input inside that folder made relative to it, and the seed.
+    assert command == (f"cd ~/{shlex.quote(workspace.name)} && SOURCE_DATE_EPOCH=1700000000 reportgen nets.py:build "
+                       f"{shlex.quote('my photo.png')} -o out/r.html --json out/r.json -q --seed 0")
     page = (workspace / "out" / "r.html").read_text(encoding="utf-8")
+    assert str(tmp_path) not in page
     shown = re.search(r'<pre class="command"><code>(.*?)</code></pre>', page, re.S)
     assert shown is not None and html.unescape(shown.group(1)) == command  # the page prints the same
     before = {name: (workspace / "out" / name).read_bytes() for name in ("r.html", "r.json")}
@@ -179,7 +184,9 @@ def test_printed_command_remakes_the_report(workspace: Path, tmp_path: Path, cap
     env["OMP_NUM_THREADS"] = "1"
     bin_dir = Path(sys.executable).parent  # where pip put the `reportgen` script
     env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
-    done = subprocess.run(["sh", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(["sh", "-c", command], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     for name, data_bytes in before.items():
         assert (workspace / "out" / name).read_bytes() == data_bytes, name
