@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from reportgen.errors import ReportError, one_line
 from reportgen.inputs import file_sha256
@@ -104,8 +105,11 @@ def _looks_like_module(target: str) -> bool:
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """torch's CPU RNG seeded with `seed` inside, put back as it was afterwards."""
-    with torch.random.fork_rng(devices=[]):
+    """torch's RNGs seeded with `seed` inside, put back as they were afterwards (CUDA's only if
+    already initialised: forking it would initialise CUDA for a CPU run; one initialised inside
+    starts from the seed)."""
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield
 
@@ -179,9 +183,10 @@ def _call_factory(maker: Any, source: str, kwargs: Mapping[str, Any], seed: int)
 
 
 def _same_weights(first: nn.Module, second: nn.Module) -> bool:
-    """Equal state_dicts (same keys, shapes and values; NaN equal to NaN)."""
+    """Equal state_dicts (same keys, shapes and values; NaN equal to NaN). Lazy parameters are
+    made at the first forward, under the report's seed: never equal."""
     a, b = first.state_dict(), second.state_dict()
-    if a.keys() != b.keys():
+    if a.keys() != b.keys() or any(is_lazy(v) for v in a.values()):
         return False
     return all(a[k].shape == b[k].shape and torch.equal(a[k].nan_to_num(), b[k].nan_to_num())
                if a[k].is_floating_point() else torch.equal(a[k], b[k]) for k in a)
