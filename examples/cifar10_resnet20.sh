@@ -2,7 +2,10 @@
 # The real CIFAR-10 ResNet-20 checkpoint (../shared/data, saved from nn.DataParallel in PyTorch's
 # legacy pickle format) on the 20 lossless CIFAR-10 test PNGs, in ONE reportgen command.
 #
-#   sh examples/cifar10_resnet20.sh     # writes out/cifar10-resnet20.html and .json
+#   DATA=../shared/data sh examples/cifar10_resnet20.sh   # writes out/cifar10-resnet20.html and .json
+#
+# DATA (default ../shared/data, relative to the checkout) must hold resnet20-12fca82f.th and
+# cifar10_foolbox_samples/: third-party files, not in the repository.
 #
 # - examples/resnet20_cifar.py:resnet20 builds the architecture (shortcut "option A");
 # - --weights strips the `module.` prefix and loads the state_dict strictly (weights_only);
@@ -10,8 +13,17 @@
 # - --label-pattern reads the true class from the file name (cifar10_NN_L.png: L is the class).
 # Expected: 20/20 correct (the checkpoint's README reports the same).
 set -eu
+# A DATA given relative to where the script was started from stays so after the cd below.
+case ${DATA:-} in
+    ''|/*) ;;
+    *) DATA="$PWD/$DATA" ;;
+esac
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
+if [ ! -f "$DATA/resnet20-12fca82f.th" ] || [ ! -d "$DATA/cifar10_foolbox_samples" ]; then
+    echo "cifar10_resnet20.sh: error: $DATA must hold resnet20-12fca82f.th and cifar10_foolbox_samples/ (third-party data, not in the repository); set DATA=FOLDER" >&2
+    exit 2
+fi
 OUT=${OUT:-out/cifar10-resnet20}  # out/ is git-ignored
 mkdir -p "$(dirname "$OUT")"
 

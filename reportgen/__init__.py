@@ -1,11 +1,14 @@
 """reportgen: one self-contained HTML report of what a PyTorch CNN learned.
 
-The public API is `generate_report(model, inputs, ...) -> Report`. Importing this package is
-cheap: torch is imported only when the API is first used, so `reportgen --help` stays fast.
+The public API is `generate_report(model, inputs, ...) -> Report`, and the submodules whose
+classes it takes (`reportgen.preprocess.Preprocessing`, `reportgen.impact.ImpactOptions`,
+`reportgen.alerts.AlertThresholds`, ...). Importing this package is cheap: torch and those
+submodules are imported only when first used, so `reportgen --help` stays fast.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from reportgen._version import __version__
@@ -16,6 +19,9 @@ if TYPE_CHECKING:
     from reportgen.report import Report
 
 __all__ = ["Report", "ReportError", "__version__", "generate_report"]
+
+# Reachable as `reportgen.NAME` right after `import reportgen` (imported on first use).
+_SUBMODULES = frozenset({"alerts", "api", "impact", "inputs", "labels", "models", "preprocess", "probes", "report"})
 
 
 def __getattr__(name: str) -> Any:
@@ -28,4 +34,6 @@ def __getattr__(name: str) -> Any:
         from reportgen.report import Report
 
         return Report
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'reportgen' has no attribute {name!r}")

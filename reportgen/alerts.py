@@ -66,7 +66,8 @@ def find_alerts(
     stats: dict[str, WeightStats] = dict(insight.weight_stats) if insight is not None else {}
     init_test = insight.init_test if insight is not None else None
     if model.random_weights:
-        alerts.append(Alert("random-weights", None, "The model has random (untrained) weights.", None))
+        how = f" ({model.init})" if model.init else ""
+        alerts.append(Alert("random-weights", None, f"The model has random (untrained) weights{how}.", None))
     elif thresholds.untrained_check and init_test is not None and init_test.match:
         alerts.append(Alert(
             "random-weights", None,

@@ -32,7 +32,7 @@ from reportgen.inputs import (
     synthetic_probes,
 )
 from reportgen.labels import check_label_count
-from reportgen.models import LoadedModel
+from reportgen.models import DEFAULT_SEED, MAX_SEED, LoadedModel, seeded
 from reportgen.preprocess import Preprocessing
 from reportgen.progress import progress_bar
 from reportgen.render import RenderOptions, render, render_sections, section_anchors
@@ -71,6 +71,9 @@ class ReportOptions:
     cam_layer: str | None = None  # default: the last convolution
     embedding: bool = True  # PCA of the penultimate features
     thresholds: AlertThresholds = AlertThresholds()
+    # Seeds torch's RNG for the passes (a model's own randomness) and the probe noise; the CLI
+    # also builds the model under it. Recorded in the report.
+    seed: int = DEFAULT_SEED
 
 
 def report_date() -> str:
@@ -84,6 +87,11 @@ def report_date() -> str:
     else:
         moment = _dt.datetime.now(tz=_dt.timezone.utc)
     return moment.strftime("%Y-%m-%d")
+
+
+def check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ReportError(f"--seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
 
 
 def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Sequence[str] | None = None,
@@ -122,7 +130,18 @@ def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Seque
 
 def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
                  class_names: Sequence[str] | None = None) -> Report:
-    """Analyze -> render; the returned Report renders HTML and JSON when asked."""
+    """Analyze -> render; the returned Report renders HTML and JSON when asked.
+
+    Runs with torch's RNG seeded from `options.seed` (put back afterwards), so anything random
+    on the way (a lazy layer's init, noise in a model's forward) is the same on every run.
+    """
+    check_seed(options.seed)
+    with seeded(options.seed):
+        return _build_report(loaded, inputs, options, class_names)
+
+
+def _build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
+                  class_names: Sequence[str] | None) -> Report:
     import torchvision
 
     if options.batch_size < 1:
@@ -174,6 +193,7 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         batch_size=options.batch_size,
         preprocessing=preprocessing,
         command=options.command,
+        seed=options.seed,
     )
     model = loaded.module
     model_info = ModelInfo(
@@ -183,6 +203,7 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         file=display_path(loaded.file) if loaded.file else None,  # no home folders in a shared report
         sha256=loaded.sha256,
         random_weights=loaded.random_weights,
+        init=loaded.init if loaded.random_weights else None,
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
@@ -200,7 +221,8 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         impact = impact_for_report(model, inputs, device, options.impact, selected=analysis.selected,
                                    anchors=section_anchors(analysis), class_names=names,
                                    batch_size=options.batch_size, max_inputs_shown=options.max_inputs_shown,
-                                   forward_args=options.forward_args, show_progress=options.show_progress)
+                                   forward_args=options.forward_args, show_progress=options.show_progress,
+                                   seed=options.seed)
     render_options = RenderOptions(filter_scale=options.filter_scale)
 
     def draw(source: Any, sections: Any = None) -> Any:
@@ -296,6 +318,7 @@ def generate_report(
     embedding: bool = True,
     thresholds: AlertThresholds | None = None,
     strict: bool = False,
+    seed: int = DEFAULT_SEED,
 ) -> Report:
     """Analyse `model` on `inputs` and return a Report (`.save(path)`, `.to_html()`, `.to_dict()`).
 
@@ -319,12 +342,15 @@ def generate_report(
     alerts and top-k all use that site; "conv" observes the raw conv output instead.
     `strict`: an unreadable file found in a folder or by a glob is an error; by default it is
     skipped and listed in the report's notes (a file named on its own is always an error).
+    `seed`: seeds synthetic inputs, probe noise and torch's RNG during the passes (restored after);
+    recorded in the report. The model is already built: seed its init yourself.
     """
     if not isinstance(model, nn.Module):
         raise ReportError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    check_seed(seed)
     if inputs is None:
         shape, how = probe_shape(model, forward_args=forward_args)
-        input_set = synthetic_probes(shape)
+        input_set = synthetic_probes(shape, seed=seed)
         input_set.notes.append(f"Probe shape {'x'.join(map(str, shape))}: {how}.")
     else:
         input_set = coerce_inputs(inputs, preprocessing, input_names, layout_of(model), strict=strict)
@@ -352,6 +378,7 @@ def generate_report(
         cam_layer=cam_layer,
         embedding=embedding,
         thresholds=thresholds if thresholds is not None else AlertThresholds(),
+        seed=seed,
     )
     return build_report(loaded, input_set, options, class_names=labels)
 

@@ -67,6 +67,18 @@ _non_negative = _int_at_least(0, "an integer >= 0")
 
 
 DEFAULT_MAX_SIZE_MB = 6.0  # = size_budget.DEFAULT_MAX_SIZE_MB (not imported: it pulls in torch)
+DEFAULT_SEED = 0  # = models.DEFAULT_SEED (not imported: it pulls in torch)
+MAX_SEED = 2**63 - 2  # = models.MAX_SEED
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"wants an integer from 0 to {MAX_SEED}, got {text!r}")
+    return value
 
 
 def _megabytes(text: str) -> float:
@@ -126,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where each conv is observed for maps, statistics and alerts: after the activation that acts on it (default; e.g. after BN, the residual add and ReLU, named per layer) or its raw output")
     run.add_argument("--batch-size", metavar="N", type=_positive, default=16, help="inputs per forward pass (default 16)")
     run.add_argument("--device", metavar="D", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    run.add_argument("--seed", metavar="N", type=_seed, default=DEFAULT_SEED,
+                     help=f"seeds the random init of models built without weights, probe noise and synthetic "
+                          f"inputs (default {DEFAULT_SEED}: every run gives the same report); recorded in it")
 
     prep = parser.add_argument_group("inputs and preprocessing")
     prep.add_argument("--input-shape", metavar="C,H,W", type=lambda t: _int_list(t, None, "--input-shape"),
@@ -224,19 +239,34 @@ def _channels_or_all(text: str) -> int | None:
     return _positive(text)
 
 
-def _command_line(argv: Sequence[str]) -> str:
-    """The command as typed, with paths made relative to the current folder (no home dirs leak)."""
+def _command_line(argv: Sequence[str], seed: int) -> str:
+    """The command as typed, runnable as printed: `cd FOLDER && reportgen ...` with `--seed` and,
+    when set, SOURCE_DATE_EPOCH, so that running it again makes the same report. Absolute paths
+    inside FOLDER become relative to it; the home folder is written `~` (the shell expands it; the
+    reader of a shared report does not learn it)."""
     cwd = Path.cwd()
-    parts = []
+    parts = [shlex.quote("reportgen")]
     for arg in argv:
         path = Path(arg)
-        if path.is_absolute():
-            try:
-                arg = str(path.relative_to(cwd))
-            except ValueError:
-                arg = path.name
-        parts.append(arg)
-    return " ".join(shlex.quote(p) for p in ["reportgen", *parts])
+        if path.is_absolute() and path.is_relative_to(cwd) and path != cwd:
+            parts.append(shlex.quote(path.relative_to(cwd).as_posix()))
+        else:
+            parts.append(_shell_path(arg))
+    if not any(arg == "--seed" or arg.startswith("--seed=") for arg in argv):
+        parts += ["--seed", str(seed)]
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    date = f"SOURCE_DATE_EPOCH={shlex.quote(epoch)} " if epoch is not None else ""
+    return f"cd {_shell_path(str(cwd))} && {date}" + " ".join(parts)
+
+
+def _shell_path(text: str) -> str:
+    """`text` quoted for the shell; an absolute path under the home folder as `~/...`."""
+    home = Path(os.path.expanduser("~"))
+    path = Path(text)
+    if not path.is_absolute() or not home.is_absolute() or home == Path(home.anchor) or not path.is_relative_to(home):
+        return shlex.quote(text)
+    rest = path.relative_to(home).as_posix()
+    return "~" if rest == "." else "~/" + shlex.quote(rest)
 
 
 def _raise_on_sigterm(signum: int, frame: Any) -> None:
@@ -284,7 +314,7 @@ def _main_thread() -> bool:
 def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from reportgen.cli_run import run_cli
 
-    return run_cli(args, _command_line(argv))
+    return run_cli(args, _command_line(argv, args.seed))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,9 +24,9 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
 
     output = Path(args.output or ("demo-report.html" if _is_demo(args) else "report.html"))
     json_path = Path(args.json) if args.json else None
-    _check_output(output)
+    _check_output(output, "-o")
     if json_path is not None:
-        _check_output(json_path)
+        _check_output(json_path, "--json")
     images_dir = Path(args.images) if getattr(args, "images", None) else None
     tensorboard_dir = Path(args.tensorboard) if getattr(args, "tensorboard", None) else None
     _check_exports(images_dir, tensorboard_dir)
@@ -57,6 +57,7 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
         show_progress=not args.quiet,
         max_size_mb=getattr(args, "max_size", ReportOptions.max_size_mb),
         impact=impact_options(args),
+        seed=getattr(args, "seed", ReportOptions.seed),
         **insight_options(args),
     )
     report = build_report(loaded, inputs, options, class_names=class_names)
@@ -154,12 +155,11 @@ def _is_demo(args: argparse.Namespace) -> bool:
     return args.model == "demo" and not Path("demo").exists()
 
 
-def _check_output(path: Path) -> None:
-    if path.is_dir():
-        raise ReportError(f"output path is a folder: {path}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ReportError(f"output folder does not exist: {parent}")
+def _check_output(path: Path, option: str) -> None:
+    """Before any work: the folder exists and takes a new file (write.check_writable)."""
+    from reportgen.write import check_writable
+
+    check_writable(path, option)
 
 
 def _demo_sources() -> tuple[LoadedModel, InputSet]:
@@ -208,6 +208,7 @@ def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
         weights=args.weights,
         model_args=parse_model_args(args.model_arg),
         trust_pickle=args.trust_pickle,
+        seed=args.seed,
     )
     refuse_multi_input(loaded)
     layout = layout_of(loaded.module)
@@ -230,7 +231,7 @@ def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
         inputs = concatenate(sets)
     else:
         shape, how = probe_shape(loaded.module, hint=args.input_shape or loaded.input_shape)
-        inputs = synthetic_probes(tuple(shape))
+        inputs = synthetic_probes(tuple(shape), seed=args.seed)
         if how == "given":
             how = "from --input-shape" if args.input_shape else "from the weights' metadata"
         inputs.notes.append(f"Probe shape {'x'.join(map(str, shape))}: {how}.")

@@ -47,13 +47,17 @@ def image_outputs(model: ReportModel, folder: Path) -> dict[Path, bytes]:
 
 def check_folder(folder: Path, option: str) -> None:
     """An output folder must be a folder, or not exist yet in a folder that does."""
+    from reportgen.write import check_folder_writable
+
     if folder.exists():
         if not folder.is_dir():
             raise ReportError(f"{option} {folder} is a file, not a folder")
+        check_folder_writable(folder, f"{option} {folder}")
         return
     parent = folder.parent if str(folder.parent) else Path(".")
     if not parent.is_dir():
         raise ReportError(f"{option}: folder {parent} does not exist")
+    check_folder_writable(parent, f"{option} {folder}")  # where it will be created
 
 
 def prepare_folder(folder: Path, option: str) -> bool:

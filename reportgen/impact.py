@@ -120,8 +120,9 @@ def build_impact(
     forward_args: ForwardArgs = None,
     show_progress: bool = False,
     thumbnail: Callable[[torch.Tensor], np.ndarray | None] | None = None,
+    seed: int = 0,
 ) -> ImpactReport:
-    """Run what `options` asks for and render it (see the module docstring)."""
+    """Run what `options` asks for and render it (see the module docstring); `seed`: probe noise."""
     options.check()
     if isinstance(model, torch.jit.ScriptModule):
         return ImpactReport(ablation=None, misfiring=None, probes=(), notes=(
@@ -165,7 +166,7 @@ def build_impact(
                                            forward_args=forward_args, progress=advance)
         if options.probes:
             probe_options = ProbeOptions(kinds=tuple(options.probes), strength=tuple(options.probe_strength),
-                                         fgsm_epsilon=options.fgsm_epsilon)
+                                         fgsm_epsilon=options.fgsm_epsilon, seed=seed)
             probe_run = run_probes(model, inputs, device, selected, probe_options,
                                    count=min(max_inputs_shown, len(inputs)), thumbnail=thumbnail,
                                    forward_args=forward_args)
@@ -474,7 +475,7 @@ def validate_impact(model: nn.Module, options: ImpactOptions) -> None:
 def impact_for_report(model: nn.Module, inputs: InputSet, device: torch.device, options: ImpactOptions, *,
                       selected: Sequence[str], anchors: dict[str, str], class_names: Sequence[str] | None,
                       batch_size: int, max_inputs_shown: int, forward_args: ForwardArgs = None,
-                      show_progress: bool = False) -> ImpactReport:
+                      show_progress: bool = False, seed: int = 0) -> ImpactReport:
     """`build_impact` with what `api.build_report` has at hand (the analysis' layers, the sections'
     anchors)."""
     from reportgen.analyze import thumbnail
@@ -489,4 +490,5 @@ def impact_for_report(model: nn.Module, inputs: InputSet, device: torch.device, 
         forward_args=forward_args,
         show_progress=show_progress,
         thumbnail=lambda sample: thumbnail(sample, inputs),
+        seed=seed,
     )

@@ -17,13 +17,14 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from reportgen.errors import ReportError, one_line
 from reportgen.inputs import file_sha256
@@ -31,6 +32,8 @@ from reportgen.preprocess import Preprocessing
 from reportgen.metadata import display_path
 from reportgen.untrusted import check_archive
 
+DEFAULT_SEED = 0  # `--seed`: random inits, probes and synthetic inputs are the same on every run
+MAX_SEED = 2**63 - 2  # torch.manual_seed takes < 2**64; a factory's init is also checked under seed + 1
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 # A weight download that gets no answer fails after this long instead of hanging (seconds).
@@ -50,6 +53,8 @@ class LoadedModel:
     input_shape: tuple[int, ...] | None = None
     notes: list[str] = field(default_factory=list)
     batch_size: int | None = None  # the only batch size the model takes (a torch.export program)
+    # How random weights were made, e.g. "torchvision default init, seed 0"; None when loaded.
+    init: str | None = None
 
 
 def sha256_of(path: Path) -> str:
@@ -76,13 +81,15 @@ def load_model(
     weights: str | None = None,
     model_args: Mapping[str, Any] | None = None,
     trust_pickle: bool = False,
+    seed: int = DEFAULT_SEED,
 ) -> LoadedModel:
+    """`seed` seeds torch's RNG for the model's random init (the caller's RNG state is kept)."""
     kwargs = dict(model_args or {})
     if spec.startswith("torchvision:"):
-        return load_torchvision(spec.split(":", 1)[1], weights, kwargs, trust_pickle=trust_pickle)
+        return load_torchvision(spec.split(":", 1)[1], weights, kwargs, trust_pickle=trust_pickle, seed=seed)
     target, sep, factory = spec.rpartition(":")
     if sep and factory.isidentifier() and (target.endswith(".py") or _looks_like_module(target)):
-        loaded = load_factory(target, factory, kwargs)
+        loaded = load_factory(target, factory, kwargs, seed=seed, check_init=weights is None)
     else:
         from reportgen.model_files import load_model_file
 
@@ -96,8 +103,25 @@ def _looks_like_module(target: str) -> bool:
     return bool(target) and all(part.isidentifier() for part in target.split("."))
 
 
-def load_factory(target: str, factory: str, kwargs: dict[str, Any]) -> LoadedModel:
-    """Import `file.py` or `package.module` and call FACTORY(**kwargs)."""
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """torch's RNGs seeded with `seed` inside, put back as they were afterwards (CUDA's only if
+    already initialised: forking it would initialise CUDA for a CPU run; one initialised inside
+    starts from the seed)."""
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
+
+
+def load_factory(target: str, factory: str, kwargs: dict[str, Any], *, seed: int = DEFAULT_SEED,
+                 check_init: bool = False) -> LoadedModel:
+    """Import `file.py` or `package.module` and call FACTORY(**kwargs) under `seed`.
+
+    With `check_init` (no --weights to follow), FACTORY is called a second time under another
+    seed: if the weights differ they are the factory's random init (said with the seed); if not,
+    the factory loaded or seeded them itself, and no random init is claimed.
+    """
     if target.endswith(".py"):
         path = Path(target)
         if not path.is_file():
@@ -135,13 +159,37 @@ def load_factory(target: str, factory: str, kwargs: dict[str, Any]) -> LoadedMod
     maker = getattr(module, factory, None)
     if maker is None or not callable(maker):
         raise ReportError(f"{target} has no callable {factory!r}")
+    built = _call_factory(maker, source, kwargs, seed)
+    loaded = LoadedModel(module=built, name=factory, source=f"factory {source}")
+    if check_init:
+        if _same_weights(built, _call_factory(maker, source, kwargs, seed + 1)):
+            loaded.notes.append(f"The factory gives the same weights for every --seed (it loads or seeds them "
+                                f"itself): reportgen's seed {seed} did not choose them.")
+        else:
+            loaded.random_weights = True
+            loaded.init = f"factory default init, seed {seed}"
+    return loaded
+
+
+def _call_factory(maker: Any, source: str, kwargs: Mapping[str, Any], seed: int) -> nn.Module:
     try:
-        built = maker(**kwargs)
+        with seeded(seed):
+            built = maker(**kwargs)
     except Exception as exc:
         raise ReportError(f"{source}({_kwargs_text(kwargs)}) raised {one_line(exc)}") from exc
     if not isinstance(built, nn.Module):
         raise ReportError(f"{source} returned {type(built).__name__}, not a torch.nn.Module")
-    return LoadedModel(module=built, name=factory, source=f"factory {source}")
+    return built
+
+
+def _same_weights(first: nn.Module, second: nn.Module) -> bool:
+    """Equal state_dicts (same keys, shapes and values; NaN equal to NaN). Lazy parameters are
+    made at the first forward, under the report's seed: never equal."""
+    a, b = first.state_dict(), second.state_dict()
+    if a.keys() != b.keys() or any(is_lazy(v) for v in a.values()):
+        return False
+    return all(a[k].shape == b[k].shape and torch.equal(a[k].nan_to_num(), b[k].nan_to_num())
+               if a[k].is_floating_point() else torch.equal(a[k], b[k]) for k in a)
 
 
 def _kwargs_text(kwargs: Mapping[str, Any]) -> str:
@@ -149,7 +197,7 @@ def _kwargs_text(kwargs: Mapping[str, Any]) -> str:
 
 
 def load_torchvision(name: str, weights: str | None, kwargs: dict[str, Any], *,
-                     trust_pickle: bool = False) -> LoadedModel:
+                     trust_pickle: bool = False, seed: int = DEFAULT_SEED) -> LoadedModel:
     import torchvision
     from torchvision import models as tv_models
 
@@ -172,13 +220,15 @@ def load_torchvision(name: str, weights: str | None, kwargs: dict[str, Any], *,
     if chosen is not None and "num_classes" in kwargs:
         raise ReportError(f"--model-arg num_classes does not fit the pretrained {chosen}; "
                           "load your own fine-tuned checkpoint with --weights PATH instead")
-    module = _build_torchvision(tv_models, name, chosen, kwargs)
+    with seeded(seed):
+        module = _build_torchvision(tv_models, name, chosen, kwargs)
     meta_source = chosen or default
     loaded = LoadedModel(
         module=module,
         name=name,
         source=f"torchvision {torchvision.__version__}: {name}" + (f" with {chosen}" if chosen else ""),
         random_weights=chosen is None and checkpoint is None,
+        init=f"torchvision default init, seed {seed}" if chosen is None and checkpoint is None else None,
     )
     if meta_source is not None:
         categories = meta_source.meta.get("categories")
@@ -363,4 +413,5 @@ def apply_checkpoint(loaded: LoadedModel, path: Path, *, trust_pickle: bool) -> 
     loaded.file = str(path)
     loaded.sha256 = sha256_of(path)
     loaded.random_weights = False
+    loaded.init = None
     loaded.source += f", weights from {path.name}"

@@ -145,6 +145,7 @@ class ModelInfo:
     random_weights: bool
     total_params: int
     trainable_params: int
+    init: str | None = None  # how random weights were made ("factory default init, seed 0"), else None
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ class RunInfo:
     batch_size: int
     preprocessing: tuple[str, ...]
     command: str | None = None
+    seed: int = 0  # `--seed`: random init, probe noise, synthetic inputs and the RNG during the passes
 
 
 @dataclass(frozen=True)

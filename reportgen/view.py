@@ -17,6 +17,7 @@ from reportgen.insight_view import layer_view, nav_entries, report_view
 from reportgen.report_model import (
     EncodedImage,
     LayerSection,
+    ModelInfo,
     Prediction,
     ReportModel,
     TileGrid,
@@ -195,6 +196,13 @@ def reproduce_view(report: ReportModel) -> dict[str, Any]:
     }
 
 
+def weights_text(model: ModelInfo) -> str:
+    """'loaded', or how the random weights were made ('random (factory default init, seed 0)')."""
+    if not model.random_weights:
+        return "loaded"
+    return f"random ({model.init})" if model.init else "RANDOM (untrained)"
+
+
 def page(report: ReportModel) -> dict[str, Any]:
     """The whole page as plain strings, lists and dicts, ready for the template."""
     run, model, totals = report.run, report.model, report.totals
@@ -206,10 +214,11 @@ def page(report: ReportModel) -> dict[str, Any]:
     overview = [
         ("Model", f"{model.name} ({model.type})"),
         ("Source", model.source + (f" — {model.file}" if model.file else "")),
-        ("Weights", "RANDOM (untrained)" if model.random_weights else "loaded"),
+        ("Weights", weights_text(model)),
         ("Device", run.device),
         ("Inputs", f"{count(len(report.inputs))}, batch size {run.batch_size}"),
         ("Date", run.date),
+        ("Seed", str(run.seed)),
         ("reportgen", run.reportgen_version),
         ("torch / torchvision", f"{run.torch_version} / {run.torchvision_version}"),
     ]

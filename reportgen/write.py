@@ -42,6 +42,28 @@ def check_distinct(paths: Sequence[Path], protected: Sequence[Path] = ()) -> Non
             raise ReportError(f"output {seen[key]} would overwrite the input file {source}")
 
 
+def check_writable(path: Path, option: str) -> None:
+    """Fail now, not after the analysis, when `path` cannot be written: its folder must exist and
+    take a new file (tried for real: permission bits say nothing for root or a read-only mount)."""
+    if path.is_dir():
+        raise ReportError(f"{option} {path} is a folder, not a file")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ReportError(f"{option} {path}: folder {folder} does not exist")
+    check_folder_writable(folder, f"{option} {path}")
+
+
+def check_folder_writable(folder: Path, what: str) -> None:
+    """Create and remove a temporary file in `folder`; a failure names `what` and the reason."""
+    try:
+        handle, temp = tempfile.mkstemp(prefix=".reportgen-check.", dir=folder)
+    except OSError as exc:
+        raise ReportError(f"{what}: cannot write in folder {folder} ({exc.strerror or exc})") from exc
+    os.close(handle)
+    with contextlib.suppress(OSError):
+        os.unlink(temp)
+
+
 def _keep_previous(target: Path, temp: str) -> str | None:
     """A second name for the report about to be replaced (a hard link, else a copy), or None."""
     if not target.exists():
@@ -84,6 +106,7 @@ def write_atomically(outputs: Mapping[Path, bytes]) -> None:
         if len(staged) > 1:
             backups = [_keep_previous(target, temp) for temp, target in staged]
         for index, (temp, target) in enumerate(staged):
+            current = target
             if backups:  # recorded first: undoing a rename that never happened changes nothing
                 renamed.append((target, backups[index]))
             os.replace(temp, target)
@@ -92,7 +115,8 @@ def write_atomically(outputs: Mapping[Path, bytes]) -> None:
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise ReportError(f"disk full while writing {current or 'output'}; nothing was written") from exc
-        raise ReportError(f"cannot write output: {exc.strerror or exc} ({exc.filename or ''})".rstrip(" ()")) from exc
+        # The path the user named, never the temporary sibling the error is about.
+        raise ReportError(f"cannot write {current or 'output'} ({exc.strerror or exc}); nothing was written") from exc
     finally:
         for target, backup in reversed(renamed):  # a later rename failed: undo the earlier ones
             with contextlib.suppress(OSError):

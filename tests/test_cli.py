@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,10 @@ MODEL_FILE = textwrap.dedent(
 
     def broken():
         raise ValueError("factory exploded")
+
+    def marked():  # leaves a trace when the model is built
+        open("built.txt", "w").close()
+        return build()
     """
 )
 
@@ -117,7 +122,7 @@ def test_help_is_fast_complete_and_imports_no_torch() -> None:
     assert first == "False"
     for option in ("--output", "--json", "--layers", "--max-channels", "--batch-size", "--device",
                    "--input-shape", "--resize", "--mean", "--std", "--grayscale", "--labels", "--weights",
-                   "--title", "--quiet", "--version"):
+                   "--title", "--quiet", "--version", "--seed"):
         assert option in help_text
 
 
@@ -155,3 +160,65 @@ def test_no_inputs_uses_synthetic_probes(workspace: Path, capsys: pytest.Capture
     data = json.loads((workspace / "p.json").read_text())
     assert all(i["shape"] == [3, 24, 24] for i in data["inputs"])
     assert any("synthetic probe" in note for note in data["notes"])
+
+
+def _can_write(folder: Path) -> bool:
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture()
+def unwritable(tmp_path: Path) -> Iterator[Path]:
+    """A folder that refuses new files: read-only permissions, or (as root, who ignores them)
+    the read-only /sys."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if _can_write(folder):
+            folder = Path("/sys")
+            if not folder.is_dir() or _can_write(folder):
+                pytest.skip("no folder refuses writes here (root ignores permissions, and no read-only /sys)")
+        yield folder
+    finally:
+        (tmp_path / "read-only").chmod(0o755)
+
+
+@pytest.mark.parametrize(("option", "name"), [("-o", "r.html"), ("--json", "r.json"), ("--images", "pngs"),
+                                              ("--tensorboard", "events")])
+def test_unwritable_output_fails_before_any_work(
+    workspace: Path, unwritable: Path, capsys: pytest.CaptureFixture[str], option: str, name: str
+) -> None:
+    target = unwritable / name
+    argv = ["net.py:marked", "img0.png", option, str(target)]
+    if option != "-o":
+        argv += ["-o", "out.html"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("reportgen: error: ")
+    assert str(target) in lines[0]
+    assert lines[0].endswith("(Permission denied)")  # the closing parenthesis survives
+    assert not (workspace / "built.txt").exists()  # the model was never built
+    assert not (workspace / "out.html").exists()
+    assert not target.exists()
+
+
+def test_write_error_names_the_output_not_its_temp_file(tmp_path: Path, unwritable: Path) -> None:
+    """The API writes after the analysis (it is not told where before); its error names the path
+    asked for, with the reason in parentheses kept whole."""
+    import reportgen
+    from tests.fixtures.models import tiny_cnn, tiny_inputs
+
+    report = reportgen.generate_report(tiny_cnn(), tiny_inputs(1), device="cpu", max_size_mb=0)
+    with pytest.raises(reportgen.ReportError) as raised:
+        report.save(unwritable / "r.html")
+    assert str(raised.value) == f"cannot write {unwritable / 'r.html'} (Permission denied); nothing was written"
+    assert ".tmp" not in str(raised.value)

@@ -162,7 +162,8 @@ def test_hostile_file_names_titles_and_labels_through_the_cli(
     assert title in visible and page.count("title") == 1
     assert page.count("script") == benign.count("script") and page.count("svg") == benign.count("svg")
     assert "<svg onload" not in html and "<img src=x" not in html and "<script>alert" not in html
-    assert str(tmp_path) not in html  # paths are shown relative to where reportgen ran
+    # paths are shown relative to where reportgen ran, which only the Reproduce command's `cd` names
+    assert str(tmp_path) not in html.replace(f"cd {tmp_path} &amp;&amp; ", "")
     data = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
     assert {item["name"] for item in data["inputs"]} == set(HOSTILE_FILES)
     assert data["run"]["title"] == title

@@ -335,13 +335,19 @@ def test_paths_in_the_report_are_relative_to_where_reportgen_ran(
     elsewhere = tmp_path / "work"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("HOME", str(tmp_path / "home" / "alice"))
     code, err = run_cli([f"{private}/net.py:build", "--weights", str(private / "ckpt.pt"), str(private / "cat.png"),
                          "--labels", str(_labels(private)), "-o", "r.html", "--json", "r.json"], capsys)
     assert code == 0, err
+    data = json.loads((elsewhere / "r.json").read_text(encoding="utf-8"))
+    # The Reproduce command must run as printed: it names the folder it ran in and the paths as
+    # typed, the home folder as ~ (which the shell expands and a reader does not learn).
+    command = data["run"]["command"]
+    assert command.startswith(f"cd {elsewhere} && ") and " ~/secret-project/cat.png " in command
     for name in ("r.html", "r.json"):
         text = (elsewhere / name).read_text(encoding="utf-8")
-        assert str(tmp_path) not in text and "alice" not in text, name
-    data = json.loads((elsewhere / "r.json").read_text(encoding="utf-8"))
+        assert "alice" not in text, name
+        assert str(tmp_path) not in _without(text, command), name
     assert data["model"]["file"] == "ckpt.pt"
     # Inside the folder reportgen runs in, paths keep their folders, relative.
     monkeypatch.chdir(tmp_path)
@@ -350,7 +356,14 @@ def test_paths_in_the_report_are_relative_to_where_reportgen_ran(
     assert code == 0, err
     data = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert data["model"]["file"] == "home/alice/secret-project/ckpt.pt"
-    assert str(tmp_path) not in (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert str(tmp_path) not in _without((tmp_path / "r.html").read_text(encoding="utf-8"), data["run"]["command"])
+
+
+def _without(text: str, command: str) -> str:
+    """`text` with the command removed, as the page (HTML-escaped) and the JSON write it."""
+    from markupsafe import escape
+
+    return text.replace(str(escape(command)), "").replace(json.dumps(command)[1:-1], "")
 
 
 def _labels(folder: Path) -> Path:
