@@ -32,6 +32,7 @@ import numpy as np
 from reportgen.analyze import Analysis
 from reportgen.capture import CapturedLayer
 from reportgen.grids import default_columns
+from reportgen.plots import plot_bins, pool_envelopes
 from reportgen.report_model import BudgetInfo, LayerSection, ReportModel, TileGrid
 
 DEFAULT_MAX_SIZE_MB = 6.0
@@ -131,6 +132,11 @@ def _tile_target(h: int, w: int, tile_size: int) -> tuple[int, int]:
     return max(1, round(h * tile_size / longest)), max(1, round(w * tile_size / longest))
 
 
+def _pooled_envelopes(envelopes: np.ndarray, tile_size: int) -> np.ndarray:
+    """1D plots get narrower with the tile size (`plots.plot_bins`), min/max kept exact."""
+    return pool_envelopes(envelopes, plot_bins(envelopes.shape[2], tile_size))
+
+
 def reduce_layer(layer: CapturedLayer, drawing: Drawing) -> CapturedLayer:
     keep = [index for index in sorted(layer.tiles)][: drawing.inputs]
     shown = min(len(layer.channels_shown), drawing.channels)
@@ -147,6 +153,8 @@ def reduce_layer(layer: CapturedLayer, drawing: Drawing) -> CapturedLayer:
         tile_min={index: layer.tile_min[index][:shown] for index in keep},
         tile_max={index: layer.tile_max[index][:shown] for index in keep},
         flat={index: layer.flat[index][:shown] for index in keep},
+        envelopes={index: _pooled_envelopes(layer.envelopes[index][:shown], drawing.tile_size)
+                   for index in keep if index in layer.envelopes},
     )
 
 
