@@ -247,6 +247,8 @@ def page(report: ReportModel) -> dict[str, Any]:
         if row.depth > 0
     ]
 
+    # listed: every input drawn somewhere (a thumbnail, or feature maps where it has no picture)
+    mapped = {maps.input_index for section in report.sections for maps in section.feature_maps}
     inputs = [
         {
             "name": item.name,
@@ -256,7 +258,7 @@ def page(report: ReportModel) -> dict[str, Any]:
             "notes": list(item.notes),
         }
         for item in report.inputs
-        if item.thumbnail is not None
+        if item.thumbnail is not None or item.index in mapped
     ]
     hidden_inputs = len(report.inputs) - len(inputs)
 
@@ -300,7 +302,9 @@ def page(report: ReportModel) -> dict[str, Any]:
         "alerts": alerts,
         "layer_rows": layer_rows,
         "inputs": inputs,
-        "hidden_inputs": f"{count(hidden_inputs)} more inputs contribute to the statistics but are not drawn." if hidden_inputs else "",
+        "hidden_inputs": f"{count(hidden_inputs)} more {'input contributes' if hidden_inputs == 1 else 'inputs contribute'} "
+                         f"to the statistics but {'is' if hidden_inputs == 1 else 'are'} drawn nowhere (no thumbnail, no feature maps)."
+                         if hidden_inputs else "",
         "predictions": [prediction_view(p) for p in report.predictions[: len(inputs) or 16]],
         "sections": sections,
         "insight": report_view(report),
