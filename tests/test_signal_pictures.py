@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import reportgen
+from reportgen.capture import ActivationCapture
 from reportgen.gradcam import grad_cam
 from reportgen.inputs import from_tensor
 from reportgen.plots import BAND, BACKGROUND, LINE, ZERO
+from reportgen.size_budget import Drawing, reduce_layer
 from tests.fixtures.zoo import Head, conv3d, rand
 from tests.helpers import decode, tile_pixels
 
@@ -250,3 +252,25 @@ def test_grad_cam_for_3d_layers_matches_autograd() -> None:
         assert predicted_map.peak == pytest.approx(tuple((i + 0.5) / s for i, s in zip(hottest, (5, 6, 7))), abs=1e-4)
         thumb = report.model.inputs[entry.input_index].thumbnail
         assert (predicted_map.overlay.width, predicted_map.overlay.height) == (thumb.width, thumb.height)
+
+
+def test_the_size_budget_narrows_1d_plots_keeping_exact_minima_and_maxima() -> None:
+    model = positive_1d_model()
+    signal = audio()
+    with ActivationCapture(model, ["0"], max_channels=3, tile_size=32, keep_inputs=1) as capture:
+        capture.start_batch(0)
+        with torch.no_grad():
+            model(signal)
+    layer = capture.results()[0]
+    assert layer.envelopes[0].shape == (3, 3, 64)
+    reduced = reduce_layer(layer, Drawing(tile_size=8, channels=2, inputs=1))
+    envelopes = reduced.envelopes[0]
+    assert envelopes.shape == (2, 3, 16)  # 2 x the tile size, first 2 channels
+    raw = F.conv1d(signal.double(), model[0].weight.double(), model[0].bias.double(), stride=4)[0].detach().numpy()
+    for channel in range(2):
+        values = raw[channel]
+        low, high = values.min(), values.max()
+        for column, (start, end) in enumerate(windows(values.size, 16)):
+            part = values[start:end]
+            expected = np.floor((np.array([part.min(), part.max(), part.mean()]) - low) / (high - low) * TOP + 0.5)
+            assert np.abs(envelopes[channel, :, column].astype(int) - expected).max() <= 1
