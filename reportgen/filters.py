@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reportgen.palettes import FLAT_INDEX, LEVELS
-from reportgen.plots import FILTER_PLOT_WIDTH, envelope_plots, zero_levels
+from reportgen.plots import envelope_plots, tap_width, zero_levels
 
 FILTER_SCALES = ("per-filter", "shared")
 
@@ -111,7 +111,7 @@ def _kernel_plots(filters: np.ndarray, scale: str) -> FilterTiles:
     or shared scale as 2D tiles (level 0 at the bottom row, 253 at the top)."""
     mean = filters.mean(axis=1)  # (N, K)
     taps = mean.shape[1]
-    repeat = max(1, -(-FILTER_PLOT_WIDTH // max(taps, 1)))
+    repeat = tap_width(taps)
     if scale == "shared":
         finite = np.isfinite(mean).all(axis=1)
         safe = np.nan_to_num(mean, nan=0.0, posinf=0.0, neginf=0.0)

@@ -34,6 +34,11 @@ def plot_bins(length: int, tile_size: int) -> int:
     return max(1, min(length, 2 * tile_size))
 
 
+def tap_width(taps: int) -> int:
+    """Pixel columns per tap of a 1D kernel plot: taps are widened to about FILTER_PLOT_WIDTH px."""
+    return max(1, -(-FILTER_PLOT_WIDTH // max(taps, 1)))
+
+
 def bin_windows(length: int, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Start and end (exclusive) of each of `bins` adaptive windows over `length` samples."""
     index = np.arange(bins)

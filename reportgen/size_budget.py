@@ -32,7 +32,7 @@ import numpy as np
 from reportgen.analyze import Analysis
 from reportgen.capture import CapturedLayer
 from reportgen.grids import default_columns
-from reportgen.plots import plot_bins, pool_envelopes
+from reportgen.plots import PLOT_HEIGHT, plot_bins, pool_envelopes, tap_width
 from reportgen.report_model import BudgetInfo, LayerSection, ReportModel, TileGrid
 
 DEFAULT_MAX_SIZE_MB = 6.0
@@ -270,10 +270,15 @@ def picture_ceiling(analysis: Analysis) -> int:
     base64's 4/3 and a header each."""
     total = 0
     for layer in analysis.layers:
-        for stack in layer.tiles.values():
-            total += _grid_pixels(stack.shape[0], stack.shape[1], stack.shape[2]) * 1.02 + 300
+        for index, stack in layer.tiles.items():
+            # 1D maps are drawn as plots PLOT_HEIGHT high, one column per envelope bin
+            height, width = (PLOT_HEIGHT, layer.envelopes[index].shape[2]) if index in layer.envelopes \
+                else stack.shape[1:]
+            total += _grid_pixels(stack.shape[0], height, width) * 1.02 + 300
     for weights in analysis.weights.values():
         count, height, width = weights.filters.shape[0], weights.filters.shape[-2], weights.filters.shape[-1]
+        if weights.filters.ndim == 3:  # 1D kernels: palette line plots
+            height, width = PLOT_HEIGHT, width * tap_width(width)
         total += _grid_pixels(count, height, width) * 3 * 1.02 + 300
     return int(total * 4 / 3)
 

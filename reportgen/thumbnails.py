@@ -132,7 +132,8 @@ def cam_overlay(thumbnail: np.ndarray, cam: np.ndarray, input_shape: tuple[int, 
 
     1D maps: a heat strip CAM_STRIP_HEIGHT px high under the waveform, the map interpolated
     linearly onto its columns. 3D maps: each frame of the strip gets the map interpolated
-    (trilinear) to the clip's T x frame size, at that frame's time."""
+    (trilinear) to the clip's T x frame size, at that frame's time (a 3D map over an input
+    that is not a clip: its mean over the first axis, as a 2D map)."""
     if cam.ndim == 2:
         return overlay(thumbnail, cam)
     if cam.ndim == 1:
@@ -144,6 +145,8 @@ def cam_overlay(thumbnail: np.ndarray, cam: np.ndarray, input_shape: tuple[int, 
         base = thumbnail if thumbnail.ndim == 3 else np.repeat(thumbnail[..., None], 3, axis=2)
         gap = np.full((1, width, 3), 255, dtype=np.uint8)
         return np.concatenate([base, gap, coloured], axis=0)
+    if len(input_shape) != 4:  # a 3D layer over an input that is not a clip: its mean over time
+        return overlay(thumbnail, cam.mean(axis=0))
     layout = clip_layout(input_shape)
     volume = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
     heat = F.interpolate(volume, size=(input_shape[-3], layout.height, layout.width), mode="trilinear",
