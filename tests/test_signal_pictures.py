@@ -17,7 +17,7 @@ from reportgen.capture import ActivationCapture
 from reportgen.gradcam import grad_cam
 from reportgen.inputs import from_tensor
 from reportgen.plots import BAND, BACKGROUND, LINE, ZERO
-from reportgen.size_budget import Drawing, reduce_layer
+from reportgen.size_budget import Drawing, picture_ceiling, reduce_layer
 from tests.fixtures.zoo import Head, conv3d, rand
 from tests.helpers import decode, tile_pixels
 
@@ -274,3 +274,23 @@ def test_the_size_budget_narrows_1d_plots_keeping_exact_minima_and_maxima() -> N
             part = values[start:end]
             expected = np.floor((np.array([part.min(), part.max(), part.mean()]) - low) / (high - low) * TOP + 0.5)
             assert np.abs(envelopes[channel, :, column].astype(int) - expected).max() <= 1
+
+
+def test_the_picture_ceiling_bounds_1d_plots(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reportgen import render
+
+    seen: list[object] = []
+    original = render._draw_sections
+
+    def spy(analysis, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(analysis)
+        return original(analysis, *args, **kwargs)
+
+    monkeypatch.setattr(render, "_draw_sections", spy)
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv1d(1, 16, 80, stride=4), nn.Conv1d(16, 8, 3), Head(8)).eval()
+    report = reportgen.generate_report(model, torch.randn(3, 1, 4000), device="cpu", max_size_mb=0)
+    grids = [s.filters for s in report.model.sections if s.filters is not None]
+    grids += [fm.grid for s in report.model.sections for fm in s.feature_maps]
+    drawn = sum(len(grid.image.data_uri) for grid in grids)
+    assert picture_ceiling(seen[0]) >= drawn  # an upper bound, as the budget relies on
