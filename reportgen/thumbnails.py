@@ -70,10 +70,11 @@ def draw(sample: torch.Tensor, preprocessing: Preprocessing | None) -> Thumbnail
     return Thumbnail(None, f"no thumbnail: {sample.dim()}D inputs have no picture")
 
 
-def _stretch_note(stretched: tuple[float, float] | None) -> str:
-    if stretched is None:
-        return ""
-    return f"thumbnail stretched from its own min {stretched[0]:.4g} (black) to max {stretched[1]:.4g} (white)"
+def _notes(channels: int, stretched: tuple[float, float] | None) -> list[str]:
+    notes = [] if channels in (1, 3) else [f"thumbnail: the mean of its {channels} channels"]
+    if stretched is not None:
+        notes.append(f"thumbnail stretched from its own min {stretched[0]:.4g} (black) to max {stretched[1]:.4g} (white)")
+    return notes
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -94,7 +95,7 @@ def _image(sample: torch.Tensor, preprocessing: Preprocessing | None) -> Thumbna
     if max(height, width) > THUMBNAIL_SIZE:
         scale = THUMBNAIL_SIZE / max(height, width)
         image = _fit(image, max(1, round(height * scale)), max(1, round(width * scale)))
-    return Thumbnail(_to_uint8(image), _stretch_note(stretched))
+    return Thumbnail(_to_uint8(image), "; ".join(_notes(sample.shape[0], stretched)))
 
 
 def _clip(sample: torch.Tensor, preprocessing: Preprocessing | None) -> Thumbnail:
@@ -104,9 +105,8 @@ def _clip(sample: torch.Tensor, preprocessing: Preprocessing | None) -> Thumbnai
     gap = np.full((layout.height, FRAME_GAP, *frames[0].shape[2:]), 255, dtype=np.uint8)
     parts = [part for frame in frames for part in (gap, frame)][1:]
     shown = ", ".join(str(t) for t in layout.frames)
-    note = f"frames {shown} of {sample.shape[1]} (left to right)"
-    extra = _stretch_note(stretched)
-    return Thumbnail(np.concatenate(parts, axis=1), f"{note}; {extra}" if extra else note)
+    notes = [f"frames {shown} of {sample.shape[1]} (left to right)", *_notes(sample.shape[0], stretched)]
+    return Thumbnail(np.concatenate(parts, axis=1), "; ".join(notes))
 
 
 def _waveform(signal: torch.Tensor) -> Thumbnail:

@@ -294,3 +294,13 @@ def test_the_picture_ceiling_bounds_1d_plots(monkeypatch: pytest.MonkeyPatch) ->
     grids += [fm.grid for s in report.model.sections for fm in s.feature_maps]
     drawn = sum(len(grid.image.data_uri) for grid in grids)
     assert picture_ceiling(seen[0]) >= drawn  # an upper bound, as the budget relies on
+
+
+def test_other_channel_counts_are_averaged_and_say_so() -> None:
+    model = nn.Sequential(nn.Conv2d(5, 2, 3), Head(2)).eval()
+    images = rand(1, 5, 6, 6, seed=8)
+    report = reportgen.generate_report(model, images, device="cpu")
+    record = report.model.inputs[0]
+    expected = np.floor(images[0].double().numpy().mean(axis=0) * 255 + 0.5)
+    assert np.abs(np.asarray(decode(record.thumbnail)).astype(int) - expected).max() <= 1
+    assert "thumbnail: the mean of its 5 channels" in record.notes
