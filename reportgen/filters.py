@@ -63,6 +63,17 @@ def _stretch(planes: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.
     return np.clip(unit, 0.0, 1.0), low, high, flat
 
 
+def _symmetric(mean: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """One symmetric scale [-s, s] for all filters (s = the largest |value|) to [0, 1];
+    returns (unit, low, high, flat, s), low/high NaN for filters holding NaN/Inf."""
+    finite = np.isfinite(mean.reshape(len(mean), -1)).all(axis=1)
+    safe = np.nan_to_num(mean, nan=0.0, posinf=0.0, neginf=0.0)
+    bound = float(np.abs(safe).max()) if safe.size else 0.0
+    flat = ~finite | (np.ptp(safe.reshape(len(safe), -1), axis=1) <= 0)
+    unit = (safe / bound + 1.0) / 2.0 if bound > 0 else np.full_like(safe, 0.5)
+    return np.clip(unit, 0.0, 1.0), np.where(finite, -bound, np.nan), np.where(finite, bound, np.nan), flat, bound
+
+
 def to_levels(unit: np.ndarray, top: int) -> np.ndarray:
     """[0, 1] -> integers 0..top, rounding half up (x * top + 0.5, then floor)."""
     return np.floor(unit * top + 0.5).astype(np.uint8)
@@ -86,15 +97,9 @@ def filter_tiles(filters: np.ndarray, *, rgb_first_layer: bool, scale: str = "pe
 
     mean = planes.mean(axis=1)
     if scale == "shared":
-        finite = np.isfinite(mean).all(axis=(1, 2))
-        safe = np.nan_to_num(mean, nan=0.0, posinf=0.0, neginf=0.0)
-        bound = float(np.abs(safe).max()) if safe.size else 0.0
-        flat = ~finite | (np.ptp(safe.reshape(len(safe), -1), axis=1) <= 0)
-        unit = (safe / bound + 1.0) / 2.0 if bound > 0 else np.full_like(safe, 0.5)
-        levels = to_levels(np.clip(unit, 0.0, 1.0), LEVELS - 1)
+        unit, low, high, flat, bound = _symmetric(mean)
+        levels = to_levels(unit, LEVELS - 1)
         levels[flat] = FLAT_INDEX
-        low = np.where(finite, -bound, np.nan)
-        high = np.where(finite, bound, np.nan)
         legend = (f"mean over input channels, one symmetric scale for the layer: "
                   f"blue = -{bound:.3g}, white = 0, red = +{bound:.3g}")
         return FilterTiles(levels, "RdBu_r", low, high, flat, "; ".join([legend, *notes]))
@@ -113,13 +118,7 @@ def _kernel_plots(filters: np.ndarray, scale: str) -> FilterTiles:
     taps = mean.shape[1]
     repeat = tap_width(taps)
     if scale == "shared":
-        finite = np.isfinite(mean).all(axis=1)
-        safe = np.nan_to_num(mean, nan=0.0, posinf=0.0, neginf=0.0)
-        bound = float(np.abs(safe).max()) if safe.size else 0.0
-        flat = ~finite | (np.ptp(safe, axis=1) <= 0)
-        unit = np.clip((safe / bound + 1.0) / 2.0, 0.0, 1.0) if bound > 0 else np.full_like(safe, 0.5)
-        low = np.where(finite, -bound, np.nan)
-        high = np.where(finite, bound, np.nan)
+        unit, low, high, flat, bound = _symmetric(mean)
         what = f"one symmetric scale for the layer: bottom = -{bound:.3g}, top = +{bound:.3g}"
     else:
         unit, low, high, flat = _stretch(mean, axes=(1,))

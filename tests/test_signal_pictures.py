@@ -14,6 +14,7 @@ from torch import nn
 
 import reportgen
 from reportgen.capture import ActivationCapture
+from reportgen.filters import filter_tiles
 from reportgen.gradcam import grad_cam
 from reportgen.inputs import from_tensor
 from reportgen.plots import BAND, BACKGROUND, LINE, ZERO
@@ -304,3 +305,18 @@ def test_other_channel_counts_are_averaged_and_say_so() -> None:
     expected = np.floor(images[0].double().numpy().mean(axis=0) * 255 + 0.5)
     assert np.abs(np.asarray(decode(record.thumbnail)).astype(int) - expected).max() <= 1
     assert "thumbnail: the mean of its 5 channels" in record.notes
+
+
+def test_1d_kernels_on_the_shared_scale_centre_zero() -> None:
+    weights = torch.randn(4, 2, 7, generator=torch.Generator().manual_seed(9)).double().numpy()
+    tiles = filter_tiles(weights, rgb_first_layer=False, scale="shared")
+    mean = weights.mean(axis=1)
+    bound = np.abs(mean).max()
+    assert tiles.tiles.shape == (4, HEIGHT, 7 * 5)  # ceil(32 / 7) = 5 px a tap
+    assert "bottom = -" in tiles.legend and "top = +" in tiles.legend
+    for number in range(4):
+        level = np.floor((mean[number] / bound + 1) / 2 * TOP + 0.5)
+        rows = np.repeat(np.floor((TOP - level) / TOP * (HEIGHT - 1) + 0.5).astype(int), 5)
+        assert (tiles.tiles[number][rows, np.arange(rows.size)] == LINE).all()
+        assert set(np.flatnonzero((tiles.tiles[number] == ZERO).any(axis=1))) == {12}  # 0 is level 126.5
+        assert tiles.tile_min[number] == pytest.approx(-bound) and tiles.tile_max[number] == pytest.approx(bound)
