@@ -118,12 +118,14 @@ def _waveform(signal: torch.Tensor) -> Thumbnail:
     envelopes = signal_envelopes(values, bins, low, high)
     plots = envelope_plots(envelopes, zero_levels(low, high), high <= low, height=WAVE_HEIGHT, repeat=repeat)
     picture = gray_values(np.concatenate(list(plots), axis=0))
-    channels = f"channels 0–{len(values) - 1} of {signal.shape[0]} stacked, " if signal.shape[0] > 1 else ""
-    per = (f"{length} samples in {bins} columns: band = min to max, black = mean" if bins < length
+    per = (f"{length} samples in {bins} columns: gray band = each column's min to max, black = mean" if bins < length
            else f"one column per sample ({length})")
-    ranges = "; ".join(f"{lo:.4g} to {hi:.4g}" for lo, hi in zip(low, high))
-    return Thumbnail(picture, f"waveform, {channels}each from its own min (bottom) to max (top) ({ranges}); "
-                              f"{per}; mid-gray line = 0")
+    if len(values) == 1:
+        scale = f"bottom = min {low[0]:.4g}, top = max {high[0]:.4g}"
+    else:
+        ranges = "; ".join(f"{lo:.4g} to {hi:.4g}" for lo, hi in zip(low, high))
+        scale = f"channels 0–{len(values) - 1} of {signal.shape[0]} stacked, each from its own min to max ({ranges})"
+    return Thumbnail(picture, f"waveform, {scale}; {per}; mid-gray line = 0")
 
 
 def cam_overlay(thumbnail: np.ndarray, cam: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
