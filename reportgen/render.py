@@ -115,7 +115,8 @@ def _feature_legend(layer: CapturedLayer, tile_shape: tuple[int, int], colormap:
 def _plot_legend(layer: CapturedLayer, bins: int) -> str:
     shown = len(layer.channels_shown)
     length = layer.output_shape[-1]
-    channels = f"channels 0–{shown - 1} of {layer.channels_total}" if shown > 1 else f"channel 0 of {layer.channels_total}"
+    channels = (f"channels 0–{shown - 1} of {layer.channels_total}" if shown > 1
+                else f"channel 0 of {layer.channels_total}")
     if bins < length:
         columns = (f"{length} positions in {bins} pixel columns (about {length / bins:.3g} each): "
                    "gray band = each column's min to max, black line = its mean")

@@ -60,7 +60,8 @@ def clip_layout(shape: tuple[int, ...]) -> ClipLayout:
 def draw(sample: torch.Tensor, preprocessing: Preprocessing | None) -> Thumbnail:
     """The thumbnail of one input (no batch dim), and a note on how it was drawn."""
     if not sample.is_floating_point():
-        return Thumbnail(None, f"no thumbnail: {str(sample.dtype).replace('torch.', '')} values (not an image or signal)")
+        kind = str(sample.dtype).replace("torch.", "")
+        return Thumbnail(None, f"no thumbnail: {kind} values (not an image or signal)")
     if sample.dim() == 3:
         return _image(sample, preprocessing)
     if sample.dim() in (1, 2):
@@ -73,7 +74,8 @@ def draw(sample: torch.Tensor, preprocessing: Preprocessing | None) -> Thumbnail
 def _notes(channels: int, stretched: tuple[float, float] | None) -> list[str]:
     notes = [] if channels in (1, 3) else [f"thumbnail: the mean of its {channels} channels"]
     if stretched is not None:
-        notes.append(f"thumbnail stretched from its own min {stretched[0]:.4g} (black) to max {stretched[1]:.4g} (white)")
+        low, high = stretched
+        notes.append(f"thumbnail stretched from its own min {low:.4g} (black) to max {high:.4g} (white)")
     return notes
 
 

@@ -83,6 +83,15 @@ def display_width(natural: int, target: int = GRID_DISPLAY_WIDTH) -> int:
     return natural * factor
 
 
+def _hidden_inputs(hidden: int) -> str:
+    """The sentence for inputs drawn nowhere: no thumbnail and no feature maps."""
+    if not hidden:
+        return ""
+    verb = "input contributes" if hidden == 1 else "inputs contribute"
+    return (f"{count(hidden)} more {verb} to the statistics but {'is' if hidden == 1 else 'are'} drawn nowhere "
+            "(no thumbnail, no feature maps).")
+
+
 def image_view(image: EncodedImage, target: int = GRID_DISPLAY_WIDTH) -> dict[str, Any]:
     width = display_width(image.width, target)
     return {
@@ -302,9 +311,7 @@ def page(report: ReportModel) -> dict[str, Any]:
         "alerts": alerts,
         "layer_rows": layer_rows,
         "inputs": inputs,
-        "hidden_inputs": f"{count(hidden_inputs)} more {'input contributes' if hidden_inputs == 1 else 'inputs contribute'} "
-                         f"to the statistics but {'is' if hidden_inputs == 1 else 'are'} drawn nowhere (no thumbnail, no feature maps)."
-                         if hidden_inputs else "",
+        "hidden_inputs": _hidden_inputs(hidden_inputs),
         "predictions": [prediction_view(p) for p in report.predictions[: len(inputs) or 16]],
         "sections": sections,
         "insight": report_view(report),
