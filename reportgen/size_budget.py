@@ -248,6 +248,9 @@ def estimate_bytes(first: ReportModel, first_bytes: int, drawing: Drawing,
     """Predicted HTML size for `drawing`, from the first render's bytes per pixel."""
     picture_bytes = 0
     predicted = 0.0
+    # 1D maps are line plots: their height stays, their width follows the tile size (`plot_bins`)
+    plots = {id(maps.grid) for section in first.sections if len(section.output_shape) == 3
+             for maps in section.feature_maps}
     for grid, rank in _full_grids(first, maps_per_section):
         picture_bytes += len(grid.image.data_uri)
         if rank >= drawing.inputs:  # not drawn: its markup and per-tile numbers go too
@@ -256,6 +259,8 @@ def estimate_bytes(first: ReportModel, first_bytes: int, drawing: Drawing,
         count = min(len(grid.channels), drawing.channels)
         if rank < 0:  # filters keep their size; only their count changes
             height, width = grid.tile_height, grid.tile_width
+        elif id(grid) in plots:
+            height, width = grid.tile_height, plot_bins(grid.tile_width, drawing.tile_size)
         else:
             height, width = _tile_target(grid.tile_height, grid.tile_width, drawing.tile_size)
         predicted += _bytes_per_pixel(grid) * _grid_pixels(count, height, width, grid.padding)

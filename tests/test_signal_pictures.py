@@ -6,6 +6,8 @@ min/max/mean per pixel column, per-tile min-max levels and plot rows.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -13,12 +15,20 @@ import torch.nn.functional as F
 from torch import nn
 
 import reportgen
+from reportgen import render
 from reportgen.capture import ActivationCapture
 from reportgen.filters import filter_tiles
 from reportgen.gradcam import grad_cam
 from reportgen.inputs import from_tensor
 from reportgen.plots import BAND, BACKGROUND, LINE, ZERO
-from reportgen.size_budget import Drawing, picture_ceiling, reduce_layer
+from reportgen.size_budget import (
+    Drawing,
+    estimate_bytes,
+    html_bytes,
+    picture_ceiling,
+    reduce_analysis,
+    reduce_layer,
+)
 from tests.fixtures.zoo import Head, conv3d, rand
 from tests.helpers import decode, tile_pixels
 
@@ -277,9 +287,9 @@ def test_the_size_budget_narrows_1d_plots_keeping_exact_minima_and_maxima() -> N
             assert np.abs(envelopes[channel, :, column].astype(int) - expected).max() <= 1
 
 
-def test_the_picture_ceiling_bounds_1d_plots(monkeypatch: pytest.MonkeyPatch) -> None:
-    from reportgen import render
-
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every analysis the render stage draws sections from, in order."""
     seen: list[object] = []
     original = render._draw_sections
 
@@ -288,13 +298,17 @@ def test_the_picture_ceiling_bounds_1d_plots(monkeypatch: pytest.MonkeyPatch) ->
         return original(analysis, *args, **kwargs)
 
     monkeypatch.setattr(render, "_draw_sections", spy)
+    return seen
+
+
+def test_the_picture_ceiling_bounds_1d_plots(drawn: list[object]) -> None:
     torch.manual_seed(5)
     model = nn.Sequential(nn.Conv1d(1, 16, 80, stride=4), nn.Conv1d(16, 8, 3), Head(8)).eval()
     report = reportgen.generate_report(model, torch.randn(3, 1, 4000), device="cpu", max_size_mb=0)
     grids = [s.filters for s in report.model.sections if s.filters is not None]
     grids += [fm.grid for s in report.model.sections for fm in s.feature_maps]
-    drawn = sum(len(grid.image.data_uri) for grid in grids)
-    assert picture_ceiling(seen[0]) >= drawn  # an upper bound, as the budget relies on
+    picture_bytes = sum(len(grid.image.data_uri) for grid in grids)
+    assert picture_ceiling(drawn[0]) >= picture_bytes  # an upper bound, as the budget relies on
 
 
 def test_other_channel_counts_are_averaged_and_say_so() -> None:
@@ -320,3 +334,15 @@ def test_1d_kernels_on_the_shared_scale_centre_zero() -> None:
         assert (tiles.tiles[number][rows, np.arange(rows.size)] == LINE).all()
         assert set(np.flatnonzero((tiles.tiles[number] == ZERO).any(axis=1))) == {12}  # 0 is level 126.5
         assert tiles.tile_min[number] == pytest.approx(-bound) and tiles.tile_max[number] == pytest.approx(bound)
+
+
+def test_the_budget_estimate_of_narrower_1d_plots_is_close_to_the_page(drawn: list[object]) -> None:
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Conv1d(1, 32, 80, stride=4), nn.Conv1d(32, 8, 3), Head(8)).eval()
+    full = reportgen.generate_report(model, torch.randn(4, 1, 8000), device="cpu", max_size_mb=0)
+    full_bytes = html_bytes(full.model)
+    drawing = Drawing(tile_size=8, channels=32, inputs=4)  # the plots go from 64 to 16 columns
+    narrower = replace(full.model, sections=render.render_sections(reduce_analysis(drawn[0], drawing)))
+    assert {fm.grid.tile_width for fm in narrower.sections[0].feature_maps} == {16}
+    actual = html_bytes(narrower)
+    assert abs(estimate_bytes(full.model, full_bytes, drawing) - actual) < 0.1 * actual
