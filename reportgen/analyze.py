@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from reportgen import insight as insight_stage
+from reportgen import thumbnails
 from reportgen.capture import ActivationCapture, CapturedLayer, call_key, first_tensor
 from reportgen.devices import model_dtype
 from reportgen.embedding import FeatureCollector
@@ -23,13 +24,11 @@ from reportgen.errors import ReportError, one_line
 from reportgen.faults import is_out_of_memory, release_cached_memory
 from reportgen.inputs import InputSet, call_model
 from reportgen.model_state import on_device, preserved_modes
-from reportgen.preprocess import seen_image
 from reportgen.sites import RAW_BY_REQUEST, Plan, learn_sites
 from reportgen.summary import SummaryTable, fallback_summary, summarize
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd,)
 TOP_K = 5
-THUMBNAIL_SIZE = 96
 TAPS = ("activation", "conv")  # where a conv is observed: its activation site, or its raw output
 
 
@@ -192,17 +191,8 @@ def logits_tensor(output: Any) -> torch.Tensor | None:
 
 
 def thumbnail(sample: torch.Tensor, inputs: InputSet) -> np.ndarray | None:
-    """`preprocess.seen_image` at most THUMBNAIL_SIZE pixels a side, as uint8 (H, W, 3) or (H, W)."""
-    image = seen_image(sample, inputs.preprocessing)
-    if image is None:
-        return None
-    height, width = image.shape[1:]
-    if max(height, width) > THUMBNAIL_SIZE:
-        scale = THUMBNAIL_SIZE / max(height, width)
-        size = [max(1, round(height * scale)), max(1, round(width * scale))]
-        image = torch.nn.functional.interpolate(image[None], size=size, mode="area")[0]
-    array = (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0).copy()
+    """`thumbnails.draw`'s picture: uint8 (H, W, 3) or (H, W); images, waveforms, clip strips."""
+    return thumbnails.draw(sample, inputs.preprocessing).picture
 
 
 def analyze(
@@ -360,14 +350,15 @@ def _run_batch(
     for offset in range(stop - start):
         index = start + offset
         shown = index < options.keep_inputs
+        drawn = thumbnails.draw(batch[offset], inputs.preprocessing) if shown else None
         records.append(
             InputRecord(
                 index=index,
                 name=inputs.names[index],
                 shape=tuple(int(d) for d in batch.shape[1:]),
                 label=inputs.label(index),
-                thumbnail=thumbnail(batch[offset], inputs) if shown else None,
-                notes=inputs.notes_for(index),
+                thumbnail=drawn.picture if drawn is not None else None,
+                notes=(*inputs.notes_for(index), *([drawn.note] if drawn is not None and drawn.note else [])),
             )
         )
     batch = batch.to(device=device, dtype=dtype if batch.is_floating_point() else None)

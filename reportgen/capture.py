@@ -26,6 +26,7 @@ from torch import nn
 
 from reportgen.palettes import FLAT_INDEX, LEVELS
 from reportgen.sites import RAW_BY_REQUEST, Plan, Site, SiteTracker
+from reportgen.plots import plot_bins
 
 
 @dataclass
@@ -37,6 +38,7 @@ class LayerTiles:
     tile_min: dict[int, np.ndarray] = field(default_factory=dict)  # index -> (C,) float
     tile_max: dict[int, np.ndarray] = field(default_factory=dict)
     flat: dict[int, np.ndarray] = field(default_factory=dict)  # index -> (C,) bool
+    envelopes: dict[int, np.ndarray] = field(default_factory=dict)  # 1D only: index -> (C, 3, bins) uint8
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class CapturedLayer:
     top_positions: np.ndarray | None = None
     spatial_shape: tuple[int, ...] = ()
     site: Site = Site(raw=RAW_BY_REQUEST)  # where the layer's output was observed (sites.py)
+    # 1D outputs: per kept input (C, 3, bins) levels of each bin's min, max and mean (plots.py)
+    envelopes: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def spatial_view(output: torch.Tensor) -> torch.Tensor:
@@ -218,6 +222,23 @@ def quantise_tiles(
     return levels, low, high, flat
 
 
+def envelope_levels(maps: torch.Tensor, tile_size: int, low: torch.Tensor, high: torch.Tensor,
+                    flat: torch.Tensor) -> torch.Tensor:
+    """(N, C, L) 1D maps -> (N, C, 3, bins) uint8: each bin's min, max and mean (plots.LOW, HIGH,
+    MEAN) on the tile's own full-resolution scale [low, high] from `quantise_tiles`, on the device.
+    Bins are adaptive pooling windows, `plots.plot_bins` of them; flat tiles are FLAT_INDEX."""
+    safe = torch.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
+    bins = plot_bins(maps.shape[2], tile_size)
+    stacked = torch.stack([-F.adaptive_max_pool1d(-safe, bins), F.adaptive_max_pool1d(safe, bins),
+                           F.adaptive_avg_pool1d(safe, bins)], dim=2)
+    scale = torch.where(flat, torch.ones_like(high), high - low)
+    low = torch.nan_to_num(low, nan=0.0)
+    unit = ((stacked - low[..., None, None]) / torch.nan_to_num(scale, nan=1.0)[..., None, None]).clamp_(0.0, 1.0)
+    levels = torch.floor(unit * (LEVELS - 1) + 0.5).to(torch.uint8)
+    levels[flat] = FLAT_INDEX
+    return levels
+
+
 class _Accumulator:
     """Running per-channel statistics and kept tiles of one layer call (device tensors)."""
 
@@ -287,6 +308,9 @@ class _Accumulator:
         # keep is a prefix of the inputs and batches arrive in order, so `kept` is contiguous.
         selected = values[kept[0] : kept[-1] + 1, :shown]
         levels, low, high, flat_mask = quantise_tiles(spatial_view(selected), tile_size)
+        if selected.dim() == 3:  # 1D: drawn as line plots from per-bin min, max and mean
+            envelopes = envelope_levels(selected, tile_size, low, high, flat_mask).cpu().numpy()
+            self.tiles.envelopes.update((offset + i, envelopes[row]) for row, i in enumerate(kept))
         levels_host = levels.cpu().numpy()
         low_host, high_host = low.cpu().numpy(), high.cpu().numpy()
         flat_host = flat_mask.cpu().numpy()
@@ -309,7 +333,8 @@ class _Accumulator:
         (self.sum_mean, self.max, self.min, self.active_positions, self.inputs_active, self.nonfinite,
          self.inputs_seen, self.positions_seen, self.top) = state
         if self.tiles is not None:
-            for store in (self.tiles.per_input, self.tiles.tile_min, self.tiles.tile_max, self.tiles.flat):
+            for store in (self.tiles.per_input, self.tiles.tile_min, self.tiles.tile_max, self.tiles.flat,
+                          self.tiles.envelopes):
                 for index in [i for i in store if i >= first_index]:
                     del store[index]
 
@@ -343,6 +368,7 @@ class _Accumulator:
             top_positions=self.top[2].cpu().numpy() if self.top is not None else None,
             spatial_shape=peak_shape(self.output_shape),
             site=self.site,
+            envelopes=dict(self.tiles.envelopes),
         )
 
     def _update_insight(self, flat: torch.Tensor, per_input_max: torch.Tensor, offset: int, top_k: int,

@@ -12,7 +12,8 @@ One extra pass over the shown inputs only (at most `max_inputs_shown`, in chunks
 - `requires_grad` flags are not touched; training flags and device are restored by the caller
   (`analyze` runs this inside `preserved_modes` and `on_device`, with the model in eval mode).
 
-Grad-CAM (Selvaraju et al. 2017): weights = spatial mean of d score / d A per channel;
+Grad-CAM (Selvaraju et al. 2017): weights = mean of d score / d A per channel over every
+non-channel axis (time for 1D layers, space for 2D, both for 3D);
 map = ReLU(sum_k weight_k A_k), scaled by its own max to 0..1 (all 0 when no location speaks for
 the class). Reachability: the autograd graph from the output is walked (no computation) and a
 layer whose output's gradient edge is not in it cannot affect the output.
@@ -51,7 +52,7 @@ class CamRecord:
     input_index: int
     kind: str  # "predicted" or "true"
     target: int
-    cam: np.ndarray  # (h, w) float32, 0..1
+    cam: np.ndarray  # (h, w) float32, 0..1; (l,) for a 1D layer, (t, h, w) for a 3D one
 
 
 @dataclass(frozen=True)
@@ -225,8 +226,9 @@ def _pass(
             captured = hooks.captured
             if logits is None or logits.dim() != 2 or logits.shape[1] < 2 or logits.grad_fn is None:
                 return [], reaches, "Grad-CAM needs a classifier: a (batch, classes) output with a gradient."
-            if captured.activation is None or captured.edge is None or captured.activation.dim() != 4:
-                return [], reaches, f"Grad-CAM needs a 2D feature map from {layer}, which did not produce one."
+            if captured.activation is None or captured.edge is None or not has_map_axes(captured.activation):
+                return [], reaches, (f"Grad-CAM needs a feature map with a temporal or spatial axis (1D, 2D or 3D) "
+                                     f"from {layer}, which did not produce one.")
             records.extend(_maps(logits, captured, inputs, start, stop))
             del output, logits, captured
             hooks.reset()
@@ -265,20 +267,30 @@ def _maps(logits: torch.Tensor, captured: _Captured, inputs: InputSet, start: in
         (returned,) = torch.autograd.grad(score, inputs=[captured.edge], retain_graph=number + 1 < len(targets))
         # The tensor hook saw the same gradient (of the layer's output as it left the layer).
         gradient = captured.gradient if captured.gradient is not None else returned
-        weights = gradient.float().mean(dim=(2, 3), keepdim=True)
+        axes = tuple(range(2, activation.dim()))  # every non-channel axis: time, and/or space
+        weights = gradient.float().mean(dim=axes, keepdim=True)
         cams = F.relu((weights * activation.float()).sum(dim=1))
         cams = torch.nan_to_num(cams, nan=0.0, posinf=0.0, neginf=0.0)  # NaN model: a cold map, not garbage
-        peak = cams.flatten(1).amax(dim=1).clamp(min=1e-12)
-        cams = torch.where(cams.flatten(1).amax(dim=1)[:, None, None] > 0, cams / peak[:, None, None],
-                           torch.zeros_like(cams))
+        peak = cams.flatten(1).amax(dim=1).reshape(-1, *[1] * (cams.dim() - 1))
+        cams = torch.where(peak > 0, cams / peak.clamp(min=1e-12), torch.zeros_like(cams))
         host = cams.detach().cpu().numpy().astype(np.float32)
         for row in rows:
             records.append(CamRecord(input_index=start + row, kind=kind, target=int(classes[row]), cam=host[row]))
     return records
 
 
+def has_map_axes(activation: torch.Tensor) -> bool:
+    """(N, C, L), (N, C, H, W) or (N, C, T, H, W): a map Grad-CAM can weigh and lay over the input."""
+    return activation.dim() in (3, 4, 5)
+
+
 def pooled(cam: np.ndarray, side: int = MAX_CAM_SIDE) -> np.ndarray:
-    """The map average-pooled so neither side exceeds `side` (for the JSON)."""
+    """The map average-pooled so neither side exceeds `side` (for the JSON), as rows: a 1D map
+    is one row; a 3D map (T, H, W) is averaged over T first."""
+    if cam.ndim == 1:
+        cam = cam[None]
+    elif cam.ndim == 3:
+        cam = cam.mean(axis=0)
     height, width = cam.shape
     if max(height, width) <= side:
         return cam
@@ -305,11 +317,10 @@ def overlay(thumbnail: np.ndarray, cam: np.ndarray, strength: float = 0.6) -> np
     return np.floor(blended + 0.5).clip(0, 255).astype(np.uint8)
 
 
-def peak_fraction(cam: np.ndarray) -> tuple[float, float]:
-    """(y, x) of the hottest cell's centre as fractions of the height and width."""
-    height, width = cam.shape
-    row, column = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    return ((row + 0.5) / height, (column + 0.5) / width)
+def peak_fraction(cam: np.ndarray) -> tuple[float, ...]:
+    """The hottest cell's centre as fractions of each axis: (y, x); (x,) for 1D; (t, y, x) for 3D."""
+    cell = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    return tuple((int(i) + 0.5) / size for i, size in zip(cell, cam.shape))
 
 
 class FusedCam(HookOwner):
@@ -455,7 +466,7 @@ class FusedCam(HookOwner):
             captured = self._captured
             usable = (logits.dim() == 2 and logits.shape[1] >= 2 and logits.grad_fn is not None
                       and captured.activation is not None and captured.edge is not None
-                      and captured.activation.dim() == 4 and self.reaches.get(self.layer) is not False)
+                      and has_map_axes(captured.activation) and self.reaches.get(self.layer) is not False)
             if not usable:
                 self.failure = self.failure or "no gradient path from the Grad-CAM layer to a (batch, classes) output"
                 return

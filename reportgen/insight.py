@@ -43,6 +43,7 @@ from reportgen.report_model import (
     WeightStats,
 )
 from reportgen.top_activations import CropCollector, Geometry, channel_tops, collect_crops, layer_geometry
+from reportgen.thumbnails import cam_overlay
 from reportgen.weight_stats import untrained_test, weight_stats
 
 if TYPE_CHECKING:
@@ -265,7 +266,7 @@ def build_report_insight(
     if data.cam is not None:
         for record in data.cam.records:
             thumb = thumbnails.get(record.input_index)
-            slot = encoder.queue(gradcam.overlay(thumb.thumbnail, record.cam)) \
+            slot = encoder.queue(cam_overlay(thumb.thumbnail, record.cam, thumb.shape)) \
                 if thumb is not None and thumb.thumbnail is not None else None
             cam_slots.append(slot)
     images = encoder.run()
@@ -368,9 +369,22 @@ def _gradcam(cam: gradcam.CamResult | None, slots: Sequence[int | None], images:
         layer=cam.layer,
         anchor=anchors.get(cam.layer),
         inputs=entries,
-        note=(f"Grad-CAM at {cam.layer}: heat = ReLU(sum over channels of (mean gradient of the class score) "
-              "x activation), scaled to its own max, upsampled bilinearly onto the input."),
+        note=_cam_note(cam),
     )
+
+
+def _cam_note(cam: gradcam.CamResult) -> str:
+    rank = cam.records[0].cam.ndim
+    if rank == 2:
+        return (f"Grad-CAM at {cam.layer}: heat = ReLU(sum over channels of (mean gradient of the class score) "
+                "x activation), scaled to its own max, upsampled bilinearly onto the input.")
+    axes, laid = {
+        1: ("time", "interpolated linearly onto the waveform's columns and drawn as the strip under it "
+                    "(black = no heat, dark red to yellow = the max)"),
+        3: ("time and space", "interpolated (trilinear) to the clip's frames and laid over each frame shown"),
+    }[rank]
+    return (f"Grad-CAM at {cam.layer}: heat = ReLU(sum over channels of (the class score's gradient averaged over "
+            f"{axes}) x activation), scaled to its own max, {laid}.")
 
 
 def _embedding(features: Features | None, analysis: Analysis, names: dict[int, str],

@@ -200,13 +200,24 @@ def seen_image(sample: torch.Tensor, preprocessing: Preprocessing | None) -> tor
     """
     if sample.dim() != 3 or not sample.is_floating_point():
         return None
+    return seen_values(sample, preprocessing)[0]
+
+
+def seen_values(sample: torch.Tensor,
+                preprocessing: Preprocessing | None) -> tuple[torch.Tensor, tuple[float, float] | None]:
+    """(C, *rest) float -> the values in [0, 1] as the model saw them, and the (min, max) they were
+    stretched from when the de-normalised values leave [0, 1] (else None). Channel counts other
+    than 1 and 3 are averaged to one; NaN becomes 0, +Inf 1 and -Inf 0. `rest` may be any shape
+    (a clip's frames are de-normalised and stretched together, one scale for all of them)."""
     image = sample.detach().float().cpu()
-    if preprocessing is not None:
-        image = preprocessing.denormalise(image)
+    channels = image.shape[0]
+    means = preprocessing.mean if preprocessing is not None else None
+    if preprocessing is not None and (means is None or channels == 1 or len(means) in (1, channels)):
+        image = preprocessing.denormalise(image.reshape(channels, -1, image.shape[-1])).reshape(-1, *image.shape[1:])
     if image.shape[0] not in (1, 3):
         image = image.mean(dim=0, keepdim=True)
     image = torch.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)
     low, high = float(image.min()), float(image.max())
     if low < 0.0 or high > 1.0:  # not a [0, 1] image: stretch its own range
-        image = (image - low) / (high - low) if high > low else torch.zeros_like(image)
-    return image
+        return ((image - low) / (high - low) if high > low else torch.zeros_like(image)), (low, high)
+    return image, None

@@ -22,6 +22,7 @@ from reportgen.capture import CapturedLayer
 from reportgen.filters import filter_tiles
 from reportgen.grids import embed, encode_png, tile_grid
 from reportgen.palettes import PAD_INDEX
+from reportgen.plots import envelope_plots, zero_levels
 from reportgen.report_model import (
     ChannelStats,
     EncodedImage,
@@ -111,6 +112,20 @@ def _feature_legend(layer: CapturedLayer, tile_shape: tuple[int, int], colormap:
     return "; ".join(parts)
 
 
+def _plot_legend(layer: CapturedLayer, bins: int) -> str:
+    shown = len(layer.channels_shown)
+    length = layer.output_shape[-1]
+    channels = (f"channels 0–{shown - 1} of {layer.channels_total}" if shown > 1
+                else f"channel 0 of {layer.channels_total}")
+    if bins < length:
+        columns = (f"{length} positions in {bins} pixel columns (about {length / bins:.3g} each): "
+                   "gray band = each column's min to max, black line = its mean")
+    else:
+        columns = f"one pixel column per position ({length}), black line = the value"
+    return (f"{channels}; each channel a line plot, bottom = its own min, top = its own max; {columns}; "
+            "mid-gray line = 0 (when within the range); magenta = flat (zero range, NaN or Inf)")
+
+
 class _Renderer:
     def __init__(self, analysis: Analysis, options: RenderOptions) -> None:
         self.analysis = analysis
@@ -198,10 +213,15 @@ def _draw_sections(
     for layer in analysis.layers:
         entries = []
         for index in sorted(layer.tiles):
-            stack = layer.tiles[index]
+            stack, colormap = layer.tiles[index], options.colormap
             legend = _feature_legend(layer, stack.shape[1:], options.colormap)
+            if index in layer.envelopes:  # 1D: line plots instead of one-pixel-high strips
+                envelopes = layer.envelopes[index]
+                stack = envelope_plots(envelopes, zero_levels(layer.tile_min[index], layer.tile_max[index]),
+                                       layer.flat[index])
+                colormap, legend = "gray", _plot_legend(layer, envelopes.shape[2])
             slot, spec = _grid_spec(renderer, stack, layer.channels_shown, layer.tile_min[index],
-                                    layer.tile_max[index], layer.flat[index], options.colormap, legend)
+                                    layer.tile_max[index], layer.flat[index], colormap, legend)
             entries.append((index, slot, spec))
         map_slots[layer.key] = entries
 

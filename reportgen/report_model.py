@@ -317,7 +317,7 @@ class CamMap:
     target: int
     target_label: str
     cam: tuple[tuple[float, ...], ...]  # at the layer's resolution (pooled to at most 16x16), 0..1
-    peak: tuple[float, float]  # (y, x) of the hottest point, as fractions of height and width
+    peak: tuple[float, ...]  # (y, x) of the hottest point as fractions of height and width; (x,) 1D, (t, y, x) 3D
     overlay: EncodedImage | None
 
 

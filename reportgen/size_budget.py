@@ -32,6 +32,7 @@ import numpy as np
 from reportgen.analyze import Analysis
 from reportgen.capture import CapturedLayer
 from reportgen.grids import default_columns
+from reportgen.plots import PLOT_HEIGHT, plot_bins, pool_envelopes, tap_width
 from reportgen.report_model import BudgetInfo, LayerSection, ReportModel, TileGrid
 
 DEFAULT_MAX_SIZE_MB = 6.0
@@ -131,6 +132,11 @@ def _tile_target(h: int, w: int, tile_size: int) -> tuple[int, int]:
     return max(1, round(h * tile_size / longest)), max(1, round(w * tile_size / longest))
 
 
+def _pooled_envelopes(envelopes: np.ndarray, tile_size: int) -> np.ndarray:
+    """1D plots get narrower with the tile size (`plots.plot_bins`), min/max kept exact."""
+    return pool_envelopes(envelopes, plot_bins(envelopes.shape[2], tile_size))
+
+
 def reduce_layer(layer: CapturedLayer, drawing: Drawing) -> CapturedLayer:
     keep = [index for index in sorted(layer.tiles)][: drawing.inputs]
     shown = min(len(layer.channels_shown), drawing.channels)
@@ -147,6 +153,8 @@ def reduce_layer(layer: CapturedLayer, drawing: Drawing) -> CapturedLayer:
         tile_min={index: layer.tile_min[index][:shown] for index in keep},
         tile_max={index: layer.tile_max[index][:shown] for index in keep},
         flat={index: layer.flat[index][:shown] for index in keep},
+        envelopes={index: _pooled_envelopes(layer.envelopes[index][:shown], drawing.tile_size)
+                   for index in keep if index in layer.envelopes},
     )
 
 
@@ -240,6 +248,9 @@ def estimate_bytes(first: ReportModel, first_bytes: int, drawing: Drawing,
     """Predicted HTML size for `drawing`, from the first render's bytes per pixel."""
     picture_bytes = 0
     predicted = 0.0
+    # 1D maps are line plots: their height stays, their width follows the tile size (`plot_bins`)
+    plots = {id(maps.grid) for section in first.sections if len(section.output_shape) == 3
+             for maps in section.feature_maps}
     for grid, rank in _full_grids(first, maps_per_section):
         picture_bytes += len(grid.image.data_uri)
         if rank >= drawing.inputs:  # not drawn: its markup and per-tile numbers go too
@@ -248,6 +259,8 @@ def estimate_bytes(first: ReportModel, first_bytes: int, drawing: Drawing,
         count = min(len(grid.channels), drawing.channels)
         if rank < 0:  # filters keep their size; only their count changes
             height, width = grid.tile_height, grid.tile_width
+        elif id(grid) in plots:
+            height, width = grid.tile_height, plot_bins(grid.tile_width, drawing.tile_size)
         else:
             height, width = _tile_target(grid.tile_height, grid.tile_width, drawing.tile_size)
         predicted += _bytes_per_pixel(grid) * _grid_pixels(count, height, width, grid.padding)
@@ -262,10 +275,15 @@ def picture_ceiling(analysis: Analysis) -> int:
     base64's 4/3 and a header each."""
     total = 0
     for layer in analysis.layers:
-        for stack in layer.tiles.values():
-            total += _grid_pixels(stack.shape[0], stack.shape[1], stack.shape[2]) * 1.02 + 300
+        for index, stack in layer.tiles.items():
+            # 1D maps are drawn as plots PLOT_HEIGHT high, one column per envelope bin
+            height, width = (PLOT_HEIGHT, layer.envelopes[index].shape[2]) if index in layer.envelopes \
+                else stack.shape[1:]
+            total += _grid_pixels(stack.shape[0], height, width) * 1.02 + 300
     for weights in analysis.weights.values():
         count, height, width = weights.filters.shape[0], weights.filters.shape[-2], weights.filters.shape[-1]
+        if weights.filters.ndim == 3:  # 1D kernels: palette line plots
+            height, width = PLOT_HEIGHT, width * tap_width(width)
         total += _grid_pixels(count, height, width) * 3 * 1.02 + 300
     return int(total * 4 / 3)
 

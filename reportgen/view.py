@@ -84,6 +84,15 @@ def display_width(natural: int, target: int = GRID_DISPLAY_WIDTH) -> int:
     return natural * factor
 
 
+def _hidden_inputs(hidden: int) -> str:
+    """The sentence for inputs drawn nowhere: no thumbnail and no feature maps."""
+    if not hidden:
+        return ""
+    verb = "input contributes" if hidden == 1 else "inputs contribute"
+    return (f"{count(hidden)} more {verb} to the statistics but {'is' if hidden == 1 else 'are'} drawn nowhere "
+            "(no thumbnail, no feature maps).")
+
+
 def image_view(image: EncodedImage, target: int = GRID_DISPLAY_WIDTH) -> dict[str, Any]:
     width = display_width(image.width, target)
     return {
@@ -258,6 +267,8 @@ def page(report: ReportModel) -> dict[str, Any]:
         if row.depth > 0
     ]
 
+    # listed: every input drawn somewhere (a thumbnail, or feature maps where it has no picture)
+    mapped = {maps.input_index for section in report.sections for maps in section.feature_maps}
     inputs = [
         {
             "name": item.name,
@@ -267,7 +278,7 @@ def page(report: ReportModel) -> dict[str, Any]:
             "notes": list(item.notes),
         }
         for item in report.inputs
-        if item.thumbnail is not None
+        if item.thumbnail is not None or item.index in mapped
     ]
     hidden_inputs = len(report.inputs) - len(inputs)
 
@@ -311,7 +322,7 @@ def page(report: ReportModel) -> dict[str, Any]:
         "alerts": alerts,
         "layer_rows": layer_rows,
         "inputs": inputs,
-        "hidden_inputs": f"{count(hidden_inputs)} more inputs contribute to the statistics but are not drawn." if hidden_inputs else "",
+        "hidden_inputs": _hidden_inputs(hidden_inputs),
         "predictions": [prediction_view(p) for p in report.predictions[: len(inputs) or 16]],
         "sections": sections,
         "insight": report_view(report),

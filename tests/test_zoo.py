@@ -124,12 +124,13 @@ def test_dict_and_tuple_outputs_still_give_predictions(name: str) -> None:
     assert_stats_match(section(report, "conv"), model.conv(x))
 
 
-def test_conv1d_maps_and_kernels_are_one_pixel_strips() -> None:
+def test_conv1d_maps_and_kernels_are_line_plots() -> None:
     model, x, report = run("conv1d")
     first = section(report, "0")
-    assert first.feature_maps[0].grid.tile_height == 1
-    assert first.filters.tile_height == 1 and first.filters.tile_width == 5
-    assert decode(first.feature_maps[0].grid.image).height == 1 + first.feature_maps[0].grid.rows * 2
+    grid = first.feature_maps[0].grid
+    assert (grid.tile_height, grid.tile_width) == (24, 40)  # one column per position (40 <= 64)
+    assert first.filters.tile_height == 24 and first.filters.tile_width == 35  # 5 taps, 7 px each
+    assert decode(grid.image).height == 1 + grid.rows * 25
     with torch.no_grad():
         assert_stats_match(first, torch.relu(model[0](x)))
 
