@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.palettes import FLAT_INDEX, LEVELS
-from reportgen.sites import RAW_BY_REQUEST, Plan, Site, SiteTracker
 from reportgen.plots import plot_bins
+from reportgen.sites import RAW_BY_REQUEST, Plan, Site, SiteTracker
 
 
 @dataclass
