@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reportgen.capture import first_tensor
+from reportgen.outputs import find_logits
 from reportgen.devices import model_dtype
 from reportgen.errors import ReportError, one_line
 from reportgen.hook_owner import HookOwner
@@ -259,10 +259,7 @@ def _output_channels(model: nn.Module, modules: dict[str, nn.Module], names: Seq
 
 
 def _logits(output: Any) -> torch.Tensor | None:
-    tensor = first_tensor(output)
-    if tensor is None or tensor.dim() != 2 or tensor.shape[1] < 2 or not tensor.is_floating_point():
-        return None
-    return tensor
+    return find_logits(output, None)
 
 
 def chunks(count: int, batch: int, max_rows: int) -> list[range]:

@@ -17,13 +17,14 @@ from torch import nn
 
 from reportgen import insight as insight_stage
 from reportgen import thumbnails
-from reportgen.capture import ActivationCapture, CapturedLayer, call_key, first_tensor
+from reportgen.capture import ActivationCapture, CapturedLayer, call_key
 from reportgen.devices import model_dtype
 from reportgen.embedding import FeatureCollector
 from reportgen.errors import ReportError, one_line
 from reportgen.faults import is_out_of_memory, release_cached_memory
 from reportgen.inputs import InputSet, call_model
 from reportgen.model_state import on_device, preserved_modes
+from reportgen.outputs import describe_output, find_logits
 from reportgen.sites import RAW_BY_REQUEST, Plan, learn_sites
 from reportgen.summary import SummaryTable, fallback_summary, summarize
 
@@ -141,12 +142,14 @@ class _OutputCollector:
         self.offset = 0
         self.labels: list[int | None] = []
         self.logits_like = True
+        self.output_description = ""  # what the output was, when it held no logits
         self.nonfinite_inputs = 0
 
     def __call__(self, module: nn.Module, args: object, output: object) -> None:
-        tensor = logits_tensor(output)
-        if tensor is None or tensor.dim() != 2 or tensor.shape[1] < 2 or not tensor.is_floating_point():
+        tensor = find_logits(output, len(self.labels))
+        if tensor is None:
             self.logits_like = False
+            self.output_description = self.output_description or describe_output(output)
             return
         self.nonfinite_inputs += int((~torch.isfinite(tensor)).any(dim=1).sum())
         probabilities = torch.softmax(tensor.detach().float(), dim=1)
@@ -171,23 +174,6 @@ class _OutputCollector:
                     label_probability=label_probability,
                 )
             )
-
-
-def logits_tensor(output: Any) -> torch.Tensor | None:
-    """The output that holds class scores: `logits` in a dict, else the first (N, K) float tensor.
-
-    Models that return a dict or tuple of several tensors (logits next to features) are common;
-    taking whatever tensor comes first would miss their predictions.
-    """
-    if isinstance(output, dict) and isinstance(output.get("logits"), torch.Tensor):
-        return output["logits"]
-    if isinstance(output, (dict, list, tuple)):
-        items = [output[k] for k in sorted(output, key=str)] if isinstance(output, dict) else list(output)
-        for item in items:
-            found = logits_tensor(item)
-            if found is not None and found.dim() == 2 and found.is_floating_point():
-                return found
-    return first_tensor(output)
 
 
 def thumbnail(sample: torch.Tensor, inputs: InputSet) -> np.ndarray | None:
@@ -302,6 +288,10 @@ def analyze(
         }
         if hookable:
             notes.extend(_unhooked_notes(model, selected, capture.fired, explicit=bool(options.layers)))
+        if not collector.logits_like:
+            notes.append(f"The model's output is not class logits (a floating (batch, classes) tensor, or a "
+                         f"'logits' entry): it was {collector.output_description}. No predictions, accuracy, "
+                         "Grad-CAM or ablation are shown.")
         if collector.nonfinite_inputs:
             notes.append(f"The model's output held NaN or Inf for {collector.nonfinite_inputs} input(s): "
                          "their predictions are not meaningful.")

@@ -265,13 +265,13 @@ def _label_check(model: nn.Module, inputs: InputSet,
     The width is read by a hook of its own on the model, with the test the prediction collector
     applies (a 2-D float output of at least 2 columns is class logits).
     """
-    from reportgen.analyze import logits_tensor
+    from reportgen.outputs import find_logits
 
     width: list[int] = []  # the output width, once seen; emptied when the labels were checked
 
     def record(module: nn.Module, args: object, output: object) -> None:
-        tensor = logits_tensor(output)
-        if tensor is not None and tensor.dim() == 2 and tensor.shape[1] >= 2 and tensor.is_floating_point():
+        tensor = find_logits(output, None)
+        if tensor is not None:
             width[:] = [int(tensor.shape[1])]
 
     def after_batch(count: int) -> None:

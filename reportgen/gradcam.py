@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.capture import first_tensor
+from reportgen.outputs import find_logits
 from reportgen.errors import ReportError, one_line
 from reportgen.faults import is_out_of_memory
 from reportgen.hook_owner import HookOwner
@@ -218,9 +219,10 @@ def _pass(
             batch = batch.to(device=device, dtype=dtype).clone().requires_grad_(True)
             hooks.reset()
             output = call(model, batch) if call is not None else model(batch)
-            logits = first_tensor(output)
-            if start == 0:
-                reaches = _reachability(logits, hooks.captured.edges)
+            logits = find_logits(output, stop - start)
+            if start == 0:  # reaching any output counts, logits or not
+                reaches = _reachability(logits if logits is not None else first_tensor(output),
+                                        hooks.captured.edges)
                 if reaches.get(layer) is False:
                     return [], reaches, ""
             captured = hooks.captured
@@ -458,11 +460,16 @@ class FusedCam(HookOwner):
                 self.aborted = True
                 self.failure = "the model's forward failed with autograd on"
                 return
-            logits = first_tensor(output)
-            if logits is None:
+            anchor = first_tensor(output)
+            if anchor is None:
                 return
-            if self.reaches is None:
-                self.reaches = _reachability(logits, self._captured.edges)
+            activation = self._captured.activation
+            logits = find_logits(output, activation.shape[0] if activation is not None else None)
+            if self.reaches is None:  # reaching any output counts, logits or not
+                self.reaches = _reachability(logits if logits is not None else anchor, self._captured.edges)
+            if logits is None:
+                self.failure = self.failure or "the model's output holds no (batch, classes) logits"
+                return
             captured = self._captured
             usable = (logits.dim() == 2 and logits.shape[1] >= 2 and logits.grad_fn is not None
                       and captured.activation is not None and captured.edge is not None

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reportgen.capture import first_tensor
+from reportgen.outputs import find_logits
 from reportgen.devices import model_dtype
 from reportgen.errors import ReportError, one_line
 from reportgen.inputs import InputSet, call_model
@@ -209,8 +209,8 @@ def find_misfiring(
                 output = call_model(model, batch, forward_args)
         except Exception as exc:
             raise ReportError(f"misfiring: the model failed on inputs {inputs.names[start]}..: {one_line(exc)}") from exc
-        logits = first_tensor(output)
-        if logits is None or logits.dim() != 2:
+        logits = find_logits(output, stop - start)
+        if logits is None:
             raise ReportError("--misfiring needs a classifier: the model's output must be (N, classes) logits")
         bad = [lbl for lbl in raw if lbl is not None and not 0 <= lbl < logits.shape[1]]
         if bad:

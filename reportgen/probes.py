@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.capture import call_key, downsample, first_tensor, spatial_view
+from reportgen.outputs import find_logits
 from reportgen.devices import model_dtype
 from reportgen.errors import ReportError, one_line
 from reportgen.hook_owner import HookOwner
@@ -429,8 +430,8 @@ def _fgsm(model: nn.Module, batch: torch.Tensor, inputs: InputSet, targets: torc
     with torch.inference_mode(False), torch.enable_grad():
         x = batch.detach().clone().requires_grad_(True)
         try:
-            output = first_tensor(call_model(model, x, forward_args))
-            if output is None or output.dim() != 2:
+            output = find_logits(call_model(model, x, forward_args), x.shape[0])
+            if output is None:
                 raise _Unsupported("FGSM needs a classifier output (N, classes)")
             loss = F.cross_entropy(output.float(), targets.clone(), reduction="sum")
             (gradient,) = torch.autograd.grad(loss, [x])
@@ -499,9 +500,7 @@ def run_probes(
                 raise ReportError(f"probes: the model failed on the clean input {inputs.names[start]}: "
                                   f"{one_line(exc)}") from exc
         order.extend(key for key in recorder.order if key not in order)
-        clean_logits = first_tensor(clean_output)
-        if clean_logits is not None and (clean_logits.dim() != 2 or clean_logits.shape[1] < 2):
-            clean_logits = None
+        clean_logits = find_logits(clean_output, stop - start)
         labels = [inputs.label(i) for i in range(start, stop)]
         targets = None
         if clean_logits is not None:
@@ -527,7 +526,7 @@ def run_probes(
                 except Exception as exc:
                     state.note = f"the model rejected the perturbed input: {one_line(exc)}"
                     continue
-            _gather(state, comparer, recorder.order, perturbation, clean_logits, first_tensor(output), targets,
+            _gather(state, comparer, recorder.order, perturbation, clean_logits, find_logits(output, stop - start), targets,
                     labels, inputs, start, thumbnail, options)
         del recorder
     results = []

@@ -181,7 +181,8 @@ def test_printed_command_remakes_the_report(workspace: Path, tmp_path: Path, cap
     # Run exactly as printed, from another folder, with no SOURCE_DATE_EPOCH of its own.
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["OMP_NUM_THREADS"] = "1"
+    # the same thread count as the run above: a conv's float sums depend on how it is split
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     bin_dir = Path(sys.executable).parent  # where pip put the `reportgen` script
     env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
     elsewhere = tmp_path / "elsewhere"
