@@ -172,5 +172,20 @@ def test_page_says_what_the_test_can_say() -> None:
     expected = ks(model[0].weight.detach().numpy(), uniform_cdf(1 / math.sqrt(27)))
     assert line.distances[0].init == UNIFORM
     assert line.distances[0].distance == pytest.approx(expected, abs=1e-9)
-    assert f"{line.distances[0].distance:.4g} to {UNIFORM}" in html.replace("&#43;", "+").replace("&#177;", "±")
+    assert f"{line.distances[0].distance:.4g} to {UNIFORM}" in html
     assert "matches" not in html.split("vs. default init")[1][:400]
+
+
+def test_sampled_big_layer_sees_every_kernel_tap() -> None:
+    # 73,728 weights, 8,192 tested: a stride of 9 would read one tap of every 3x3 kernel only.
+    torch.manual_seed(8)
+    conv = nn.Conv2d(64, 128, 3)
+    with torch.no_grad():
+        conv.weight[:, :, 1, 1] = 0.0  # the centre taps moved (1/9 of the weights)
+    w = conv.weight.detach().numpy()
+    whole = ks(w, uniform_cdf(1 / math.sqrt(64 * 9)))
+    assert whole == pytest.approx(1 / 18, abs=0.01)  # the whole layer: a jump of 1/9 at 0
+    test = layer_test(conv.weight)
+    assert test.sample == LAYER_SAMPLE < w.size
+    assert test.distances[0].distance == pytest.approx(whole, abs=0.02)
+    assert test.verdict == "differs"
