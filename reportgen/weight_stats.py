@@ -314,7 +314,12 @@ def _draw(flat: torch.Tensor, size: int, generator: np.random.Generator) -> np.n
 def layer_init_test(ordered: np.ndarray, fans: tuple[int, int]) -> LayerInitTest:
     """One layer's sorted float64 weights against each candidate in INITS."""
     n = int(ordered.size)
-    found = sorted(((_ks(ordered / scale_of(*fans), family), name) for name, (family, scale_of) in INITS.items()))
+    # Candidates that are the same distribution for this layer (fan_in == fan_out) are one entry
+    # under both names: naming only one would claim a difference the weights cannot show.
+    same: dict[tuple[str, float], list[str]] = {}
+    for name, (family, scale_of) in INITS.items():
+        same.setdefault((family, scale_of(*fans)), []).append(name)
+    found = sorted((_ks(ordered / scale, family), " = ".join(names)) for (family, scale), names in same.items())
     critical = ks_critical(n)
     closest, name = found[0]
     if closest > critical:

@@ -189,3 +189,13 @@ def test_sampled_big_layer_sees_every_kernel_tap() -> None:
     assert test.sample == LAYER_SAMPLE < w.size
     assert test.distances[0].distance == pytest.approx(whole, abs=0.02)
     assert test.verdict == "differs"
+
+
+def test_inits_that_coincide_for_a_layer_are_named_together() -> None:
+    torch.manual_seed(9)
+    conv = nn.Conv2d(16, 16, 3)  # fan_in == fan_out: both kaiming-normal candidates are N(0, 2/144)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    test = layer_test(conv.weight)
+    assert [d.init for d in test.distances] == [f"{FAN_OUT} = {FAN_IN}", UNIFORM]
+    assert test.distances[0].distance == pytest.approx(
+        ks(conv.weight.detach().numpy(), normal_cdf(math.sqrt(2 / 144))), abs=1e-7)
