@@ -138,9 +138,7 @@ def collect(
                    if name and isinstance(module, nn.modules.conv._ConvNd) and isinstance(module.weight, torch.Tensor)
                    and not isinstance(module.weight, nn.parameter.UninitializedParameter)}
         init_test, per_layer = untrained_test(kernels)
-        stats = {name: replace(found, init_match=per_layer[name][0], init_distance=per_layer[name][1],
-                               init_critical=per_layer[name][2]) if name in per_layer else found
-                 for name, found in stats.items()}
+        stats = {name: replace(found, init=per_layer.get(name)) for name, found in stats.items()}
     input_spatial = tuple(int(d) for d in records[0].shape[1:]) if records else ()
     geometry = layer_geometry(model, summary.rows if summary is not None else (), layers, input_spatial) \
         if input_spatial else {}

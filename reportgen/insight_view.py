@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from reportgen.report_model import EncodedImage, LayerSection, ReportModel
+from reportgen.report_model import EncodedImage, LayerSection, ReportModel, WeightStats
 
 THUMB_WIDTH = 96
 STRIP_WIDTH = 260  # CSS px of a top-activation strip (k crops wide): crops shown at 2x
@@ -42,6 +42,23 @@ def _bars(image: EncodedImage | None, width: int = 320, height: int = 32) -> dic
     return {"src": image.data_uri, "width": width, "height": height}
 
 
+def _init_line(weights: WeightStats) -> str:
+    """What the layer's Kolmogorov-Smirnov test against each default init says, at its n."""
+    test = weights.init
+    if test is None:
+        return "not tested: NaN/Inf weights" if weights.nonfinite else "not tested: not a torch.nn conv layer"
+    distances = ", ".join(f"{_number(d.distance)} to {d.init}" for d in test.distances)
+    sampled = f" (a seeded sample of the {weights.count:,})" if test.sample < weights.count else ""
+    where = f"KS distance {distances}; 5 % critical value at n={test.sample:,}{sampled}: {_number(test.critical)}"
+    if test.verdict == "differs":
+        return f"{where}: differs from each (as 1 fresh layer in 20 also does at this level)"
+    if test.verdict == "matches":
+        return (f"{where}: matches {test.match}, as a fresh layer does (a trained layer "
+                f"{_number(test.trained_closest)} from it would differ at this n)")
+    return (f"{where}: cannot tell at n={test.sample:,} (trained layers were measured as close as "
+            f"{_number(test.trained_closest)} to an init)")
+
+
 def layer_view(section: LayerSection) -> dict[str, Any] | None:
     """The statistics block of one layer section, or None when there is nothing to show."""
     insight = section.insight
@@ -59,8 +76,7 @@ def layer_view(section: LayerSection) -> dict[str, Any] | None:
             ("flat filters", ", ".join(str(i) for i in weights.flat_filters[:12]) or "none"),
             ("near-duplicate pairs", f"{weights.duplicate_pairs} (cosine >= {weights.duplicate_threshold:g})"
              + (": " + ", ".join(f"{p.a}≈{p.b}" for p in weights.duplicates[:6]) if weights.duplicates else "")),
-            ("vs. default init", f"KS distance {_number(weights.init_distance)} (fresh init < "
-             f"{_number(weights.init_critical)})" + (f": matches {weights.init_match}" if weights.init_match else "")),
+            ("vs. default init", _init_line(weights)),
         ]
     activity_rows = [
         ("dead channels", f"{len(insight.dead_channels)} of {section.channels_total} ({_percent(insight.dead_fraction)})"),

@@ -253,6 +253,30 @@ class DuplicatePair:
 
 
 @dataclass(frozen=True)
+class InitDistance:
+    init: str  # a default initialisation, named with its distribution (weight_stats.INITS)
+    distance: float  # Kolmogorov-Smirnov distance of the layer's weights to it
+
+
+@dataclass(frozen=True)
+class LayerInitTest:
+    """One layer's weights against each default initialisation, and what the test can say at n.
+
+    verdict "differs": farther than `critical` from every candidate (rejected at 5 %);
+    "cannot tell": within `critical` of one, but at this n trained layers measured in
+    benchmarks/init_test_rates.py sit as close (weight_stats.TRAINED_CLOSEST); "matches": within
+    `critical` of `match` with n large enough that those trained layers would differ.
+    """
+
+    distances: tuple[InitDistance, ...]  # closest first
+    sample: int  # weights tested: all of them, or a seeded stratified sample of LAYER_SAMPLE
+    critical: float  # 5 % critical value of the KS distance at n = sample
+    verdict: str  # "differs" | "cannot tell" | "matches"
+    match: str  # the initialisation when verdict == "matches", else ""
+    trained_closest: float  # weight_stats.TRAINED_CLOSEST: what "matches" needs critical <= half of
+
+
+@dataclass(frozen=True)
 class WeightStats:
     """Statistics of one layer's whole weight tensor (every filter, not only those drawn)."""
 
@@ -272,9 +296,7 @@ class WeightStats:
     duplicate_pairs: int  # how many pairs are above the threshold in all
     duplicate_threshold: float
     fan_in: int
-    init_match: str  # "" or the default initialisation the weights are indistinguishable from
-    init_distance: float  # smallest Kolmogorov-Smirnov distance to a default initialisation
-    init_critical: float  # the distance below which the weights count as "indistinguishable"
+    init: LayerInitTest | None  # this layer against each default init (filled by `insight.collect`)
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
-from reportgen.report_model import DuplicatePair, FilterStats, Histogram, InitTest, WeightStats
+from reportgen.report_model import (
+    DuplicatePair,
+    FilterStats,
+    Histogram,
+    InitDistance,
+    InitTest,
+    LayerInitTest,
+    WeightStats,
+)
 
 HISTOGRAM_BINS = 32
 HISTOGRAM_SAMPLE = 16_384  # weights binned at most (evenly spaced); `Histogram.counts` sums to this
@@ -116,9 +125,8 @@ def _stats(weight: torch.Tensor, matrix: torch.Tensor, duplicate_threshold: floa
         total_pairs += count
     pairs.sort(key=lambda p: (-round(p.cosine, 9), p.a, p.b))
     fan_in = int(weight[0].numel()) if weight.dim() > 1 else 1
-    # The per-layer comparison with a default initialisation is filled in by `untrained_test`
-    # (`with_init`), which draws and sorts one pooled sample for all layers.
-    match, distance, critical = "", math.nan, math.nan
+    # The per-layer comparison with the default initialisations (`init`) is filled in by
+    # `insight.collect` from `untrained_test`, which samples and sorts every conv layer once.
     host = {name: tensor.cpu().tolist() for name, tensor in (
         ("norm", per_norm), ("mean", per_mean), ("std", per_std), ("min", per_min), ("max", per_max),
         ("sparsity", per_zero))}
@@ -147,9 +155,7 @@ def _stats(weight: torch.Tensor, matrix: torch.Tensor, duplicate_threshold: floa
         duplicate_pairs=total_pairs,
         duplicate_threshold=float(duplicate_threshold),
         fan_in=fan_in,
-        init_match=match,
-        init_distance=distance,
-        init_critical=critical,
+        init=None,
     )
 
 
@@ -252,26 +258,84 @@ def _close_pairs(points: torch.Tensor, limit: float) -> torch.Tensor:
 
 
 POOLED_SAMPLE = 65_536  # weights in the pooled initialisation test, at most (spread over layers)
+LAYER_SAMPLE = 8_192  # weights in one layer's own test, at most (5 % critical value 0.0150)
 MIN_POOLED = 256  # below this many weights nothing is judged
+# The smallest KS distance to its closest default init measured on a trained conv layer
+# (benchmarks/init_test_rates.py: the shared ResNet-20, the demo, MNIST CNNs after one epoch).
+# A layer is said to match an init only when its n makes the 5 % critical value at most half
+# of this, so that such a trained layer would be told apart; below that n: "cannot tell".
+TRAINED_CLOSEST = 0.03
 
 
 def _fans(weight: torch.Tensor) -> tuple[int, int]:
-    """PyTorch's fan_in / fan_out of a weight (torch.nn.init._calculate_fan_in_and_fan_out)."""
+    """PyTorch's fan_in / fan_out of a weight (torch.nn.init._calculate_fan_in_and_fan_out).
+
+    These are the fans the inits themselves use, also where they are not the layer's true fans:
+    a grouped conv's fan_out counts every output channel, and a ConvTranspose (stored
+    (in, out / groups, *k)) gets "fan_in" = out / groups * prod(k).
+    """
     receptive = int(weight[0][0].numel()) if weight.dim() > 2 else 1
     return int(weight.shape[1]) * receptive, int(weight.shape[0]) * receptive
 
 
-INIT_SCALES = {
+INITS = {
     # name: (CDF family, scale from (fan_in, fan_out)); weights / scale ~ U(-1, 1) or N(0, 1)
-    "PyTorch default (kaiming-uniform, bound 1/sqrt(fan_in))": ("uniform", lambda fi, fo: 1.0 / math.sqrt(fi)),
-    "kaiming-normal (fan_out, ReLU)": ("normal", lambda fi, fo: math.sqrt(2.0 / fo)),
-    "kaiming-normal (fan_in, ReLU)": ("normal", lambda fi, fo: math.sqrt(2.0 / fi)),
+    # nn.Conv*/nn.Linear reset_parameters: kaiming_uniform_(a=sqrt(5)), bound sqrt(6 / (1 + 5) / fan_in)
+    "PyTorch default U(±1/sqrt(fan_in))": ("uniform", lambda fi, fo: 1.0 / math.sqrt(fi)),
+    # kaiming_normal_(mode="fan_out", nonlinearity="relu"): torchvision ResNet, VGG, MobileNet
+    "kaiming-normal N(0, 2/fan_out)": ("normal", lambda fi, fo: math.sqrt(2.0 / fo)),
+    # kaiming_normal_() defaults (fan_in, ReLU gain): DenseNet, many CIFAR ResNets
+    "kaiming-normal N(0, 2/fan_in)": ("normal", lambda fi, fo: math.sqrt(2.0 / fi)),
 }
+
+
+def ks_critical(n: int) -> float:
+    """The 5 % critical value of the one-sample Kolmogorov-Smirnov distance at n (Stephens'
+    approximation 1.358 / (sqrt(n) + 0.12 + 0.11 / sqrt(n)), within 1 % of the exact value from
+    n = 5; asymptotically 1.358 / sqrt(n))."""
+    root = math.sqrt(n)
+    return 1.358 / (root + 0.12 + 0.11 / root)
+
+
+def _stratified(count: int, size: int, generator: np.random.Generator) -> np.ndarray:
+    """`size` of range(count), one uniformly from each of `size` equal strata: spread over the
+    whole tensor like a stride, but not locked to one kernel position as `[::step]` would be."""
+    starts = np.arange(size + 1, dtype=np.int64) * count // size
+    return starts[:-1] + (generator.random(size) * (starts[1:] - starts[:-1])).astype(np.int64)
+
+
+def _draw(flat: torch.Tensor, size: int, generator: np.random.Generator) -> np.ndarray:
+    """At most `size` of the values (`_stratified`), sorted, as float64 on the host."""
+    if flat.numel() > size:
+        flat = flat[torch.from_numpy(_stratified(flat.numel(), size, generator)).to(flat.device)]
+    return np.sort(flat.cpu().double().numpy())
+
+
+def layer_init_test(ordered: np.ndarray, fans: tuple[int, int]) -> LayerInitTest:
+    """One layer's sorted float64 weights against each candidate in INITS."""
+    n = int(ordered.size)
+    # Candidates that are the same distribution for this layer (fan_in == fan_out) are one entry
+    # under both names: naming only one would claim a difference the weights cannot show.
+    same: dict[tuple[str, float], list[str]] = {}
+    for name, (family, scale_of) in INITS.items():
+        same.setdefault((family, scale_of(*fans)), []).append(name)
+    found = sorted((_ks(ordered / scale, family), " = ".join(names)) for (family, scale), names in same.items())
+    critical = ks_critical(n)
+    closest, name = found[0]
+    if closest > critical:
+        verdict, match = "differs", ""
+    elif critical > TRAINED_CLOSEST / 2:
+        verdict, match = "cannot tell", ""
+    else:
+        verdict, match = "matches", name
+    return LayerInitTest(
+        distances=tuple(InitDistance(init, distance) for distance, init in found),
+        sample=n, critical=critical, verdict=verdict, match=match, trained_closest=TRAINED_CLOSEST)
 
 
 def untrained_test(
     weights: dict[str, torch.Tensor], *, factor: float = 2.5
-) -> tuple[InitTest, dict[str, tuple[str, float, float]]]:
+) -> tuple[InitTest, dict[str, LayerInitTest]]:
     """Pool every conv layer's weights, each divided by a candidate initialisation's scale for
     that layer, and compare the pooled sample with the candidate's standard CDF (KS distance).
 
@@ -280,51 +344,50 @@ def untrained_test(
     its power: a small, briefly trained layer can look like its init on its own, but not together
     with the others. Nothing is judged when a layer holds NaN/Inf (a different problem) or when
     there are fewer than MIN_POOLED weights. Candidates (no parameter is fitted to the weights):
-    PyTorch's default kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)), and kaiming_normal (ReLU
-    gain) with fan_out (torchvision ResNet/VGG/MobileNet) or fan_in (DenseNet).
+    INITS. Detection and false-positive rates: benchmarks/init_test_rates.py.
 
-    Returns the pooled verdict and, per layer, (match, distance, critical) against the pooled
-    best candidate, from that layer's part of the sample (for display; weaker on its own).
+    Returns the pooled verdict and, per layer with finite weights, its own test against every
+    candidate (`layer_init_test`, on at most LAYER_SAMPLE weights).
     """
     usable = {name: w.detach() for name, w in weights.items() if w.dim() >= 2 and w.numel() > 0}
     if not usable:
         return InitTest("", math.nan, math.nan, 0, 0, "no conv weights"), {}
-    if any(not bool(torch.isfinite(w.float().sum())) for w in usable.values()):
-        return InitTest("", math.nan, math.nan, len(usable), 0, "a conv layer holds NaN/Inf weights"), {}
+    generator = np.random.default_rng(0)
     per_layer = max(64, POOLED_SAMPLE // len(usable))
-    samples = {}
+    samples, layers, nonfinite = {}, {}, False
     for name, weight in usable.items():
         flat = weight.reshape(-1)
-        step = max(1, flat.numel() // per_layer)
+        if not bool(torch.isfinite(flat.float().sum())):
+            nonfinite = True
+            continue
+        fans = _fans(weight)
+        layers[name] = layer_init_test(_draw(flat, LAYER_SAMPLE, generator), fans)
         # sorted once: dividing by a positive scale keeps the order
-        samples[name] = (flat[::step][:per_layer].float().sort().values.cpu().double(), _fans(weight))
-    total = sum(int(sample.numel()) for sample, _ in samples.values())
+        samples[name] = (_draw(flat, per_layer, generator), fans)
+    if nonfinite:
+        return InitTest("", math.nan, math.nan, len(usable), 0, "a conv layer holds NaN/Inf weights"), layers
+    total = sum(int(sample.size) for sample, _ in samples.values())
     if total < MIN_POOLED:
-        return InitTest("", math.nan, math.nan, len(usable), total, f"only {total} weights: too few to judge"), {}
+        return InitTest("", math.nan, math.nan, len(usable), total, f"only {total} weights: too few to judge"), layers
     best_name, best = "", math.inf
-    for name, (family, scale_of) in INIT_SCALES.items():
-        pooled = torch.cat([sample / scale_of(*fans) for sample, fans in samples.values()]).sort().values
+    for name, (family, scale_of) in INITS.items():
+        pooled = np.sort(np.concatenate([sample / scale_of(*fans) for sample, fans in samples.values()]))
         distance = _ks(pooled, family)
         if distance < best:
             best_name, best = name, distance
     critical = factor / math.sqrt(total)
-    family, scale_of = INIT_SCALES[best_name]
-    layers = {}
-    for name, (sample, fans) in samples.items():
-        layer_distance = _ks(sample / scale_of(*fans), family)
-        layer_critical = factor / math.sqrt(sample.numel())
-        layers[name] = (best_name if layer_distance <= layer_critical else "", layer_distance, layer_critical)
     verdict = InitTest(best_name if best <= critical else "", best, critical, len(usable), total, "")
     return verdict, layers
 
 
-def _ks(ordered: torch.Tensor, family: str) -> float:
-    """Kolmogorov-Smirnov distance of a sorted sample to U(-1, 1) or N(0, 1)."""
-    n = ordered.numel()
+def _ks(ordered: np.ndarray, family: str) -> float:
+    """Kolmogorov-Smirnov distance of a sorted sample to U(-1, 1) or N(0, 1).
+
+    numpy, not torch: at these sizes (<= 65,536) torch's CPU sort and small ops cost ~10x more."""
+    n = ordered.size
     if family == "uniform":
-        cdf = ((ordered + 1) / 2).clamp(0.0, 1.0)
+        cdf = np.clip((ordered + 1) / 2, 0.0, 1.0)
     else:
-        cdf = 0.5 * (1 + torch.erf(ordered / math.sqrt(2.0)))
-    upper = torch.arange(1, n + 1, dtype=torch.float64) / n
-    lower = torch.arange(0, n, dtype=torch.float64) / n
-    return float(torch.maximum(upper - cdf, cdf - lower).max())
+        cdf = 0.5 * (1 + torch.erf(torch.from_numpy(ordered / math.sqrt(2.0))).numpy())
+    gap = np.arange(1, n + 1, dtype=np.float64) / n - cdf  # F_n just after each point minus F
+    return float(max(gap.max(), 1.0 / n - gap.min()))  # 1/n - gap: F minus F_n just before it

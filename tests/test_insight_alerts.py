@@ -83,7 +83,7 @@ def test_untrained_model_is_detected_statistically() -> None:
     images, _ = stripes_inputs(6)
     report = reportgen.generate_report(small_cnn(seed=3), images, device="cpu")
     alert = next(a for a in report.model.alerts if a.kind == "random-weights")
-    assert "kaiming-uniform" in alert.message
+    assert "PyTorch default U(±1/sqrt(fan_in))" in alert.message
     assert report.to_dict()["insight"]["totals"]["looks_untrained"] is True
     # Switched off, it is gone.
     quiet = reportgen.generate_report(small_cnn(seed=3), images, device="cpu",

@@ -107,10 +107,11 @@ def test_untrained_test_tells_fresh_from_trained() -> None:
     verdict, layers = untrained_test(fresh)
     assert verdict.match.startswith("PyTorch default") and verdict.distance < verdict.critical
     assert verdict.layers == 2 and verdict.sample == 432 + 4608
-    assert all(match == verdict.match and distance < critical for match, distance, critical in layers.values())
+    assert all(test.distances[0].init == verdict.match and test.distances[0].distance < test.critical
+               for test in layers.values())
     normal = nn.Conv2d(16, 32, 3)
     nn.init.kaiming_normal_(normal.weight, mode="fan_out", nonlinearity="relu")
-    assert untrained_test({"n": normal.weight})[0].match == "kaiming-normal (fan_out, ReLU)"
+    assert untrained_test({"n": normal.weight})[0].match == "kaiming-normal N(0, 2/fan_out)"
     trained = {n: m.weight for n, m in trained_cnn().named_modules() if isinstance(m, nn.Conv2d)}
     result, _ = untrained_test(trained)
     assert result.match == "" and result.distance > 1.5 * result.critical

@@ -81,6 +81,8 @@ def test_api_json_validates(
         (["predictions", 0, "top", 0, "probability"], 1.2),
         (["predictions", 0, "top"], []),
         (["alerts"], [{"kind": "dead-filter", "layer": 3, "message": "x"}]),
+        (["visualized", 0, "insight", "weights", "init", "verdict"], "looks fine"),
+        (["visualized", 0, "insight", "weights", "init", "distances", 0, "distance"], 1.5),
     ],
 )
 def test_schema_rejects_broken_contract_fields(
