@@ -75,6 +75,7 @@ class LayerRow:
     trainable: str  # "True", "False", "Partial" or "--" (no parameters), as torchinfo says
     visualized: bool
     anchor: str
+    container: bool = False  # a module with submodules: params and mult_adds are sums over its layers
 
 
 @dataclass(frozen=True)
