@@ -203,3 +203,27 @@ def test_crop_collector_keeps_only_current_winners() -> None:
             current = {(w.key, row, int(i)) for w in winners for row, r in enumerate(w.inputs) for i in r}
             assert set(collector.crops) <= current and len(collector.crops) <= 2 * 2 * 3
     assert len(collector.crops) == 2 * 2 * 3  # every winner of the 2 layers x 2 channels x top-3 has its crop
+
+
+def test_top_k_ties_go_to_the_earlier_input() -> None:
+    # Inputs 1, 6, 7 and 10 are the same image, brighter than all others: for every channel they
+    # tie at the top. Ranked by index: across batches (1 | 6, 7 | 10, batches of 4) and inside one.
+    model = nn.Sequential(nn.Conv2d(1, 3, 3))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.rand(3, 1, 3, 3, generator=torch.Generator().manual_seed(5)) + 0.1)
+        model[0].bias.zero_()
+    images = torch.rand(12, 1, 9, 9, generator=torch.Generator().manual_seed(6)) * 0.5
+    bright = images[3] + 2.0
+    tied = (1, 6, 7, 10)
+    for index in tied:
+        images[index] = bright
+    with torch.no_grad():
+        per_input = model(images).amax(dim=(2, 3))  # (N, C): the score each input ranks by
+    for k in (3, 5):
+        report = reportgen.generate_report(model, images, device="cpu", batch_size=4, max_inputs_shown=2, top_k=k)
+        tops = report.model.sections[0].insight.top_activations
+        assert len(tops) == 3
+        for top in tops:
+            expected = sorted(range(12), key=lambda i: (-float(per_input[i, top.channel]), i))[:k]
+            assert expected[: min(k, 4)] == list(tied[:k])  # the ties are the top: the check is about them
+            assert list(top.inputs) == expected
