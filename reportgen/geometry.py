@@ -59,7 +59,7 @@ POINTWISE_FUNCTIONS = frozenset("""
     div div_ __truediv__ __itruediv__ __rtruediv__ __neg__ neg abs clamp clamp_ clip pow __pow__ exp sqrt
     maximum minimum where dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout
     batch_norm instance_norm group_norm layer_norm local_response_norm
-    clone contiguous detach to float double half bfloat16 type_as
+    clone contiguous detach to float double half bfloat16 type_as _native_batch_norm_legit_no_training
 """.split())
 CONV_FUNCTIONS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
 POOL_FUNCTIONS = {f"{kind}_pool{dims}d": dims for kind in ("max", "avg") for dims in (1, 2, 3)} | {
@@ -244,7 +244,8 @@ class FlowRecorder(HookOwner):
             outputs = _tensors(result)
             if not outputs:
                 return
-            name = getattr(func, "__name__", str(func))
+            # an aten op (an exported program's) is named like `conv2d.default`: its F.* name
+            name = str(getattr(func, "__name__", func)).split(".")[0]
             keep = name in CONV_FUNCTIONS or name in POOL_FUNCTIONS or name == "cat"
             # a conv's or pool's window reads only its input (a computed weight is no branch)
             sources = self._sources(args[:1] or kwargs.get("input")) if keep and name != "cat" \

@@ -32,21 +32,16 @@ from reportgen.report_model import ChannelTop
 from reportgen.summary import SummaryRow
 
 CROP_SIZE = 24  # pixels a side of one crop in the strip
-__all__ = ["CROP_SIZE", "CropCollector", "Geometry", "channel_tops", "collect_crops", "crop", "display_image",
-           "layer_geometry", "unravel", "window", "windows"]
 
 
-class ShapedLayer(Protocol):
+class KeyedLayer(Protocol):
     """What `layer_geometry` reads of a layer call (a CapturedLayer, or capture's Winners)."""
 
     @property
     def key(self) -> str: ...
 
-    @property
-    def output_shape(self) -> tuple[int, ...]: ...
 
-
-def layer_geometry(rows: Sequence[SummaryRow], layers: Sequence[ShapedLayer]) -> dict[str, Geometry]:
+def layer_geometry(rows: Sequence[SummaryRow], layers: Sequence[KeyedLayer]) -> dict[str, Geometry]:
     """The geometry of each layer call (known or, with the reason, unknown), from the summary rows."""
     recorded = {row.name: row.geometry for row in rows}
     missing = unknown("the forward pass was not followed (no summary of it)")

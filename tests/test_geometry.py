@@ -27,7 +27,6 @@ from reportgen.top_activations import layer_geometry, window
 
 class Layer(NamedTuple):
     key: str
-    output_shape: tuple[int, ...] = ()
 
 
 def positive_copy(model: nn.Module) -> nn.Module:
@@ -228,3 +227,55 @@ def test_following_the_forward_leaves_no_hook_and_no_mode_behind_even_when_it_ra
     assert torch._C._len_torch_function_stack() == 0
     for module in model.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+class Residual(nn.Module):
+    """x + body(x), the body keeping the size; or body(x) + shortcut(x) when it strides."""
+
+    def __init__(self, body: nn.Module, shortcut: nn.Module | None) -> None:
+        super().__init__()
+        self.body = body
+        self.shortcut = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+
+def random_model(seed: int, dims: int) -> nn.Sequential:
+    """3 to 5 random conv / pooling / residual layers whose strides multiply to at most 8."""
+    generator = np.random.default_rng(seed)
+    conv, maxpool, avgpool = {1: (nn.Conv1d, nn.MaxPool1d, nn.AvgPool1d),
+                              2: (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)}[dims]
+    layers: list[nn.Module] = []
+    jump = 1
+    for _ in range(int(generator.integers(3, 6))):
+        stride = int(generator.integers(1, 3 if jump < 8 else 2))
+        kernel = int(generator.integers(1, 6))
+        kind = generator.choice(["conv", "conv", "same", "max", "avg", "residual"])
+        if kind == "conv":
+            dilation = int(generator.integers(1, 3))
+            layers.append(conv(2, 2, kernel, stride=stride, padding=int(generator.integers(0, 4)), dilation=dilation))
+        elif kind == "same":
+            layers.append(conv(2, 2, kernel, padding="same", dilation=int(generator.integers(1, 3))))
+            stride = 1
+        elif kind in ("max", "avg"):
+            kernel = max(kernel, 2)
+            pool = maxpool if kind == "max" else avgpool
+            layers.append(pool(kernel, stride=stride, padding=int(generator.integers(0, kernel // 2 + 1)),
+                               ceil_mode=bool(generator.integers(0, 2))))
+        else:
+            odd = kernel | 1
+            body = nn.Sequential(conv(2, 2, odd, stride=stride, padding=odd // 2), nn.ReLU(),
+                                 conv(2, 2, 3, padding=1))
+            layers.append(Residual(body, conv(2, 2, 1, stride=stride) if stride > 1 else None))
+        jump *= stride
+    return nn.Sequential(conv(1, 2, 1), *layers)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_models_match_the_gradient(seed: int) -> None:
+    dims = 1 if seed % 2 == 0 else 2
+    model = random_model(seed, dims)
+    keys = [str(i) for i in range(1, len(model))]
+    shape = (1, 1) + ((900,) if dims == 1 else (161, 161))
+    check_against_gradient(model, shape, keys)
