@@ -186,6 +186,11 @@ class CropCollector:
             del self.crops[entry]
 
 
+def _cut(box: Sequence[int]) -> bool:
+    """Whether a (top, left, bottom, right) box holds any pixel."""
+    return box[2] > box[0] and box[3] > box[1]
+
+
 def collect_crops(
     tops: dict[str, tuple[ChannelTop, ...]],
     inputs: InputSet,
@@ -206,14 +211,14 @@ def collect_crops(
     for key, layer_tops in tops.items():
         chosen = layer_tops[:channels]
         k = max((len(t.inputs) for t in chosen), default=0)
-        if not chosen or k == 0:
-            continue
+        if not chosen or k == 0 or not any(_cut(box) for t in chosen for box in t.boxes):
+            continue  # no window known (the page says why): no strip of blank crops
         shapes[key] = (len(chosen), k)
     strips = {key: np.full((rows, k, size, size, 3), 255, dtype=np.uint8) for key, (rows, k) in shapes.items()}
     for key, layer_tops in tops.items():
         for row, channel_top in enumerate(layer_tops[: shapes.get(key, (0, 0))[0]]):
             for column, (index, box) in enumerate(zip(channel_top.inputs, channel_top.boxes)):
-                if not (box[2] > box[0] and box[3] > box[1]):
+                if not _cut(box):
                     continue
                 cut = known.get((key, row, index))
                 if cut is not None and cut[0] == tuple(box) and cut[1].shape == (size, size, 3):

@@ -279,3 +279,18 @@ def test_random_models_match_the_gradient(seed: int) -> None:
     keys = [str(i) for i in range(1, len(model))]
     shape = (1, 1) + ((900,) if dims == 1 else (161, 161))
     check_against_gradient(model, shape, keys)
+
+
+def test_a_layer_whose_window_is_unknown_gets_no_crops_and_the_page_says_why() -> None:
+    import reportgen
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(5), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    images = torch.rand(12, 3, 14, 14, generator=torch.Generator().manual_seed(1))
+    report = reportgen.generate_report(model, images, device="cpu", max_inputs_shown=2, top_k=3)
+    sections = {s.name: s.insight for s in report.model.sections}
+    assert sections["0"].top_strip is not None and sections["0"].receptive_field == (3, 3)
+    assert sections["2"].top_strip is None and sections["2"].receptive_field == ()
+    assert "12x12 cells into 5x5 cells of unequal size" in sections["2"].geometry_unknown
+    assert "unknown: 1 (AdaptiveAvgPool2d) pools 12x12 cells into 5x5" in report.to_html()
