@@ -21,6 +21,7 @@ which span the whole map, are not counted, as in the usual receptive field.
 
 from __future__ import annotations
 
+import sys
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -153,6 +154,13 @@ class _FunctionMode(TorchFunctionMode):
         return result
 
 
+def _compiled(model: nn.Module) -> bool:
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not imported: nothing is compiled
+    optimized = getattr(eval_frame, "OptimizedModule", None)
+    return any(getattr(module, "_compiled_call_impl", None) is not None
+               or (optimized is not None and isinstance(module, optimized)) for module in model.modules())
+
+
 class _Exit:
     """A handle whose `remove()` leaves a torch function mode."""
 
@@ -180,6 +188,9 @@ class FlowRecorder(HookOwner):
         self._mode = _FunctionMode(self)
 
     def _register(self) -> None:
+        if _compiled(self.model):  # dynamo would trace these hooks (and fail): follow nothing
+            self.failed = "the model is compiled with torch.compile"
+            return
         self._mode.__enter__()
         self._handles.append(_Exit(self._mode))  # `remove()` leaves the mode, with the hooks
         for name, module in self.model.named_modules():
@@ -260,11 +271,16 @@ class FlowRecorder(HookOwner):
 
     # -- geometry --
 
+    def missing(self) -> Geometry:
+        """The geometry of a call `geometries()` does not list."""
+        if self.failed:
+            return unknown(f"the forward pass could not be followed ({self.failed})")
+        return unknown("it did not run as a module call")
+
     def geometries(self) -> dict[str, Geometry]:
         """Every module call's geometry, keyed `name` / `name#2` as the summary rows are."""
         if self.failed:
-            reason = f"the forward pass could not be followed ({self.failed})"
-            return {node.key: unknown(reason) for node in self.nodes if node.key is not None}
+            return {node.key: self.missing() for node in self.nodes if node.key is not None}
         dims = self._dims or 0
         if dims == 0:
             return {node.key: unknown("the input has no spatial axes") for node in self.nodes if node.key is not None}

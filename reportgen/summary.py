@@ -110,7 +110,7 @@ def summarize(model: nn.Module, batch: torch.Tensor, input_data: Any = None) -> 
                 mult_adds=macs // size,
                 trainable=str(info.trainable),
                 container=not info.is_leaf_layer,
-                geometry=geometry.get(key),
+                geometry=geometry.get(key) or flow.missing(),
             )
         )
     return SummaryTable(

@@ -294,3 +294,11 @@ def test_a_layer_whose_window_is_unknown_gets_no_crops_and_the_page_says_why() -
     assert sections["2"].top_strip is None and sections["2"].receptive_field == ()
     assert "12x12 cells into 5x5 cells of unequal size" in sections["2"].geometry_unknown
     assert "unknown: 1 (AdaptiveAvgPool2d) pools 12x12 cells into 5x5" in report.to_html()
+
+
+def test_a_compiled_model_keeps_its_summary_and_says_its_geometry_is_not_followed() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3)).eval()
+    model.compile(backend="eager")  # dynamo would trace the recording hooks and fail
+    rows = {row.name: row for row in summarize(model, torch.rand(2, 3, 17, 17)).rows}
+    assert rows["0"].mult_adds == 9 * 9 * 4 * (3 * 9 + 1)
+    assert "compiled with torch.compile" in rows["2"].geometry.unknown
