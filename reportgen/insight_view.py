@@ -71,8 +71,9 @@ def layer_view(section: LayerSection) -> dict[str, Any] | None:
     if insight.receptive_field:
         activity_rows.append(("receptive field",
                               "x".join(str(v) for v in insight.receptive_field) + " px, stride "
-                              + "x".join(str(v) for v in insight.stride) + ", cell 0 starts at pixel "
-                              + "x".join(str(v) for v in insight.first_pixel)))
+                              + "x".join(str(v) for v in insight.stride) + ", the first cell's window starts at ("
+                              + ", ".join(str(v) for v in insight.first_pixel) + ")"
+                              + (" in the padding" if min(insight.first_pixel) < 0 else "")))
     elif insight.geometry_unknown:
         activity_rows.append(("receptive field", f"unknown: {insight.geometry_unknown}"))
     top_lines = []

@@ -97,7 +97,8 @@ def test_receptive_field_of_a_conv_pool_chain() -> None:
     # -1 - 1*1 = -2; the pool adds no padding; -2 - 1*4 = -6
     assert fields == {"0": ((3, 3), (1, 1), (-1, -1)), "1": ((5, 5), (2, 2), (-2, -2)),
                       "3": ((15, 15), (4, 4), (-6, -6))}
-    assert "receptive field</th><td>15x15 px, stride 4x4" in report.to_html().replace("\n", "")
+    assert "receptive field</th><td>15x15 px, stride 4x4, the first cell's window starts at (-6, -6) in the padding" \
+        in report.to_html().replace("\n", "").replace("&#39;", "'")
 
 
 def test_window_and_crop_geometry() -> None:
