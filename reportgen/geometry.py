@@ -62,9 +62,9 @@ POINTWISE_FUNCTIONS = frozenset("""
     batch_norm instance_norm group_norm layer_norm local_response_norm
     clone contiguous detach to float double half bfloat16 type_as _native_batch_norm_legit_no_training
 """.split())
-CONV_FUNCTIONS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
-POOL_FUNCTIONS = {f"{kind}_pool{dims}d": dims for kind in ("max", "avg") for dims in (1, 2, 3)} | {
-    f"max_pool{dims}d_with_indices": dims for dims in (1, 2, 3)} | {f"_max_pool{dims}d": dims for dims in (1, 2, 3)}
+CONV_FUNCTIONS = frozenset({"conv1d", "conv2d", "conv3d"})
+POOL_FUNCTIONS = frozenset(name for dims in (1, 2, 3) for name in (
+    f"max_pool{dims}d", f"avg_pool{dims}d", f"max_pool{dims}d_with_indices", f"_max_pool{dims}d"))
 
 INPUT = -1  # the producer index of the model's input
 

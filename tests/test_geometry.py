@@ -128,6 +128,7 @@ def test_resnet18_receptive_fields_follow_the_residual_branches() -> None:
     assert found["layer2.0"] == ((67, 67), (8, 8))
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # PyTorch pads a copy: fine here
 def test_1d_conv_with_stride_dilation_padding_and_same_padding() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -209,6 +210,7 @@ def test_a_stride_two_conv_on_an_odd_input(padding: int) -> None:
     rows = summarize(model, torch.rand(1, 1, 9, 9)).rows
     geometry = layer_geometry(rows, [Layer("0")])["0"]
     assert (geometry.receptive_field, geometry.stride, geometry.first) == ((3, 3), (2, 2), (-padding, -padding))
+    assert geometry.offset() == (1 - padding, 1 - padding)  # the centre of cell 0's window
     assert found in (None, {"0": ((3, 3), (2, 2))})
 
 
@@ -272,6 +274,7 @@ def random_model(seed: int, dims: int) -> nn.Sequential:
     return nn.Sequential(conv(1, 2, 1), *layers)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # PyTorch pads a copy: fine here
 @pytest.mark.parametrize("seed", range(8))
 def test_random_models_match_the_gradient(seed: int) -> None:
     dims = 1 if seed % 2 == 0 else 2
