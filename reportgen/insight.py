@@ -140,8 +140,7 @@ def collect(
         init_test, per_layer = untrained_test(kernels)
         stats = {name: replace(found, init=per_layer.get(name)) for name, found in stats.items()}
     input_spatial = tuple(int(d) for d in records[0].shape[1:]) if records else ()
-    geometry = layer_geometry(model, summary.rows if summary is not None else (), layers, input_spatial) \
-        if input_spatial else {}
+    geometry = layer_geometry(summary.rows if summary is not None else (), layers) if input_spatial else {}
     names = list(inputs.names)
     tops = {layer.key: channel_tops(layer, names, geometry.get(layer.key), input_spatial) for layer in layers}
     tops = {key: value for key, value in tops.items() if value}
@@ -331,6 +330,8 @@ def build_sections(
             reaches_output=reaches.get(layer.module_name) if layer is not None else None,
             receptive_field=geometry.receptive_field if geometry is not None else (),
             stride=geometry.stride if geometry is not None else (),
+            first_pixel=geometry.first if geometry is not None else (),
+            geometry_unknown=geometry.unknown if geometry is not None else "",
             top_activations=data.tops.get(section.name, ()),
             top_strip=image(strip_slot),
             top_strip_channels=tuple(t.channel for t in data.tops.get(section.name, ())[: crops.shape[0]])

@@ -85,9 +85,13 @@ def layer_view(section: LayerSection) -> dict[str, Any] | None:
         ("reaches the output", {True: "yes", False: "NO", None: "not checked"}[insight.reaches_output]),
     ]
     if insight.receptive_field:
-        activity_rows.append(("receptive field (est.)",
+        activity_rows.append(("receptive field",
                               "x".join(str(v) for v in insight.receptive_field) + " px, stride "
-                              + "x".join(f"{v:g}" for v in insight.stride)))
+                              + "x".join(str(v) for v in insight.stride) + ", the first cell's window starts at ("
+                              + ", ".join(str(v) for v in insight.first_pixel) + ")"
+                              + (" in the padding" if min(insight.first_pixel) < 0 else "")))
+    elif insight.geometry_unknown:
+        activity_rows.append(("receptive field", f"unknown: {insight.geometry_unknown}"))
     top_lines = []
     for channel_top in insight.top_activations[:MAX_TOP_LINES]:
         entries = ", ".join(f"{name} ({_number(score)})" for name, score in zip(channel_top.names, channel_top.scores))

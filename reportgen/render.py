@@ -319,6 +319,7 @@ def render(
             trainable=row.trainable,
             visualized=row.name in visualized,
             anchor=anchors[row.name],
+            container=row.container,
         )
         for row in analysis.summary.rows
     )

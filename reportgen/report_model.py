@@ -77,6 +77,7 @@ class LayerRow:
     trainable: str  # "True", "False", "Partial" or "--" (no parameters), as torchinfo says
     visualized: bool
     anchor: str
+    container: bool = False  # a module with submodules: params and mult_adds are sums over its layers
 
 
 @dataclass(frozen=True)
@@ -326,8 +327,10 @@ class LayerInsight:
     dead_fraction: float
     constant_channels: tuple[int, ...]  # same value everywhere, and not dead
     reaches_output: bool | None  # None: not checked
-    receptive_field: tuple[int, ...]  # (height, width) in input pixels, estimated
-    stride: tuple[float, ...]  # input pixels per output cell
+    receptive_field: tuple[int, ...]  # (height, width) in input pixels; () when unknown
+    stride: tuple[int, ...]  # input pixels per output cell
+    first_pixel: tuple[int, ...]  # input pixel where cell 0's window starts (< 0: in the padding)
+    geometry_unknown: str  # why the receptive field is unknown ("" when known or not asked)
     top_activations: tuple[ChannelTop, ...]
     top_strip: EncodedImage | None  # rows: channels, columns: the top-k input crops
     top_strip_channels: tuple[int, ...]

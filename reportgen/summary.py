@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from reportgen.capture import call_key
+from reportgen.geometry import FlowRecorder, Geometry
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class SummaryRow:
     kernel_size: tuple[int, ...]
     mult_adds: int
     trainable: str
+    # a container (a module with submodules): params and mult_adds are the sums over the layers it ran
+    container: bool = False
+    geometry: Geometry | None = None  # where its output cells look in the input (None: not followed)
 
 
 @dataclass(frozen=True)
@@ -72,36 +76,41 @@ def summarize(model: nn.Module, batch: torch.Tensor, input_data: Any = None) -> 
     names = {id(module): name for name, module in model.named_modules()}
     size = int(batch.shape[0])
     try:
-        stats = torchinfo.summary(
-            model,
-            input_data=[batch] if input_data is None else _as_input_data(input_data),
-            depth=100,
-            verbose=0,
-            col_names=("output_size", "num_params", "kernel_size", "mult_adds", "trainable"),
-            mode="eval",
-        )
+        with FlowRecorder(model) as flow:
+            stats = torchinfo.summary(
+                model,
+                input_data=[batch] if input_data is None else _as_input_data(input_data),
+                depth=100,
+                verbose=0,
+                col_names=("output_size", "num_params", "kernel_size", "mult_adds", "trainable"),
+                mode="eval",
+            )
     finally:
         # torchinfo caches every summary in a module-level dict keyed by class name, which
         # would keep this model (and its LayerInfo objects) alive for the whole process.
         torchinfo_module._cached_forward_pass.pop(model.__class__.__name__, None)
 
+    geometry = flow.geometries()
+    summed = _leaf_sums(stats.summary_list)
     calls: dict[int, int] = {}
     rows = []
-    for info in stats.summary_list:
+    for info, macs in zip(stats.summary_list, summed):
         module_name = names.get(info.layer_id, info.var_name)
         call_index = calls.get(info.layer_id, 0)
         calls[info.layer_id] = call_index + 1
-        display = call_key(module_name, call_index) if module_name else model.__class__.__name__
+        key = call_key(module_name, call_index)
         rows.append(
             SummaryRow(
-                name=display,
+                name=key if module_name else model.__class__.__name__,
                 type=info.class_name,
                 depth=int(info.depth),
                 output_shape=_per_input_shape(info.output_size, size),
                 params=max(int(info.num_params), 0) if not info.is_recursive else 0,
                 kernel_size=_kernel(info.kernel_size),
-                mult_adds=int(info.macs) // size,
+                mult_adds=macs // size,
                 trainable=str(info.trainable),
+                container=not info.is_leaf_layer,
+                geometry=geometry.get(key) or flow.missing(),
             )
         )
     return SummaryTable(
@@ -114,6 +123,26 @@ def summarize(model: nn.Module, batch: torch.Tensor, input_data: Any = None) -> 
         param_bytes=int(stats.total_param_bytes),
         available=True,
     )
+
+
+def _leaf_sums(summary_list: Any) -> list[int]:
+    """Mult-adds per row: a leaf layer's own; a container's, the sum of the leaf layers listed
+    under it (the rows after it, deeper than it). torchinfo's own `macs` of a container counts
+    its parameters once per output element (AlexNet's classifier: 58,631,144,000), and its table
+    prints "--" there; its total is the sum over leaf layers, so the containers' sums add up to it."""
+    macs = [int(info.macs) if info.is_leaf_layer else 0 for info in summary_list]
+    depths = [int(info.depth) for info in summary_list]
+    sums = []
+    for index, info in enumerate(summary_list):
+        if info.is_leaf_layer:
+            sums.append(macs[index])
+            continue
+        total, after = 0, index + 1
+        while after < len(summary_list) and depths[after] > depths[index]:
+            total += macs[after]
+            after += 1
+        sums.append(total)
+    return sums
 
 
 def _as_input_data(args: Any) -> Any:

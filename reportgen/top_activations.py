@@ -6,20 +6,16 @@ flat in the number of inputs. This module turns those winners into what the repo
 Zeiler & Fergus view: for each winner, the input window that the peak cell sees, cropped from the
 input (reloaded with `InputSet.load(i)`, each winner once) and scaled to `CROP_SIZE` pixels.
 
-Receptive field (the window's size) of a layer: walk the layers in execution order (torchinfo's
-rows) and add, for every conv and pooling layer, `dilation * (kernel - 1) * jump_in`, where
-`jump_in` (input pixels per cell of that layer's input) is the input size over the layer's
-output size, times its stride. That is exact for a chain of convs and pools and for ResNets'
-main path (their 1x1 shortcut convs add 0); parallel branches (Inception) make it an upper
-bound, and it is clipped to the input. The window is centred on the peak cell's centre mapped
-back by the layer's stride (symmetric padding assumed).
+The window of a layer's cell (its receptive field, stride and first pixel) comes from
+`geometry.py`, recorded with the summary's forward pass: exact for any kernel, stride, padding and
+dilation, through branches and residual adds; a layer whose geometry cannot be known gets no
+window (and the page says why).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -29,97 +25,35 @@ from torch import nn
 
 from reportgen.capture import CapturedLayer, Winners
 from reportgen.devices import one_cpu_thread
+from reportgen.geometry import Geometry, unknown
 from reportgen.inputs import InputSet
 from reportgen.preprocess import seen_image
 from reportgen.report_model import ChannelTop
 from reportgen.summary import SummaryRow
 
 CROP_SIZE = 24  # pixels a side of one crop in the strip
-WINDOW_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.conv._ConvNd,
-    nn.modules.pooling._MaxPoolNd,
-    nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._LPPoolNd,
-)
 
 
-class ShapedLayer(Protocol):
+class KeyedLayer(Protocol):
     """What `layer_geometry` reads of a layer call (a CapturedLayer, or capture's Winners)."""
 
     @property
     def key(self) -> str: ...
 
-    @property
-    def output_shape(self) -> tuple[int, ...]: ...
 
-
-@dataclass(frozen=True)
-class Geometry:
-    """How one layer's output cells map onto the input: window size and stride, per axis."""
-
-    receptive_field: tuple[int, ...]
-    stride: tuple[float, ...]
-
-
-def _tuple(value: object, dims: int) -> tuple[int, ...]:
-    if isinstance(value, (tuple, list)):
-        items = tuple(int(v) for v in value)
-        return items if len(items) == dims else (items + (items[-1],) * dims)[:dims]
-    return (int(value),) * dims  # type: ignore[call-overload]
-
-
-def layer_geometry(
-    model: nn.Module,
-    rows: Sequence[SummaryRow],
-    layers: Sequence[ShapedLayer],
-    input_spatial: Sequence[int],
-) -> dict[str, Geometry]:
-    """Receptive field and stride of each captured layer with 2D (or 1D) spatial output."""
-    modules = dict(model.named_modules())
-    dims = len(input_spatial)
-    grown = [0.0] * dims
-    reached: dict[str, tuple[float, ...]] = {}
-    for row in rows:
-        module = modules.get(row.name.split("#")[0])
-        spatial = row.output_shape[2:]
-        if module is None or len(spatial) != dims or not isinstance(module, WINDOW_TYPES):
-            reached[row.name] = tuple(grown)
-            continue
-        if isinstance(module, nn.modules.conv._ConvTransposeNd):
-            reached[row.name] = tuple(grown)
-            continue
-        kernel = _tuple(getattr(module, "kernel_size", 1), dims)
-        stride = _tuple(getattr(module, "stride", None) or kernel, dims)
-        dilation = _tuple(getattr(module, "dilation", 1), dims)
-        for axis in range(dims):
-            jump_out = input_spatial[axis] / max(int(spatial[axis]), 1)
-            grown[axis] += dilation[axis] * (kernel[axis] - 1) * jump_out / max(stride[axis], 1)
-        reached[row.name] = tuple(grown)
-
-    result: dict[str, Geometry] = {}
-    field: tuple[int, ...]
-    for layer in layers:
-        spatial = layer.output_shape[2:]
-        if len(spatial) != dims or dims == 0:
-            continue
-        jumps = tuple(input_spatial[a] / max(int(spatial[a]), 1) for a in range(dims))
-        if layer.key in reached:
-            field = tuple(1 + round(g) for g in reached[layer.key])
-        else:  # no summary row: a window of three cells
-            field = tuple(max(1, round(3 * j)) for j in jumps)
-        result[layer.key] = Geometry(
-            receptive_field=tuple(min(f, int(input_spatial[a])) if f > 0 else 1 for a, f in enumerate(field)),
-            stride=tuple(float(j) for j in jumps),
-        )
-    return result
+def layer_geometry(rows: Sequence[SummaryRow], layers: Sequence[KeyedLayer]) -> dict[str, Geometry]:
+    """The geometry of each layer call (known or, with the reason, unknown), from the summary rows."""
+    recorded = {row.name: row.geometry for row in rows}
+    missing = unknown("the forward pass was not followed (no summary of it)")
+    return {layer.key: recorded.get(layer.key) or missing for layer in layers}
 
 
 def windows(peaks: np.ndarray, geometry: Geometry, input_spatial: Sequence[int]) -> np.ndarray:
     """(..., 4) boxes (top, left, bottom, right) in input pixels of the windows that peak cells
-    (..., dims) see, clipped to the input; a 1D window is one row high."""
-    centre = (peaks + 0.5) * np.asarray(geometry.stride)
+    (..., dims) of a layer with known `geometry` see, clipped to the input; a 1D window is one row
+    high."""
+    start = np.asarray(geometry.first) + peaks * np.asarray(geometry.stride)
     size = np.asarray(geometry.receptive_field)
-    start = np.floor(centre - size / 2).astype(int)
     low = np.maximum(start, 0)
     high = np.minimum(start + size, np.asarray(input_spatial, dtype=int))
     if peaks.shape[-1] == 1:
@@ -152,7 +86,7 @@ def channel_tops(
     # peaks and windows of all entries at once (numpy), then plain values per entry
     peaks = np.stack(np.unravel_index(np.where(located, positions, 0), spatial), axis=-1) if spatial else None
     boxes = None
-    if peaks is not None and geometry is not None and len(spatial) == len(input_spatial):
+    if peaks is not None and geometry is not None and geometry.known and len(spatial) == len(input_spatial):
         boxes = windows(peaks, geometry, input_spatial)
     score_rows, index_rows = scores.tolist(), indices.tolist()
     peak_rows = peaks.tolist() if peaks is not None else None
@@ -229,7 +163,7 @@ class CropCollector:
         spatial = tuple(int(d) for d in batch.shape[2:])
         if self._geometry is None:  # the first batch fixes it, as `layer_geometry` does after the pass
             self._input_spatial = spatial
-            self._geometry = layer_geometry(self.model, rows, winners, spatial) if len(spatial) == 2 else {}
+            self._geometry = layer_geometry(rows, winners) if len(spatial) == 2 else {}
         stop = start + int(batch.shape[0])
         images: dict[int, torch.Tensor | None] = {}
         winning: set[tuple[str, int, int]] = set()
@@ -240,7 +174,7 @@ class CropCollector:
                     entry = (found.key, row, index)
                     winning.add(entry)
                     if entry in self.crops or not start <= index < stop or position < 0 or geometry is None \
-                            or spatial != self._input_spatial:
+                            or not geometry.known or spatial != self._input_spatial:
                         continue
                     if index not in images:
                         images[index] = display_image(batch[index - start], self.inputs)
@@ -250,6 +184,11 @@ class CropCollector:
                         self.crops[entry] = (box, crop(image, box, self.size))
         for entry in [e for e in self.crops if e not in winning]:
             del self.crops[entry]
+
+
+def _cut(box: Sequence[int]) -> bool:
+    """Whether a (top, left, bottom, right) box holds any pixel."""
+    return box[2] > box[0] and box[3] > box[1]
 
 
 def collect_crops(
@@ -272,14 +211,14 @@ def collect_crops(
     for key, layer_tops in tops.items():
         chosen = layer_tops[:channels]
         k = max((len(t.inputs) for t in chosen), default=0)
-        if not chosen or k == 0:
-            continue
+        if not chosen or k == 0 or not any(_cut(box) for t in chosen for box in t.boxes):
+            continue  # no window known (the page says why): no strip of blank crops
         shapes[key] = (len(chosen), k)
     strips = {key: np.full((rows, k, size, size, 3), 255, dtype=np.uint8) for key, (rows, k) in shapes.items()}
     for key, layer_tops in tops.items():
         for row, channel_top in enumerate(layer_tops[: shapes.get(key, (0, 0))[0]]):
             for column, (index, box) in enumerate(zip(channel_top.inputs, channel_top.boxes)):
-                if not (box[2] > box[0] and box[3] > box[1]):
+                if not _cut(box):
                     continue
                 cut = known.get((key, row, index))
                 if cut is not None and cut[0] == tuple(box) and cut[1].shape == (size, size, 3):

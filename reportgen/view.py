@@ -26,6 +26,15 @@ from reportgen.report_model import (
 GRID_DISPLAY_WIDTH = 320  # CSS px a grid is scaled up to (by whole factors, so pixels stay square)
 THUMB_DISPLAY_WIDTH = 96
 OPEN_SECTIONS = 4  # the first few layer sections start expanded
+SUMMARY_LEGEND = ("Σ: a container's parameters and mult-adds summed over the layers inside it (torchinfo "
+                  "prints -- there); the totals count every layer once.")
+
+
+def _summed(value: int, container: bool) -> str:
+    """A summary cell: "--" for 0, a container's sum marked with Σ (see SUMMARY_LEGEND)."""
+    if not value:
+        return "--"
+    return f"Σ {count(value)}" if container else count(value)
 
 
 def count(value: int) -> str:
@@ -257,9 +266,9 @@ def page(report: ReportModel) -> dict[str, Any]:
             "indent": f"padding-left: {0.3 + 1.1 * max(row.depth - 1, 0):.1f}em",
             "type": row.type,
             "shape": shape(row.output_shape),
-            "params": count(row.params) if row.params else "--",
+            "params": _summed(row.params, row.container),
             "kernel": kernel(row.kernel_size),
-            "mult_adds": count(row.mult_adds) if row.mult_adds else "--",
+            "mult_adds": _summed(row.mult_adds, row.container),
             "trainable": row.trainable,
             "css": "visualized" if row.visualized else "",
         }
@@ -321,6 +330,7 @@ def page(report: ReportModel) -> dict[str, Any]:
         "preprocessing": list(run.preprocessing),
         "alerts": alerts,
         "layer_rows": layer_rows,
+        "summary_legend": SUMMARY_LEGEND if any(row.container and row.depth > 0 for row in report.layers) else "",
         "inputs": inputs,
         "hidden_inputs": _hidden_inputs(hidden_inputs),
         "predictions": [prediction_view(p) for p in report.predictions[: len(inputs) or 16]],

@@ -10,6 +10,7 @@ from torch import nn
 import reportgen
 from reportgen.capture import ActivationCapture
 from reportgen.inputs import from_tensor
+from reportgen.summary import summarize
 from reportgen.top_activations import (
     CROP_SIZE,
     Geometry,
@@ -88,15 +89,21 @@ def test_receptive_field_of_a_conv_pool_chain() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, stride=2, padding=1),
                           nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(2, 2))
-    report = reportgen.generate_report(model, torch.rand(2, 1, 32, 32), device="cpu")
-    fields = {s.name: (s.insight.receptive_field, s.insight.stride) for s in report.model.sections}
-    # 3; 3 + 2*1 = 5; pool: 5 + 1*2 = 7; 7 + 2*4 = 15
-    assert fields == {"0": ((3, 3), (1.0, 1.0)), "1": ((5, 5), (2.0, 2.0)), "3": ((15, 15), (4.0, 4.0))}
+    # 33 pixels: the maps are 33, 17, 8 and 8 cells, sizes that do not divide
+    report = reportgen.generate_report(model, torch.rand(2, 1, 33, 33), device="cpu")
+    fields = {s.name: (s.insight.receptive_field, s.insight.stride, s.insight.first_pixel)
+              for s in report.model.sections}
+    # field 3; 3 + 2*1 = 5; pool: 5 + 1*2 = 7; 7 + 2*4 = 15. First pixel: -1 (padding 1);
+    # -1 - 1*1 = -2; the pool adds no padding; -2 - 1*4 = -6
+    assert fields == {"0": ((3, 3), (1, 1), (-1, -1)), "1": ((5, 5), (2, 2), (-2, -2)),
+                      "3": ((15, 15), (4, 4), (-6, -6))}
+    assert "receptive field</th><td>15x15 px, stride 4x4, the first cell's window starts at (-6, -6) in the padding" \
+        in report.to_html().replace("\n", "").replace("&#39;", "'")
 
 
 def test_window_and_crop_geometry() -> None:
-    geometry = Geometry(receptive_field=(5, 5), stride=(2.0, 2.0))
-    assert window((3, 0), geometry, (16, 16)) == (4, 0, 9, 3)  # centre (7, 1): clipped at the left edge
+    geometry = Geometry(receptive_field=(5, 5), stride=(2, 2), first=(-2, -2))  # a 5x5 conv, stride 2, padding 2
+    assert window((3, 0), geometry, (16, 16)) == (4, 0, 9, 3)  # pixels 4..8 and -2..2: clipped at the left edge
     image = torch.zeros(3, 16, 16)
     image[:, 6, 6] = 1.0
     pixels = crop(image, (4, 4, 9, 9), size=5)
@@ -133,14 +140,17 @@ def test_display_image_denormalises_like_thumbnails() -> None:
     assert stretched.shape == (3, 4, 4) and float(stretched.min()) == 0.0 and float(stretched.max()) == 1.0
 
 
-def test_geometry_needs_no_summary() -> None:
+def test_geometry_of_a_stride_two_conv_on_an_odd_input() -> None:
     model = nn.Sequential(nn.Conv2d(1, 1, 3, stride=2))
     capture = ActivationCapture(model, ["0"], max_channels=1, tile_size=4, keep_inputs=1, top_k=1)
     with capture, torch.inference_mode():
         capture.start_batch(0)
-        model(torch.rand(1, 1, 9, 9))
-    geometry = layer_geometry(model, (), capture.results(), (9, 9))
-    assert geometry["0"].stride == (9 / 4, 9 / 4) and geometry["0"].receptive_field == (7, 7)
+        rows = summarize(model, torch.rand(1, 1, 9, 9)).rows
+    geometry = layer_geometry(rows, capture.results())
+    # 9 pixels into 4 cells: each cell still sees 3 pixels, 2 apart (not 9/4 apart, 7 wide)
+    assert (geometry["0"].stride, geometry["0"].receptive_field, geometry["0"].first) == ((2, 2), (3, 3), (0, 0))
+    # without the summary's forward pass the geometry is not guessed
+    assert not layer_geometry((), capture.results())["0"].known
 
 
 def test_crops_cut_during_the_pass_equal_reloaded_ones_and_no_input_is_loaded_twice(monkeypatch) -> None:
@@ -181,12 +191,40 @@ def test_crop_collector_keeps_only_current_winners() -> None:
     capture = ActivationCapture(model, ["0", "2"], max_channels=6, tile_size=8, keep_inputs=2, top_k=3,
                                 peak_channels=2)
     collector = CropCollector(model, inputs, channels=2)
+    rows: tuple = ()
     with capture, torch.inference_mode():
         for start in range(0, 90, 10):
             capture.start_batch(start)
-            model(images[start:start + 10])
+            if start == 0:  # the first batch's forward is the summary's, as in analyze
+                rows = summarize(model, images[start:start + 10]).rows
+            else:
+                model(images[start:start + 10])
             winners = capture.winners(collector.channels)
-            collector.update(winners, (), images[start:start + 10], start)
+            collector.update(winners, rows, images[start:start + 10], start)
             current = {(w.key, row, int(i)) for w in winners for row, r in enumerate(w.inputs) for i in r}
             assert set(collector.crops) <= current and len(collector.crops) <= 2 * 2 * 3
     assert len(collector.crops) == 2 * 2 * 3  # every winner of the 2 layers x 2 channels x top-3 has its crop
+
+
+def test_top_k_ties_go_to_the_earlier_input() -> None:
+    # Inputs 1, 6, 7 and 10 are the same image, brighter than all others: for every channel they
+    # tie at the top. Ranked by index: across batches (1 | 6, 7 | 10, batches of 4) and inside one.
+    model = nn.Sequential(nn.Conv2d(1, 3, 3))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.rand(3, 1, 3, 3, generator=torch.Generator().manual_seed(5)) + 0.1)
+        model[0].bias.zero_()
+    images = torch.rand(12, 1, 9, 9, generator=torch.Generator().manual_seed(6)) * 0.5
+    bright = images[3] + 2.0
+    tied = (1, 6, 7, 10)
+    for index in tied:
+        images[index] = bright
+    with torch.no_grad():
+        per_input = model(images).amax(dim=(2, 3))  # (N, C): the score each input ranks by
+    for k in (3, 5):
+        report = reportgen.generate_report(model, images, device="cpu", batch_size=4, max_inputs_shown=2, top_k=k)
+        tops = report.model.sections[0].insight.top_activations
+        assert len(tops) == 3
+        for top in tops:
+            expected = sorted(range(12), key=lambda i: (-float(per_input[i, top.channel]), i))[:k]
+            assert expected[: min(k, 4)] == list(tied[:k])  # the ties are the top: the check is about them
+            assert list(top.inputs) == expected
