@@ -21,7 +21,7 @@ from reportgen.analyze import Analysis, InputRecord, LayerWeights, PredictionRec
 from reportgen.capture import CapturedLayer
 from reportgen.filters import filter_tiles
 from reportgen.grids import embed, encode_png, tile_grid
-from reportgen.palettes import PAD_INDEX
+from reportgen.palettes import PAD_INDEX, separator_note
 from reportgen.report_model import (
     ChannelStats,
     EncodedImage,
@@ -144,6 +144,8 @@ def _grid_spec(
     legend: str,
 ) -> tuple[int, dict[str, object]]:
     pad_value: int | tuple[int, ...] = PAD_INDEX if tiles.ndim == 3 else (255, 255, 255)
+    if tiles.ndim == 3 and colormap is not None:
+        legend = f"{legend}; {separator_note(colormap)}"
     picture, layout = tile_grid(tiles, pad_value=pad_value)
     slot = renderer.queue(picture, colormap)
     spec = {
