@@ -159,6 +159,7 @@ def _grid_spec(
         "tile_max": _optional_floats(tile_max),
         "flat_channels": tuple(int(c) for c, f in zip(channels, flat) if f),
         "legend": legend,
+        "colormap": colormap if tiles.ndim == 3 else None,
     }
     return slot, spec
 

@@ -93,7 +93,20 @@ def image_view(image: EncodedImage, target: int = GRID_DISPLAY_WIDTH) -> dict[st
     }
 
 
-def grid_view(grid: TileGrid, alt: str) -> dict[str, Any]:
+# What the zoom says a tile's colours mean, by the grid's colormap (None: RGB first-layer filters).
+# Feature maps are always viridis, per-filter kernels gray, the shared filter scale RdBu_r.
+ZOOM_SCALES: dict[str | None, str] = {
+    "viridis": "viridis: this tile's min (dark) to its max (bright)",
+    "gray": "gray: this filter's min (black) to its max (white), mean over input channels",
+    "RdBu_r": "RdBu_r: one symmetric scale for the layer, min (blue) to 0 (white) to max (red)",
+    None: "RGB: this filter's min (black) to its max (white) over its 3 input channels",
+}
+
+
+def grid_view(grid: TileGrid, alt: str, heading: str, unit: str = "channel") -> dict[str, Any]:
+    """A tile grid for the template; `meta_json` carries what the tile zoom shows, formatted:
+    `heading` (layer and input), the tile `unit` ("channel"/"filter"), each tile's min and max,
+    and the colour scale (its words, and which colour bar of the page's dialog goes with it)."""
     meta = {
         "columns": grid.columns,
         "rows": grid.rows,
@@ -103,6 +116,12 @@ def grid_view(grid: TileGrid, alt: str) -> dict[str, Any]:
         "channels": list(grid.channels),
         "min": [compact(v) for v in grid.tile_min],
         "max": [compact(v) for v in grid.tile_max],
+        "minText": [number(v) for v in grid.tile_min],
+        "maxText": [number(v) for v in grid.tile_max],
+        "heading": heading,
+        "unit": unit,
+        "colormap": grid.colormap or "",
+        "scale": ZOOM_SCALES.get(grid.colormap, ""),
     }
     flat = ", ".join(str(c) for c in grid.flat_channels)
     return {
@@ -127,7 +146,8 @@ def stats_line(section: LayerSection) -> str:
 
 
 def section_view(section: LayerSection, position: int, alert_kinds: dict[str, list[str]]) -> dict[str, Any]:
-    filters = grid_view(section.filters, f"filters of {section.name}") if section.filters else None
+    filters = grid_view(section.filters, f"filters of {section.name}", f"layer {section.name} · filters",
+                        "filter") if section.filters else None
     return {
         "anchor": section.anchor,
         "name": section.name,
@@ -146,7 +166,8 @@ def section_view(section: LayerSection, position: int, alert_kinds: dict[str, li
         "selection_note": section.selection_note,
         "stats_line": stats_line(section),
         "feature_maps": [
-            {"input_name": fm.input_name, **grid_view(fm.grid, f"feature maps of {section.name} for {fm.input_name}")}
+            {"input_name": fm.input_name, **grid_view(fm.grid, f"feature maps of {section.name} for {fm.input_name}",
+                                                      f"layer {section.name} · input {fm.input_name}")}
             for fm in section.feature_maps
         ],
         "insight": layer_view(section),
@@ -191,6 +212,16 @@ def reproduce_view(report: ReportModel) -> dict[str, Any]:
         ],
         "more_files": f"and {count(rest)} more files (all listed in the --json export)" if rest > 0 else "",
     }
+
+
+def colorbars_view(report: ReportModel) -> list[dict[str, str]]:
+    """One colour bar per colormap the page's tile grids use, for the zoom to show (sorted)."""
+    from reportgen.grids import colorbar
+
+    grids = [s.filters for s in report.sections if s.filters is not None]
+    grids += [fm.grid for s in report.sections for fm in s.feature_maps]
+    used = sorted({g.colormap for g in grids if g.colormap})
+    return [{"name": name, "src": colorbar(name).data_uri} for name in used]
 
 
 def page(report: ReportModel) -> dict[str, Any]:
@@ -291,6 +322,7 @@ def page(report: ReportModel) -> dict[str, Any]:
         nav.append({"href": "#reproduce", "label": "Reproduce"})
 
     return {
+        "colorbars": colorbars_view(report),
         "title": run.title,
         "random_weights": model.random_weights,
         "overview": overview,
