@@ -214,6 +214,40 @@ def reproduce_view(report: ReportModel) -> dict[str, Any]:
     }
 
 
+HEADLINE_WRONG = 5  # misclassified inputs named in the overview's headline
+
+
+def alert_css(kind: str) -> str:
+    return "alert-critical" if kind.startswith("nonfinite") or kind == "random-weights" else "alert-warning"
+
+
+def headline_view(report: ReportModel) -> list[dict[str, str]]:
+    """What a reviewer reads first: accuracy (when labelled), the alert count, the misclassified
+    inputs, each linking to where the page shows it in full."""
+    items = []
+    per_class = report.insight.per_class if report.insight is not None else None
+    if per_class is not None:
+        items.append({"text": f"Accuracy {percent(per_class.accuracy)}: {count(per_class.correct)} of "
+                              f"{count(per_class.labelled)} labelled inputs correct",
+                      "href": "#per-class", "css": "headline-ok" if per_class.correct == per_class.labelled
+                      else "headline-bad"})
+    critical = sum(1 for alert in report.alerts if alert_css(alert.kind) == "alert-critical")
+    if report.alerts:
+        text = f"{count(len(report.alerts))} alert{'s' if len(report.alerts) != 1 else ''}"
+        items.append({"text": text + (f" ({count(critical)} critical)" if critical else ""), "href": "#alerts",
+                      "css": "headline-bad" if critical else "headline-warn"})
+    else:
+        items.append({"text": "No alerts", "href": "", "css": "headline-ok"})
+    if per_class is not None and per_class.correct < per_class.labelled:
+        wrong_total = per_class.labelled - per_class.correct
+        named = "; ".join(f"{w.input_name} (true {w.true_label}, predicted {w.top[0].label if w.top else 'n/a'})"
+                          for w in per_class.wrong[:HEADLINE_WRONG])
+        rest = wrong_total - min(len(per_class.wrong), HEADLINE_WRONG)
+        items.append({"text": f"Misclassified {count(wrong_total)}: {named}" + (f"; and {count(rest)} more" if rest else ""),
+                      "href": "#per-class", "css": "headline-bad"})
+    return items
+
+
 def colorbars_view(report: ReportModel) -> list[dict[str, str]]:
     """One colour bar per colormap the page's tile grids use, for the zoom to show (sorted)."""
     from reportgen.grids import colorbar
@@ -298,7 +332,7 @@ def page(report: ReportModel) -> dict[str, Any]:
             "href": f"#{alert.anchor}" if alert.anchor else "",
             "message": alert.message,
             "why": WHY.get(alert.kind, ""),
-            "css": "alert-critical" if alert.kind.startswith("nonfinite") or alert.kind == "random-weights" else "alert-warning",
+            "css": alert_css(alert.kind),
         }
         for alert in report.alerts
     ]
@@ -323,6 +357,7 @@ def page(report: ReportModel) -> dict[str, Any]:
 
     return {
         "colorbars": colorbars_view(report),
+        "headline": headline_view(report),
         "title": run.title,
         "random_weights": model.random_weights,
         "overview": overview,

@@ -144,3 +144,27 @@ def test_confusion_matrix_has_axis_titles(labelled: reportgen.Report) -> None:
                for m in re.findall(r"translate\([\d.]+,([\d.]+)\) rotate", t.get("transform") or "")]
     assert columns  # a column label rises from its anchor by about 6 px a character
     assert float(predicted_title.get("y") or 0) < min(y - 6 * n for y, n in columns)
+
+
+def test_overview_starts_with_accuracy_alerts_and_the_misclassified(labelled: reportgen.Report) -> None:
+    import torch
+
+    targets = [0, 1, 2, 3]
+    with torch.no_grad():
+        predicted = tiny_cnn()(tiny_inputs(4)).argmax(dim=1).tolist()
+    wrong = [i for i, (p, t) in enumerate(zip(predicted, targets)) if p != t]
+    assert wrong  # the untrained model gets some wrong, so the headline has all three parts
+    html = labelled.to_html()
+    header = html[html.index('<header id="overview">'):html.index("</header>")]
+    assert header.index('class="headline"') < header.index('class="kv"')  # before the model facts
+    block = re.search(r'<ul class="headline">(.*?)</ul>', header, re.S)
+    assert block is not None
+    items = [re.sub(r"<[^>]+>", "", item).strip() for item in re.findall(r"<li[^>]*>(.*?)</li>", block.group(1), re.S)]
+    right = len(targets) - len(wrong)
+    assert items[0] == f"Accuracy {right / len(targets) * 100:.1f}%: {right} of {len(targets)} labelled inputs correct"
+    alerts = len(labelled.model.alerts)
+    assert re.fullmatch(rf"{alerts} alerts?( \(\d+ critical\))?", items[1]) if alerts else items[1] == "No alerts"
+    names = [item.name for item in labelled.model.inputs]
+    assert items[2].startswith(f"Misclassified {len(wrong)}: ")
+    for i in wrong:
+        assert f"{names[i]} (true {'abcde'[targets[i]]}, predicted {'abcde'[predicted[i]]})" in items[2]
