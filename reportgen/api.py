@@ -32,7 +32,7 @@ from reportgen.inputs import (
 )
 from reportgen.labels import check_label_count
 from reportgen.models import LoadedModel
-from reportgen.preprocess import Preprocessing
+from reportgen.preprocess import DEFAULT_SOURCE, Preprocessing
 from reportgen.progress import progress_bar
 from reportgen.render import RenderOptions, render, render_sections, section_anchors
 from reportgen.report import Report
@@ -102,14 +102,15 @@ def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Seque
         return from_tensors(items, names)
     if all(isinstance(item, (str, Path)) for item in items):
         layout = layout or InputLayout(None, None)
-        prep = preprocessing or Preprocessing(channels=layout.channels if layout.channels in (1, 3, 4) else None)
+        prep = preprocessing or Preprocessing(channels=layout.channels if layout.channels in (1, 3, 4) else None,
+                                              source=DEFAULT_SOURCE)
         return load_paths(items, prep, layout)
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - pillow is a dependency
         Image = None  # type: ignore[assignment]
     if Image is not None and all(isinstance(item, Image.Image) for item in items):
-        prep = preprocessing or Preprocessing()
+        prep = preprocessing or Preprocessing(source=DEFAULT_SOURCE)
         tensors = [prep.to_tensor(item) for item in items]
         result = from_tensors(tensors, names)
         result.preprocessing = prep
