@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import reportgen
 from reportgen.grids import GridLayout
@@ -60,3 +61,46 @@ def test_feature_map_separators_are_outside_viridis_and_named_in_the_legend() ->
     # the brightest tile level (253) is far from the separator: a bright tile edge stays visible
     assert np.sqrt(((ramp("viridis")[253] - seps[0]) ** 2).sum()) > MIN_SEPARATION
     assert "mid-gray lines between tiles" in grid.legend
+
+
+def test_tie_note_groups_equal_scores_only() -> None:
+    from reportgen.insight_view import tie_note
+
+    assert tie_note([0.9, 0.8695, 0.8695, 0.8695 * (1 + 1e-9), 0.1]) == (
+        "tied scores: 3 inputs at 0.8695 — ranking among them is by input order")
+    assert tie_note([0.9, 0.8, 0.7]) == ""
+    assert tie_note([2.0, 2.0, 1.0, 1.0]) == (
+        "tied scores: 2 inputs at 2, 2 inputs at 1 — ranking among them is by input order")
+
+
+def test_context_box_widens_small_windows_inside_the_image() -> None:
+    from reportgen.top_activations import MIN_CROP_WINDOW, context_box
+
+    assert MIN_CROP_WINDOW == 12
+    assert context_box((7, 1, 10, 4), 16, 16) == (2, 0, 14, 12)  # centre (8.5, 2.5), shifted right of 0
+    assert context_box((13, 13, 16, 16), 16, 16) == (4, 4, 16, 16)  # a corner: shifted back inside
+    assert context_box((0, 0, 20, 20), 32, 32) == (0, 0, 20, 20)  # big enough: unchanged
+    assert context_box((1, 1, 4, 4), 8, 8) == (0, 0, 8, 8)  # small input: all of it
+
+
+def test_tied_top_k_scores_are_flagged_in_the_strip() -> None:
+    import re
+
+    import torch.nn.functional as F
+
+    from tests.fixtures.insight_models import SpotDetector, spot_dataset
+
+    images = spot_dataset(12, {3: (6.0, 5, 5)})
+    images[5] = images[3]
+    images[9] = images[3]  # three identical inputs: identical scores on every channel
+    model = SpotDetector()
+    report = reportgen.generate_report(model, images, device="cpu", batch_size=4, max_inputs_shown=2, top_k=3)
+    with torch.no_grad():
+        score = float(F.conv2d(images[3:4], model.conv.weight, model.conv.bias, padding=1)[0, 0].max())
+    insight = report.model.sections[0].insight
+    assert insight is not None and insight.top_strip is not None
+    assert insight.top_activations[0].inputs == (3, 5, 9)  # equal scores, input order
+    html = report.to_html()
+    note = f"channel 0: tied scores: 3 inputs at {score:.4g} — ranking among them is by input order"
+    assert re.search(rf'<p class="legend ties">{re.escape(note)}</p>', html)
+    assert f"channel 0: input-03 ({score:.4g}), input-05 ({score:.4g}), input-09 ({score:.4g}); tied scores" in html
