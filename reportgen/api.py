@@ -216,7 +216,7 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         measured.update(model=candidate, html=render_html(candidate))
         return len(measured["html"].encode("utf-8"))
 
-    report_model = fit_to_budget(analysis, limit_bytes=int(options.max_size_mb * MEGABYTE), render_report=draw,
+    report_model = fit_to_budget(analysis, limit_bytes=round(options.max_size_mb * MEGABYTE), render_report=draw,
                                  redraw_sections=redraw_sections, measure=measure)
     if measured.get("model") is report_model:
         return Report(report_model, html=measured["html"])

@@ -105,8 +105,8 @@ ZOOM_SCALES: dict[str | None, str] = {
 
 def grid_view(grid: TileGrid, alt: str, heading: str, unit: str = "channel") -> dict[str, Any]:
     """A tile grid for the template; `meta_json` carries what the tile zoom shows, formatted:
-    `heading` (layer and input), the tile `unit` ("channel"/"filter"), each tile's min and max,
-    and the colour scale (its words, and which colour bar of the page's dialog goes with it)."""
+    `heading` (layer and input), the tile `unit` ("channel"/"filter"), each tile's min and max
+    (4 significant digits, "n/a" when not finite), and the colour scale (its words, and which colour bar of the page's dialog goes with it)."""
     meta = {
         "columns": grid.columns,
         "rows": grid.rows,
@@ -114,10 +114,9 @@ def grid_view(grid: TileGrid, alt: str, heading: str, unit: str = "channel") -> 
         "tileHeight": grid.tile_height,
         "padding": grid.padding,
         "channels": list(grid.channels),
-        "min": [compact(v) for v in grid.tile_min],
-        "max": [compact(v) for v in grid.tile_max],
-        "minText": [number(v) for v in grid.tile_min],
-        "maxText": [number(v) for v in grid.tile_max],
+        # one space-separated string each: a list of strings costs two escaped quotes a tile
+        "minText": " ".join(number(v) for v in grid.tile_min),
+        "maxText": " ".join(number(v) for v in grid.tile_max),
         "heading": heading,
         "unit": unit,
         "colormap": grid.colormap or "",

@@ -81,8 +81,8 @@
     var channel = grid.channels[tile];
     // every word and number below was formatted in Python (view.grid_view)
     text.textContent = grid.heading + " · " + grid.unit + " " + channel;
-    minText.textContent = "min " + grid.minText[tile];
-    maxText.textContent = "max " + grid.maxText[tile];
+    minText.textContent = "min " + grid.minText.split(" ")[tile];
+    maxText.textContent = "max " + grid.maxText.split(" ")[tile];
     scaleText.textContent = grid.scale;
     bars.forEach(function (bar) { bar.hidden = bar.getAttribute("data-colormap") !== grid.colormap; });
     var stats = statsOf(img);

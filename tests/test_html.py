@@ -102,8 +102,8 @@ def test_zoom_data_names_layer_input_and_the_colour_scale(page: tuple[str, repor
     maps = section.feature_maps[0]
     shown = next(g for g in grids if g["heading"] == f"layer {section.name} · input {maps.input_name}")
     assert shown["unit"] == "channel" and shown["colormap"] == "viridis"
-    assert shown["minText"] == [f"{v:.4g}" for v in maps.grid.tile_min]
-    assert shown["maxText"] == [f"{v:.4g}" for v in maps.grid.tile_max]
+    assert shown["minText"].split(" ") == [f"{v:.4g}" for v in maps.grid.tile_min]
+    assert shown["maxText"].split(" ") == [f"{v:.4g}" for v in maps.grid.tile_max]
     assert "min (dark)" in shown["scale"] and "max (bright)" in shown["scale"]
     filters = next(g for g in grids if g["heading"] == f"layer {section.name} · filters")
     assert filters["unit"] == "filter" and filters["colormap"] == "gray"

@@ -187,8 +187,7 @@ def test_tile_zoom_shows_channel_values_and_statistics(
     assert dialog.get_attribute("data-channel") == str(channel)
     text = page.locator("#zoom-text").inner_text()
     assert text.endswith(f" · channel {channel}")
-    assert grid["maxText"][tile] == f"{grid['max'][tile]:.4g}"
-    assert page.locator("#zoom-max").inner_text() == f"max {grid['maxText'][tile]}"
+    assert page.locator("#zoom-max").inner_text() == f"max {grid['maxText'].split()[tile]}"
     at = stats["channels"].index(channel)
     stats_text = page.locator("#zoom-stats").inner_text()
     assert page.evaluate("v => Number(v).toPrecision(4)", stats["mean"][at]) in stats_text
