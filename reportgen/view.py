@@ -106,7 +106,8 @@ ZOOM_SCALES: dict[str | None, str] = {
 def grid_view(grid: TileGrid, alt: str, heading: str, unit: str = "channel") -> dict[str, Any]:
     """A tile grid for the template; `meta_json` carries what the tile zoom shows, formatted:
     `heading` (layer and input), the tile `unit` ("channel"/"filter"), each tile's min and max
-    (4 significant digits, "n/a" when not finite), and the colour scale (its words, and which colour bar of the page's dialog goes with it)."""
+    (4 significant digits, "n/a" when not finite), and the colour scale (its words, and which
+    colour bar of the page's dialog goes with it)."""
     meta = {
         "columns": grid.columns,
         "rows": grid.rows,
@@ -242,8 +243,9 @@ def headline_view(report: ReportModel) -> list[dict[str, str]]:
         named = "; ".join(f"{w.input_name} (true {w.true_label}, predicted {w.top[0].label if w.top else 'n/a'})"
                           for w in per_class.wrong[:HEADLINE_WRONG])
         rest = wrong_total - min(len(per_class.wrong), HEADLINE_WRONG)
-        items.append({"text": f"Misclassified {count(wrong_total)}: {named}" + (f"; and {count(rest)} more" if rest else ""),
-                      "href": "#per-class", "css": "headline-bad"})
+        more = f"; and {count(rest)} more" if rest else ""
+        items.append({"text": f"Misclassified {count(wrong_total)}: {named}{more}", "href": "#per-class",
+                      "css": "headline-bad"})
     return items
 
 

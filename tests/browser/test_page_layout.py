@@ -6,7 +6,6 @@ Reports: the shipped demo (8 labelled inputs, Grad-CAM captions) and the tiny CN
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +31,8 @@ def overlap(a: dict[str, float], b: dict[str, float]) -> bool:
             and min(a["y"] + a["height"], b["y"] + b["height"]) - max(a["y"], b["y"]) > 1)
 
 
-RECTS = """els => els.map(e => Array.from(e.getClientRects()).map(r => ({x: r.x, y: r.y, width: r.width, height: r.height})))"""
+RECTS = """els => els.map(e => Array.from(e.getClientRects())
+  .map(r => ({x: r.x, y: r.y, width: r.width, height: r.height})))"""
 
 
 def test_grad_cam_captions_do_not_overlap(reports: dict[str, Any], visit: Any) -> None:
