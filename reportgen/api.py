@@ -33,7 +33,7 @@ from reportgen.inputs import (
 )
 from reportgen.labels import check_label_count
 from reportgen.models import DEFAULT_SEED, MAX_SEED, LoadedModel, seeded
-from reportgen.preprocess import Preprocessing
+from reportgen.preprocess import DEFAULT_SOURCE, Preprocessing
 from reportgen.progress import progress_bar
 from reportgen.render import RenderOptions, render, render_sections, section_anchors
 from reportgen.report import Report
@@ -112,14 +112,15 @@ def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Seque
         return from_tensors(items, names)
     if all(isinstance(item, (str, Path)) for item in items):
         layout = layout or InputLayout(None, None)
-        prep = preprocessing or Preprocessing(channels=layout.channels if layout.channels in (1, 3, 4) else None)
+        prep = preprocessing or Preprocessing(channels=layout.channels if layout.channels in (1, 3, 4) else None,
+                                              source=DEFAULT_SOURCE)
         return load_paths(items, prep, layout, strict=strict)
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - pillow is a dependency
         Image = None  # type: ignore[assignment]
     if Image is not None and all(isinstance(item, Image.Image) for item in items):
-        prep = preprocessing or Preprocessing()
+        prep = preprocessing or Preprocessing(source=DEFAULT_SOURCE)
         tensors = [prep.to_tensor(item) for item in items]
         result = from_tensors(tensors, names)
         result.preprocessing = prep
@@ -249,7 +250,7 @@ def _build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         measured.update(model=candidate, html=render_html(candidate))
         return len(measured["html"].encode("utf-8"))
 
-    report_model = fit_to_budget(analysis, limit_bytes=int(options.max_size_mb * MEGABYTE), render_report=draw,
+    report_model = fit_to_budget(analysis, limit_bytes=round(options.max_size_mb * MEGABYTE), render_report=draw,
                                  redraw_sections=redraw_sections, measure=measure)
     if measured.get("model") is report_model:
         return Report(report_model, html=measured["html"])

@@ -267,10 +267,10 @@ def _preprocessing(args: argparse.Namespace, base: Preprocessing | None, channel
     """The weights' own preprocessing (if known), overridden option by option."""
     from dataclasses import replace
 
-    from reportgen.preprocess import IMAGE_CHANNELS, Preprocessing
+    from reportgen.preprocess import DEFAULT_SOURCE, IMAGE_CHANNELS, Preprocessing
 
     target = channels if channels in IMAGE_CHANNELS else None
-    prep = base or Preprocessing(channels=target)
+    prep = base or Preprocessing(channels=target, source=DEFAULT_SOURCE)
     if base is not None and target is not None and base.channels != target:
         prep = replace(prep, channels=target)
     changes: dict[str, object] = {}
@@ -292,7 +292,7 @@ def _preprocessing(args: argparse.Namespace, base: Preprocessing | None, channel
     if (args.mean is None) != (args.std is None) and not (base and base.mean):
         raise ReportError("--mean and --std go together")
     if changes:
-        prep = replace(prep, source="options" if base is None else prep.source + " + options", **changes)
+        prep = replace(prep, options=prep.options | frozenset(changes), **changes)
     for option, values in (("--mean", prep.mean), ("--std", prep.std)):
         if values is not None and len(values) not in (1, prep.target_channels):
             raise ReportError(f"{option} has {len(values)} values but the model's input has "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from reportgen.palettes import PAD_INDEX, palette
+from reportgen.palettes import LEVELS, PAD_INDEX, palette
 from reportgen.report_model import EncodedImage
 
 PNG_COMPRESS_LEVEL = 6  # zlib 9 is ~3x slower for ~3% smaller tile grids
@@ -81,6 +81,12 @@ def encode_png(picture: np.ndarray, colormap: str | None = None) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
+
+
+def colorbar(colormap: str) -> EncodedImage:
+    """The colour ramp of `colormap`, levels 0..LEVELS-1 left to right, one pixel high."""
+    levels = np.arange(LEVELS, dtype=np.uint8)[None, :]
+    return embed(encode_png(levels, colormap), width=LEVELS, height=1)
 
 
 def embed(data: bytes, width: int, height: int, mime: str = "image/png") -> EncodedImage:

@@ -7,14 +7,19 @@ loop and print. Everything returned is plain strings, lists and dicts.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from reportgen.report_model import EncodedImage, LayerSection, ReportModel, WeightStats
+from reportgen.top_activations import CROP_LEGEND
 
 THUMB_WIDTH = 96
 STRIP_WIDTH = 260  # CSS px of a top-activation strip (k crops wide): crops shown at 2x
 MAX_TOP_LINES = 8  # channels whose top inputs are listed in words under the strip
 MAX_WRONG_SHOWN = 24
+# Scores closer than this are one score (float32 maxima of the same values, computed in batches
+# of different shapes, can differ in the last bits).
+TIE_REL, TIE_ABS = 1e-6, 1e-9
 
 
 def _number(value: float | None) -> str:
@@ -59,6 +64,19 @@ def _init_line(weights: WeightStats) -> str:
             f"{_number(test.trained_closest)} to an init)")
 
 
+def tie_note(scores: Sequence[float]) -> str:
+    """Say when several of a channel's top-k scores (strongest first) are equal: their order
+    then comes from the inputs' order, not from the model."""
+    groups: list[list[float]] = []  # [score, count], equal scores are adjacent in rank order
+    for score in scores:
+        if groups and math.isclose(score, groups[-1][0], rel_tol=TIE_REL, abs_tol=TIE_ABS):
+            groups[-1][1] += 1
+        else:
+            groups.append([score, 1])
+    tied = [f"{int(n)} inputs at {_number(score)}" for score, n in groups if n > 1]
+    return f"tied scores: {', '.join(tied)} — ranking among them is by input order" if tied else ""
+
+
 def layer_view(section: LayerSection) -> dict[str, Any] | None:
     """The statistics block of one layer section, or None when there is nothing to show."""
     insight = section.insight
@@ -95,8 +113,11 @@ def layer_view(section: LayerSection) -> dict[str, Any] | None:
     top_lines = []
     for channel_top in insight.top_activations[:MAX_TOP_LINES]:
         entries = ", ".join(f"{name} ({_number(score)})" for name, score in zip(channel_top.names, channel_top.scores))
-        top_lines.append(f"channel {channel_top.channel}: {entries}")
+        ties = tie_note(channel_top.scores)
+        top_lines.append(f"channel {channel_top.channel}: {entries}" + (f"; {ties}" if ties else ""))
     strip_channels = ", ".join(str(c) for c in insight.top_strip_channels)
+    strip_ties = [f"channel {t.channel}: {note}" for t in insight.top_activations[:len(insight.top_strip_channels)]
+                  if (note := tie_note(t.scores))] if insight.top_strip is not None else []
     return {
         "histogram": _image(insight.weight_histogram),
         "activity": _bars(insight.activity_chart),
@@ -106,8 +127,9 @@ def layer_view(section: LayerSection) -> dict[str, Any] | None:
         "activity_rows": activity_rows,
         "strip": _image(insight.top_strip, STRIP_WIDTH),
         "strip_legend": (f"top-{len(insight.top_activations[0].inputs) if insight.top_activations else 0} inputs per "
-                         f"channel (rows: channels {strip_channels}), each cropped to the input window the peak "
-                         "cell sees" if insight.top_strip is not None else ""),
+                         f"channel (rows: channels {strip_channels}); {CROP_LEGEND}"
+                         if insight.top_strip is not None else ""),
+        "strip_ties": strip_ties,
         "top_lines": top_lines,
     }
 

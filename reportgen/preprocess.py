@@ -19,6 +19,9 @@ GRAY_MODES = frozenset({"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 IMAGE_CHANNELS = (1, 3, 4)  # what an image can be turned into
+DEFAULT_SOURCE = "default"  # `Preprocessing.source` when reportgen chose it: no option, no metadata
+OPTION_NAMES = {"grayscale": "--grayscale", "resize": "--resize", "center_crop": "--center-crop",
+                "mean": "--mean", "std": "--std"}
 
 
 @dataclass(frozen=True)
@@ -36,39 +39,57 @@ class Preprocessing:
     center_crop: tuple[int, int] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    source: str = "options"
+    source: str = "preprocessing argument"
     grayscale: bool = False
+    options: frozenset[str] = frozenset()  # fields a command-line option set (OPTION_NAMES' keys)
 
     @property
     def target_channels(self) -> int:
         return self.channels or 3
 
+    def origin(self, fields: tuple[str, ...], default: str) -> str:
+        """Where a step came from: the options that set its `fields`, else this preprocessing's
+        source (weights metadata, the demo, ...), else `default` (what reportgen chose)."""
+        given = [OPTION_NAMES[f] for f in fields if f in self.options]
+        base = default if self.source == DEFAULT_SOURCE else self.source
+        if given and len(given) == len(fields):
+            return " and ".join(given)
+        return " and ".join(given) + f"; the rest {base}" if given else base
+
     def describe(self) -> tuple[str, ...]:
-        steps = []
+        """Each step with where it came from, so no step claims an option nobody gave."""
+        steps: list[tuple[str, str]] = []
         target = self.target_channels
+        plural = "channel" if target == 1 else "channels"
+        channels = self.origin(("grayscale",), f"default: the model's first conv takes {target} {plural}"
+                               if self.channels else "default: 3 channels")
         if self.grayscale:
-            steps.append("convert to grayscale (luma: 0.299 R + 0.587 G + 0.114 B)")
+            steps.append(("convert to grayscale (luma: 0.299 R + 0.587 G + 0.114 B)", channels))
             if target > 1:
-                steps.append(f"repeat the gray channel to {target} channels")
+                steps.append((f"repeat the gray channel to {target} channels",
+                              self.origin((), f"default: the model's first conv takes {target} channels")))
         elif target == 1:
-            steps.append("convert to 1 channel (colour images reduced to luma)")
+            steps.append(("convert to 1 channel (colour images reduced to luma)", channels))
         elif target == 3:
-            steps.append("convert to RGB (3 channels; gray repeated, alpha composited on white)")
+            steps.append(("convert to RGB (3 channels; gray repeated, alpha composited on white)", channels))
         else:
-            steps.append(f"convert to {target} channels (RGBA)")
+            steps.append((f"convert to {target} channels (RGBA)", channels))
         if self.resize is not None:
+            resized = self.origin(("resize",), DEFAULT_SOURCE)
             if len(self.resize) == 1:
-                steps.append(f"resize shorter side to {self.resize[0]} px (bilinear, antialiased)")
+                steps.append((f"resize shorter side to {self.resize[0]} px (bilinear, antialiased)", resized))
             else:
-                steps.append(f"resize to {self.resize[0]}x{self.resize[1]} (bilinear, antialiased)")
+                steps.append((f"resize to {self.resize[0]}x{self.resize[1]} (bilinear, antialiased)", resized))
         if self.center_crop is not None:
-            steps.append(f"center crop {self.center_crop[0]}x{self.center_crop[1]}")
-        steps.append("scale pixels to [0, 1] (8-bit / 255, 16-bit / 65535)")
+            steps.append((f"center crop {self.center_crop[0]}x{self.center_crop[1]}",
+                          self.origin(("center_crop",), DEFAULT_SOURCE)))
+        steps.append(("scale pixels to [0, 1] (8-bit / 255, 16-bit / 65535)",
+                      self.origin((), "default for image files")))
         if self.mean is not None and self.std is not None:
             mean = ", ".join(f"{m:g}" for m in self.mean)
             std = ", ".join(f"{s:g}" for s in self.std)
-            steps.append(f"normalise: (x - [{mean}]) / [{std}]")
-        return tuple(f"{step} ({self.source})" for step in steps)
+            steps.append((f"normalise: (x - [{mean}]) / [{std}]", self.origin(("mean", "std"), DEFAULT_SOURCE)))
+        return tuple(f"{step} ({origin})" for step, origin in steps)
 
     def adaptation_note(self, mode: str, has_transparency: bool = False) -> str | None:
         """What happens to the channels of an image with PIL `mode`; None if nothing changes."""

@@ -21,7 +21,7 @@ from reportgen.analyze import Analysis, InputRecord, LayerWeights, PredictionRec
 from reportgen.capture import CapturedLayer
 from reportgen.filters import filter_tiles
 from reportgen.grids import embed, encode_png, tile_grid
-from reportgen.palettes import PAD_INDEX
+from reportgen.palettes import PAD_INDEX, separator_note
 from reportgen.plots import envelope_plots, zero_levels
 from reportgen.report_model import (
     ChannelStats,
@@ -159,6 +159,8 @@ def _grid_spec(
     legend: str,
 ) -> tuple[int, dict[str, object]]:
     pad_value: int | tuple[int, ...] = PAD_INDEX if tiles.ndim == 3 else (255, 255, 255)
+    if tiles.ndim == 3 and colormap is not None:
+        legend = f"{legend}; {separator_note(colormap)}"
     picture, layout = tile_grid(tiles, pad_value=pad_value)
     slot = renderer.queue(picture, colormap)
     spec = {
@@ -172,6 +174,7 @@ def _grid_spec(
         "tile_max": _optional_floats(tile_max),
         "flat_channels": tuple(int(c) for c, f in zip(channels, flat) if f),
         "legend": legend,
+        "colormap": colormap if tiles.ndim == 3 else None,
     }
     return slot, spec
 

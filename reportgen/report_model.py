@@ -41,6 +41,7 @@ class TileGrid:
     tile_max: tuple[float | None, ...]
     flat_channels: tuple[int, ...]  # rendered flat: zero range, NaN or Inf
     legend: str
+    colormap: str | None = None  # the palette of the levels; None: RGB tiles
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ SAMPLE_MARGIN = 1.25
 
 # Measured on resnet18 and resnet50 pages (both gave 400 + 20.1 per tile):
 _TILE_META_BYTES = 20  # about what one tile's channel, min and max take in the page
-_FIGURE_BYTES = 400  # about what one grid's markup (figure, caption, attributes) takes
+_FIGURE_BYTES = 600  # about what one grid's markup (figure, caption, attributes, the zoom's words) takes
+_BAR_MARKUP_BYTES = 110  # the zoom's <img> of one colour bar, besides its data: URI
 _TILE_STEPS = (28, 24, 20, 16, 12, 10, 8, 6, 4)
 _CHANNEL_STEPS = (48, 32, 24, 16, 12, 8, 4, 2, 1)
 
@@ -83,8 +84,12 @@ def estimated_html_bytes(model: ReportModel, maps_per_section: dict[str, int] | 
     without_grids = replace(
         model, sections=tuple(replace(s, filters=None, feature_maps=()) for s in model.sections)
     )
+    from reportgen.view import colorbars_view
+
     markup = sum(_FIGURE_BYTES + _TILE_META_BYTES * len(grid.channels)
                  for grid, _ in _full_grids(model, maps_per_section))
+    # the zoom's colour bars go with the grids (one per colormap they use)
+    markup += sum(len(bar["src"]) + _BAR_MARKUP_BYTES for bar in colorbars_view(model))
     return html_bytes(without_grids) + _picture_bytes(model, maps_per_section) + markup
 
 

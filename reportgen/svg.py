@@ -132,7 +132,8 @@ def heatmap(matrix: Sequence[Sequence[int]], labels: Sequence[str], *, title: st
     count = len(matrix)
     if count == 0:
         return None
-    margin = 8 + min(max((len(label) for label in labels), default=1), 18) * 6
+    title_band = 16  # room for the axis titles: "predicted class" on top, "true class" on the left
+    margin = title_band + 8 + min(max((len(label) for label in labels), default=1), 18) * 6
     width = margin + count * cell + 4
     height = margin + count * cell + 4
     peak = max((max(row) for row in matrix), default=0) or 1
@@ -158,4 +159,9 @@ def heatmap(matrix: Sequence[Sequence[int]], labels: Sequence[str], *, title: st
         body.append(f'<text x="{margin - 4}" y="{_f(centre)}" text-anchor="end" fill="#333">{escape(short)}</text>')
         body.append(f'<text transform="translate({_f(centre)},{margin - 4}) rotate(-90)" fill="#333">'
                     f'{escape(short)}</text>')
+    middle = margin + count * cell / 2
+    body.append(f'<text class="axis-title" x="{_f(middle)}" y="11" text-anchor="middle" fill="#1d2127" '
+                f'font-weight="600">predicted class</text>')
+    body.append(f'<text class="axis-title" transform="translate(11,{_f(middle)}) rotate(-90)" text-anchor="middle" '
+                f'fill="#1d2127" font-weight="600">true class</text>')
     return _document(width, height, body, title)

@@ -32,6 +32,13 @@ from reportgen.report_model import ChannelTop
 from reportgen.summary import SummaryRow
 
 CROP_SIZE = 24  # pixels a side of one crop in the strip
+# Input pixels a crop shows at least, a side: a 3x3 window (conv1) scaled to 24 px is nine blocks
+# that show nothing recognisable, so small windows are cut with context around them and outlined.
+MIN_CROP_WINDOW = 12
+CROP_LEGEND = (f"each crop is the input window the peak cell sees, scaled to {CROP_SIZE}x{CROP_SIZE} px (area "
+               f"average when shrinking, nearest when growing); a window under {MIN_CROP_WINDOW} px a side is "
+               f"cut with the pixels around it ({MIN_CROP_WINDOW} px a side, or the whole input if smaller) and "
+               "the window outlined by a dotted black-and-white line")
 
 
 class KeyedLayer(Protocol):
@@ -134,6 +141,40 @@ def crop(image: torch.Tensor, box: tuple[int, ...], size: int = CROP_SIZE) -> np
     return (np.clip(values, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0).copy()
 
 
+def context_box(box: Sequence[int], height: int, width: int, minimum: int = MIN_CROP_WINDOW) -> tuple[int, ...]:
+    """`box` (top, left, bottom, right) widened to at least `minimum` pixels a side (or the whole
+    image where it is smaller), centred on the box and shifted to stay inside the image."""
+    widened = []
+    for low, high, limit in ((box[0], box[2], height), (box[1], box[3], width)):
+        size = min(max(high - low, minimum), limit)
+        start = min(max((low + high - size) // 2, 0), limit - size)
+        widened.append((start, start + size))
+    return widened[0][0], widened[1][0], widened[0][1], widened[1][1]
+
+
+def crop_in_context(image: torch.Tensor, box: Sequence[int], size: int = CROP_SIZE) -> np.ndarray:
+    """Like `crop`, but a window smaller than `MIN_CROP_WINDOW` is cut with the pixels around it
+    (`context_box`) and outlined (1 px, pixels alternately white and black, so the line shows on
+    any picture), so a 3x3 window shows where in the input it sits."""
+    top, left, bottom, right = (int(v) for v in box)
+    bottom, right = max(bottom, top + 1), max(right, left + 1)
+    wide = context_box((top, left, bottom, right), int(image.shape[1]), int(image.shape[2]))
+    picture = crop(image, wide, size)
+    if wide == (top, left, bottom, right):
+        return picture
+    scale_y = size / (wide[2] - wide[0])
+    scale_x = size / (wide[3] - wide[1])
+    y0, x0 = int((top - wide[0]) * scale_y), int((left - wide[1]) * scale_x)
+    y1 = min(size, math.ceil((bottom - wide[0]) * scale_y)) - 1
+    x1 = min(size, math.ceil((right - wide[1]) * scale_x)) - 1
+    ring = np.zeros((size, size), dtype=bool)
+    ring[[y0, y1], x0:x1 + 1] = True
+    ring[y0:y1 + 1, [x0, x1]] = True
+    rows, columns = np.nonzero(ring)
+    picture[rows, columns] = np.where(((rows + columns) % 2 == 0)[:, None], 255, 0).astype(np.uint8)
+    return picture
+
+
 class CropCollector:
     """Crops of the top-k winners, cut while their batch is still in memory (dataset mode).
 
@@ -181,7 +222,7 @@ class CropCollector:
                     image = images[index]
                     if image is not None:
                         box = window(unravel(position, found.spatial_shape), geometry, spatial)
-                        self.crops[entry] = (box, crop(image, box, self.size))
+                        self.crops[entry] = (box, crop_in_context(image, box, self.size))
         for entry in [e for e in self.crops if e not in winning]:
             del self.crops[entry]
 
@@ -230,5 +271,5 @@ def collect_crops(
         if image is None:
             continue
         for key, row, column, box in wanted[index]:
-            strips[key][row, column] = crop(image, box, size)
+            strips[key][row, column] = crop_in_context(image, box, size)
     return strips

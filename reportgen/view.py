@@ -112,7 +112,21 @@ def image_view(image: EncodedImage, target: int = GRID_DISPLAY_WIDTH) -> dict[st
     }
 
 
-def grid_view(grid: TileGrid, alt: str) -> dict[str, Any]:
+# What the zoom says a tile's colours mean, by the grid's colormap (None: RGB first-layer filters).
+# Feature maps are always viridis, per-filter kernels gray, the shared filter scale RdBu_r.
+ZOOM_SCALES: dict[str | None, str] = {
+    "viridis": "viridis: this tile's min (dark) to its max (bright)",
+    "gray": "gray: this filter's min (black) to its max (white), mean over input channels",
+    "RdBu_r": "RdBu_r: one symmetric scale for the layer, min (blue) to 0 (white) to max (red)",
+    None: "RGB: this filter's min (black) to its max (white) over its 3 input channels",
+}
+
+
+def grid_view(grid: TileGrid, alt: str, heading: str, unit: str = "channel") -> dict[str, Any]:
+    """A tile grid for the template; `meta_json` carries what the tile zoom shows, formatted:
+    `heading` (layer and input), the tile `unit` ("channel"/"filter"), each tile's min and max
+    (4 significant digits, "n/a" when not finite), and the colour scale (its words, and which
+    colour bar of the page's dialog goes with it)."""
     meta = {
         "columns": grid.columns,
         "rows": grid.rows,
@@ -120,8 +134,13 @@ def grid_view(grid: TileGrid, alt: str) -> dict[str, Any]:
         "tileHeight": grid.tile_height,
         "padding": grid.padding,
         "channels": list(grid.channels),
-        "min": [compact(v) for v in grid.tile_min],
-        "max": [compact(v) for v in grid.tile_max],
+        # one space-separated string each: a list of strings costs two escaped quotes a tile
+        "minText": " ".join(number(v) for v in grid.tile_min),
+        "maxText": " ".join(number(v) for v in grid.tile_max),
+        "heading": heading,
+        "unit": unit,
+        "colormap": grid.colormap or "",
+        "scale": ZOOM_SCALES.get(grid.colormap, ""),
     }
     flat = ", ".join(str(c) for c in grid.flat_channels)
     return {
@@ -148,7 +167,8 @@ def stats_line(section: LayerSection) -> str:
 
 
 def section_view(section: LayerSection, position: int, alert_kinds: dict[str, list[str]]) -> dict[str, Any]:
-    filters = grid_view(section.filters, f"filters of {section.name}") if section.filters else None
+    filters = grid_view(section.filters, f"filters of {section.name}", f"layer {section.name} · filters",
+                        "filter") if section.filters else None
     return {
         "anchor": section.anchor,
         "name": section.name,
@@ -167,7 +187,8 @@ def section_view(section: LayerSection, position: int, alert_kinds: dict[str, li
         "selection_note": section.selection_note,
         "stats_line": stats_line(section),
         "feature_maps": [
-            {"input_name": fm.input_name, **grid_view(fm.grid, f"feature maps of {section.name} for {fm.input_name}")}
+            {"input_name": fm.input_name, **grid_view(fm.grid, f"feature maps of {section.name} for {fm.input_name}",
+                                                      f"layer {section.name} · input {fm.input_name}")}
             for fm in section.feature_maps
         ],
         "insight": layer_view(section),
@@ -219,6 +240,51 @@ def weights_text(model: ModelInfo) -> str:
     if not model.random_weights:
         return "loaded"
     return f"random ({model.init})" if model.init else "RANDOM (untrained)"
+
+
+HEADLINE_WRONG = 5  # misclassified inputs named in the overview's headline
+
+
+def alert_css(kind: str) -> str:
+    return "alert-critical" if kind.startswith("nonfinite") or kind == "random-weights" else "alert-warning"
+
+
+def headline_view(report: ReportModel) -> list[dict[str, str]]:
+    """What a reviewer reads first: accuracy (when labelled), the alert count, the misclassified
+    inputs, each linking to where the page shows it in full."""
+    items = []
+    per_class = report.insight.per_class if report.insight is not None else None
+    if per_class is not None:
+        items.append({"text": f"Accuracy {percent(per_class.accuracy)}: {count(per_class.correct)} of "
+                              f"{count(per_class.labelled)} labelled inputs correct",
+                      "href": "#per-class", "css": "headline-ok" if per_class.correct == per_class.labelled
+                      else "headline-bad"})
+    critical = sum(1 for alert in report.alerts if alert_css(alert.kind) == "alert-critical")
+    if report.alerts:
+        text = f"{count(len(report.alerts))} alert{'s' if len(report.alerts) != 1 else ''}"
+        items.append({"text": text + (f" ({count(critical)} critical)" if critical else ""), "href": "#alerts",
+                      "css": "headline-bad" if critical else "headline-warn"})
+    else:
+        items.append({"text": "No alerts", "href": "", "css": "headline-ok"})
+    if per_class is not None and per_class.correct < per_class.labelled:
+        wrong_total = per_class.labelled - per_class.correct
+        named = "; ".join(f"{w.input_name} (true {w.true_label}, predicted {w.top[0].label if w.top else 'n/a'})"
+                          for w in per_class.wrong[:HEADLINE_WRONG])
+        rest = wrong_total - min(len(per_class.wrong), HEADLINE_WRONG)
+        more = f"; and {count(rest)} more" if rest else ""
+        items.append({"text": f"Misclassified {count(wrong_total)}: {named}{more}", "href": "#per-class",
+                      "css": "headline-bad"})
+    return items
+
+
+def colorbars_view(report: ReportModel) -> list[dict[str, str]]:
+    """One colour bar per colormap the page's tile grids use, for the zoom to show (sorted)."""
+    from reportgen.grids import colorbar
+
+    grids = [s.filters for s in report.sections if s.filters is not None]
+    grids += [fm.grid for s in report.sections for fm in s.feature_maps]
+    used = sorted({g.colormap for g in grids if g.colormap})
+    return [{"name": name, "src": colorbar(name).data_uri} for name in used]
 
 
 def page(report: ReportModel) -> dict[str, Any]:
@@ -298,7 +364,7 @@ def page(report: ReportModel) -> dict[str, Any]:
             "href": f"#{alert.anchor}" if alert.anchor else "",
             "message": alert.message,
             "why": WHY.get(alert.kind, ""),
-            "css": "alert-critical" if alert.kind.startswith("nonfinite") or alert.kind == "random-weights" else "alert-warning",
+            "css": alert_css(alert.kind),
         }
         for alert in report.alerts
     ]
@@ -322,6 +388,8 @@ def page(report: ReportModel) -> dict[str, Any]:
         nav.append({"href": "#reproduce", "label": "Reproduce"})
 
     return {
+        "colorbars": colorbars_view(report),
+        "headline": headline_view(report),
         "title": run.title,
         "random_weights": model.random_weights,
         "overview": overview,

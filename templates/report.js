@@ -44,12 +44,17 @@
     document.querySelectorAll("details").forEach(function (d) { d.open = true; });
   });
 
-  // Tile zoom: click a tile (or focus a grid and press Enter) to see it large with its
-  // channel, its own min and max, and the channel's statistics over all inputs.
+  // Tile zoom: click a tile (or focus a grid and press Enter) to see it large with its layer,
+  // input and channel, its own min and max on its colour scale, and the channel's statistics
+  // over all inputs.
   var dialog = document.getElementById("zoom");
   var canvas = document.getElementById("zoom-canvas");
   var text = document.getElementById("zoom-text");
   var statsText = document.getElementById("zoom-stats");
+  var minText = document.getElementById("zoom-min");
+  var maxText = document.getElementById("zoom-max");
+  var scaleText = document.getElementById("zoom-scale-text");
+  var bars = document.querySelectorAll("#zoom .zoom-bar");
   var current = null;  // {img, grid, tile}
   function format(value) { return value === null || value === undefined ? "n/a" : Number(value).toPrecision(4); }
   function percent(value) { return value === null || value === undefined ? "n/a" : (value * 100).toFixed(1) + "%"; }
@@ -74,8 +79,12 @@
     context.drawImage(img, sx, sy, grid.tileWidth, grid.tileHeight, 0, 0,
                       grid.tileWidth * fit, grid.tileHeight * fit);
     var channel = grid.channels[tile];
-    text.textContent = "channel " + channel + " · this tile: min " + format(grid.min[tile]) +
-      " · max " + format(grid.max[tile]);
+    // every word and number below was formatted in Python (view.grid_view)
+    text.textContent = grid.heading + " · " + grid.unit + " " + channel;
+    minText.textContent = "min " + grid.minText.split(" ")[tile];
+    maxText.textContent = "max " + grid.maxText.split(" ")[tile];
+    scaleText.textContent = grid.scale;
+    bars.forEach(function (bar) { bar.hidden = bar.getAttribute("data-colormap") !== grid.colormap; });
     var stats = statsOf(img);
     var at = stats ? stats.channels.indexOf(channel) : -1;
     statsText.textContent = at < 0 ? "" : "over all inputs: mean " + format(stats.mean[at]) +

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 from html.parser import HTMLParser
 from xml.etree import ElementTree
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -42,7 +44,8 @@ def test_every_image_is_an_inline_png_that_decodes(page: tuple[str, reportgen.Re
     images = [attrs for tag, attrs in parse(html).tags if tag == "img"]
     # 2 filter grids + 2 layers x 2 inputs of feature maps + 2 thumbnails
     # + insight: 2 weight histograms (SVG) + 2 per-channel activity bars + 2 Grad-CAM overlays
-    assert len(images) == 2 + 4 + 2 + 6
+    # + the zoom's colour bars: viridis (feature maps) and gray (second layer's filters)
+    assert len(images) == 2 + 4 + 2 + 6 + 2
     for attrs in images:
         src = attrs["src"] or ""
         if src.startswith("data:image/svg+xml;base64,"):  # small charts: XML that parses, no script
@@ -99,3 +102,79 @@ def test_predictions_and_labels_are_shown(page: tuple[str, reportgen.Report]) ->
     for (_, percent), (_, want) in zip(shown, expected):
         assert float(percent) == pytest.approx(want, abs=0.051)  # shown to 0.1 %
     assert "Predictions" in html
+
+
+def test_zoom_data_names_layer_input_and_the_colour_scale(page: tuple[str, reportgen.Report]) -> None:
+    html, report = page
+    tags = parse(html).tags
+    grids = [json.loads(attrs["data-grid"] or "") for tag, attrs in tags if tag == "img" and "data-grid" in attrs]
+    section = report.model.sections[1]
+    maps = section.feature_maps[0]
+    shown = next(g for g in grids if g["heading"] == f"layer {section.name} · input {maps.input_name}")
+    assert shown["unit"] == "channel" and shown["colormap"] == "viridis"
+    assert shown["minText"].split(" ") == [f"{v:.4g}" for v in maps.grid.tile_min]
+    assert shown["maxText"].split(" ") == [f"{v:.4g}" for v in maps.grid.tile_max]
+    assert "min (dark)" in shown["scale"] and "max (bright)" in shown["scale"]
+    filters = next(g for g in grids if g["heading"] == f"layer {section.name} · filters")
+    assert filters["unit"] == "filter" and filters["colormap"] == "gray"
+    # one colour bar per colormap on the page; its pixels are matplotlib's ramp, low to high
+    bars = {attrs["data-colormap"]: attrs["src"] for tag, attrs in tags if tag == "img"
+            and "zoom-bar" in (attrs.get("class") or "")}
+    assert sorted(bars) == ["gray", "viridis"]
+    colormaps = pytest.importorskip("matplotlib").colormaps
+    for name, src in bars.items():
+        picture = np.asarray(Image.open(io.BytesIO(base64.b64decode((src or "").split(",", 1)[1]))).convert("RGB"))
+        expected = np.floor(colormaps[name](np.linspace(0, 1, 254))[:, :3] * 255 + 0.5)
+        assert picture.shape == (1, 254, 3)
+        assert np.abs(picture[0].astype(float) - expected).max() <= 1
+
+
+@pytest.fixture(scope="module")
+def labelled() -> reportgen.Report:
+    """Four inputs with true classes; the untrained model gets some of them wrong."""
+    return reportgen.generate_report(tiny_cnn(), tiny_inputs(4), device="cpu", labels=list("abcde"),
+                                     targets=[0, 1, 2, 3])
+
+
+def test_confusion_matrix_has_axis_titles(labelled: reportgen.Report) -> None:
+    per_class = labelled.model.insight.per_class if labelled.model.insight else None
+    assert per_class is not None and per_class.chart is not None
+    svg = ElementTree.fromstring(base64.b64decode(per_class.chart.data_uri.split(",", 1)[1]))
+    texts = list(svg.iter("{http://www.w3.org/2000/svg}text"))
+    titles = {t.text: t for t in texts if t.text in ("true class", "predicted class")}
+    assert sorted(titles) == ["predicted class", "true class"]
+    true_title, predicted_title = titles["true class"], titles["predicted class"]
+    assert "rotate(-90)" in (true_title.get("transform") or "")  # runs along the rows
+    labels = [t for t in texts if t.text not in titles and t.get("font-size") != "9"]  # not the counts
+    # the row title is left of every row label, the column title above every column label
+    row_right = [float(t.get("x") or 0) - 6 * len(t.text or "") for t in labels if t.get("text-anchor") == "end"]
+    title_x = float(re.findall(r"translate\(([\d.]+),", true_title.get("transform") or "")[0])
+    assert row_right and title_x + 6 < min(row_right)
+    columns = [(float(m), len(t.text or "")) for t in labels
+               for m in re.findall(r"translate\([\d.]+,([\d.]+)\) rotate", t.get("transform") or "")]
+    assert columns  # a column label rises from its anchor by about 6 px a character
+    assert float(predicted_title.get("y") or 0) < min(y - 6 * n for y, n in columns)
+
+
+def test_overview_starts_with_accuracy_alerts_and_the_misclassified(labelled: reportgen.Report) -> None:
+    import torch
+
+    targets = [0, 1, 2, 3]
+    with torch.no_grad():
+        predicted = tiny_cnn()(tiny_inputs(4)).argmax(dim=1).tolist()
+    wrong = [i for i, (p, t) in enumerate(zip(predicted, targets)) if p != t]
+    assert wrong  # the untrained model gets some wrong, so the headline has all three parts
+    html = labelled.to_html()
+    header = html[html.index('<header id="overview">'):html.index("</header>")]
+    assert header.index('class="headline"') < header.index('class="kv"')  # before the model facts
+    block = re.search(r'<ul class="headline">(.*?)</ul>', header, re.S)
+    assert block is not None
+    items = [re.sub(r"<[^>]+>", "", item).strip() for item in re.findall(r"<li[^>]*>(.*?)</li>", block.group(1), re.S)]
+    right = len(targets) - len(wrong)
+    assert items[0] == f"Accuracy {right / len(targets) * 100:.1f}%: {right} of {len(targets)} labelled inputs correct"
+    alerts = len(labelled.model.alerts)
+    assert re.fullmatch(rf"{alerts} alerts?( \(\d+ critical\))?", items[1]) if alerts else items[1] == "No alerts"
+    names = [item.name for item in labelled.model.inputs]
+    assert items[2].startswith(f"Misclassified {len(wrong)}: ")
+    for i in wrong:
+        assert f"{names[i]} (true {'abcde'[targets[i]]}, predicted {'abcde'[predicted[i]]})" in items[2]

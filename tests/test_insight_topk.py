@@ -117,11 +117,17 @@ def test_dataset_mode_draws_crops_around_the_peak() -> None:
     insight = report.model.sections[0].insight
     assert insight.top_strip is not None and insight.top_strip_channels == (0, 1)
     strip = np.asarray(decode(insight.top_strip).convert("RGB"))
-    # row 0 (channel 0), column 0 (input 19): a CROP_SIZE crop after 1 px of padding, whose
-    # brightest pixel is the spot (stretched to white), at the crop's centre
-    tile = strip[1:1 + CROP_SIZE, 1:1 + CROP_SIZE].max(axis=2)
-    y, x = np.unravel_index(int(np.argmax(tile)), tile.shape)
-    assert tile.max() == 255 and abs(y - CROP_SIZE // 2) <= CROP_SIZE // 4 and abs(x - CROP_SIZE // 2) <= CROP_SIZE // 4
+    # row 0 (channel 0), column 0 (input 19): a CROP_SIZE crop after 1 px of padding. The peak
+    # cell sees the 3x3 window rows 7-9, columns 1-3; under 12 px a side it is cut with context:
+    # 12x12 px, here the whole 12x12 input, drawn 2x. The spot (8, 2) lands at (16, 4).
+    crop_rgb = strip[1:1 + CROP_SIZE, 1:1 + CROP_SIZE].astype(int)
+    inside = crop_rgb[15:19, 3:7].min(axis=2)  # within the window's outline (rows 14..19, cols 2..7)
+    spot = np.zeros((4, 4), dtype=bool)
+    spot[1:3, 1:3] = True  # input pixel (8, 2) -> crop pixels 16..17, 4..5
+    assert (inside[spot] == 255).all() and inside[~spot].max() < 128
+    # the outline: 1 px, alternately white and black
+    ring = [(r, c) for r in (14, 19) for c in range(2, 8)] + [(r, c) for r in range(15, 19) for c in (2, 7)]
+    assert all(crop_rgb[r, c].tolist() == ([255] * 3 if (r + c) % 2 == 0 else [0] * 3) for r, c in ring)
     assert strip.shape == (1 + 2 * (CROP_SIZE + 1), 1 + 3 * (CROP_SIZE + 1), 3)  # 2 channels x top-3
     # with no more inputs than are drawn, no crops (the feature maps already show every input)
     few = reportgen.generate_report(SpotDetector(), images[:4], device="cpu", max_inputs_shown=4, top_k=3)

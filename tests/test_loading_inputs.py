@@ -140,7 +140,21 @@ def test_resize_crop_and_normalise_are_applied_in_order_and_listed(tmp_path, cap
     steps = report["run"]["preprocessing"]
     assert [s.split(" (")[0].split(":")[0] for s in steps] == [
         "convert to RGB", "resize to 10x20", "center crop 6x6", "scale pixels to [0, 1]", "normalise"]
-    assert all(s.endswith("(options)") for s in steps)
+    # each step says where it came from: an option only for what an option asked for
+    assert [s.rsplit(" (", 1)[1] for s in steps] == [
+        "default: the model's first conv takes 3 channels)", "--resize)", "--center-crop)",
+        "default for image files)", "--mean and --std)"]
+
+
+def test_preprocessing_steps_no_option_asked_for_say_they_are_defaults(tmp_path, capsys):
+    half_red_half_blue(tmp_path / "split.png")
+    report = run([MEAN_NET, str(tmp_path / "split.png"), "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"],
+                 tmp_path, capsys)
+    steps = report["run"]["preprocessing"]
+    assert not any("option" in s for s in steps)
+    assert steps[0].endswith("(default: the model's first conv takes 3 channels)")
+    assert steps[1] == "scale pixels to [0, 1] (8-bit / 255, 16-bit / 65535) (default for image files)"
+    assert steps[2] == "normalise: (x - [0.5, 0.5, 0.5]) / [0.25, 0.25, 0.25] (--mean and --std)"
 
 
 def test_thumbnail_is_the_denormalised_tensor_the_model_saw(tmp_path):

@@ -173,8 +173,8 @@ def test_tile_zoom_shows_channel_values_and_statistics(
     channel = grid["channels"][tile]
     assert dialog.get_attribute("data-channel") == str(channel)
     text = page.locator("#zoom-text").inner_text()
-    assert text.startswith(f"channel {channel} ")
-    assert page.evaluate("v => Number(v).toPrecision(4)", grid["max"][tile]) in text
+    assert text.endswith(f" · channel {channel}")
+    assert page.locator("#zoom-max").inner_text() == f"max {grid['maxText'].split()[tile]}"
     at = stats["channels"].index(channel)
     stats_text = page.locator("#zoom-stats").inner_text()
     assert page.evaluate("v => Number(v).toPrecision(4)", stats["mean"][at]) in stats_text
