@@ -120,4 +120,4 @@ def test_submodules_are_attributes_after_import_without_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "10000.0", "options"]
+    assert done.stdout.split() == ["True", "10000.0", "preprocessing", "argument"]
