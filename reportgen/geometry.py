@@ -63,6 +63,7 @@ POINTWISE_FUNCTIONS = frozenset("""
     clone contiguous detach to float double half bfloat16 type_as _native_batch_norm_legit_no_training
 """.split())
 CONV_FUNCTIONS = frozenset({"conv1d", "conv2d", "conv3d"})
+RESHAPING_FUNCTIONS = frozenset({"pad", "__getitem__"})  # their arguments are kept: they move cells
 POOL_FUNCTIONS = frozenset(name for dims in (1, 2, 3) for name in (
     f"max_pool{dims}d", f"avg_pool{dims}d", f"max_pool{dims}d_with_indices", f"_max_pool{dims}d"))
 
@@ -257,7 +258,7 @@ class FlowRecorder(HookOwner):
                 return
             # an aten op (an exported program's) is named like `conv2d.default`: its F.* name
             name = str(getattr(func, "__name__", func)).split(".")[0]
-            keep = name in CONV_FUNCTIONS or name in POOL_FUNCTIONS or name == "cat"
+            keep = name in CONV_FUNCTIONS or name in POOL_FUNCTIONS or name in RESHAPING_FUNCTIONS or name == "cat"
             # a conv's or pool's window reads only its input (a computed weight is no branch)
             sources = self._sources(args[:1] or kwargs.get("input")) if keep and name != "cat" \
                 else self._sources((args, kwargs))
@@ -390,7 +391,47 @@ def _function_geometry(node: _Node, found: Mapping[int, Geometry], dims: int) ->
         return _source(node, found, dims) if axis in (1, -dims - 1) else unknown("torch.cat along a spatial axis")
     if name in CONV_FUNCTIONS or name in POOL_FUNCTIONS:
         return _function_window(node, _source(node, found, dims), dims)
+    if name == "pad":
+        return _padded(node, _source(node, found, dims), dims)
+    if name == "__getitem__":
+        return _sliced(node, _source(node, found, dims), dims)
     return unknown(f"torch.{name} is an operation whose geometry is not modelled")
+
+
+def _padded(node: _Node, source: Geometry, dims: int) -> Geometry:
+    """F.pad: (before, after) pairs from the last axis backwards; padding before an axis moves
+    cell 0 back by that many pixels (a negative pad crops). Pairs beyond the spatial axes pad
+    channels, which moves nothing. Reflect and replicate modes are counted as constant ones."""
+    pads = node.args[1] if len(node.args) > 1 else (node.kwargs or {}).get("pad", ())
+    pads = tuple(int(p) for p in pads)
+    before = [0] * dims
+    for pair in range(min(len(pads) // 2, dims)):
+        before[dims - 1 - pair] = pads[2 * pair]
+    return _window(source, (1,) * dims, (1,) * dims, tuple(before), (1,) * dims)
+
+
+def _sliced(node: _Node, source: Geometry, dims: int) -> Geometry:
+    """`x[:, :, ::2, 1:]`: a slice of a spatial axis starting at s with step k makes cell 0 the
+    input's cell s and multiplies the stride by k. Integer indices or new axes there: unknown."""
+    if not source.known:
+        return source
+    index = node.args[1] if len(node.args) > 1 else ()
+    index = index if isinstance(index, tuple) else (index,)
+    rank = dims + 2
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        index = index[:at] + (slice(None),) * (rank - len(index) + 1) + index[at + 1:]
+    index = index + (slice(None),) * (rank - len(index))
+    first, stride = list(source.first), list(source.stride)
+    for axis, item in enumerate(index[2:rank]):
+        if not isinstance(item, slice) or len(index) != rank:
+            return unknown("an indexing of a spatial axis whose geometry is not modelled")
+        start, step = item.start or 0, item.step or 1
+        if not isinstance(start, int) or start < 0 or not isinstance(step, int) or step < 1:
+            return unknown("a slice of a spatial axis from its end or with a computed start")
+        first[axis] += start * source.stride[axis]
+        stride[axis] *= step
+    return Geometry(source.receptive_field, tuple(stride), tuple(first))
 
 
 def _function_window(node: _Node, source: Geometry, dims: int) -> Geometry:

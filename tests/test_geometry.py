@@ -305,3 +305,31 @@ def test_a_compiled_model_keeps_its_summary_and_says_its_geometry_is_not_followe
     rows = {row.name: row for row in summarize(model, torch.rand(2, 3, 17, 17)).rows}
     assert rows["0"].mult_adds == 9 * 9 * 4 * (3 * 9 + 1)
     assert "compiled with torch.compile" in rows["2"].geometry.unknown
+
+
+class ShortcutA(nn.Module):
+    """The CIFAR ResNet "option A" shortcut: every second row and column from index `start`,
+    channels zero-padded on both sides with F.pad; then a spatial F.pad and crop for good measure."""
+
+    def __init__(self, start: int = 0) -> None:
+        super().__init__()
+        self.start = start
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+        self.c = nn.Conv2d(8, 8, 3, padding=1)
+        self.d = nn.Conv2d(8, 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.a(x))
+        shortcut = F.pad(x[:, :, self.start::2, self.start::2], (0, 0, 0, 0, 2, 2))
+        y = F.relu(self.c(F.relu(self.b(x))) + shortcut)
+        y = F.pad(y, (2, 1, 3, 0))[..., 1:, :]  # pad W by 2|1 and H by 3|0, then drop the first row
+        return self.d(y)
+
+
+@pytest.mark.parametrize("start", [0, 1])
+def test_padding_and_strided_slices_match_the_gradient(start: int) -> None:
+    found = check_against_gradient(ShortcutA(start), (1, 3, 42, 42), ["a", "b", "c", "d"])
+    # a: 3; b: 3 + 2 = 5, j 2; c: 5 + 2*2 = 9, j 2 (the shortcut's 3 sits inside it); d after the
+    # pads and crop: 9 + 2*2 = 13, j 2
+    assert found == {"a": ((3, 3), (1, 1)), "b": ((5, 5), (2, 2)), "c": ((9, 9), (2, 2)), "d": ((13, 13), (2, 2))}
