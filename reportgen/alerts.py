@@ -24,7 +24,7 @@ WHY = {
     "random-weights": "Random weights show no learned structure: filters look like noise and predictions mean nothing.",
     "nonfinite-activation": "NaN or Inf in activations poison every layer after them and the model's output.",
     "nonfinite-weight": "NaN or Inf in weights make every output that touches them NaN.",
-    "dead-filter": "A channel whose ReLU never fires outputs zero on every input seen and contributes nothing there; many of them waste capacity or signal a training problem. Where no ReLU acts on the channel, the alert says so: never positive is then a weaker sign.",
+    "dead-filter": "A channel whose ReLU never fires outputs zero on every input seen and contributes nothing there; many of them waste capacity or signal a training problem.",
     "flat-filter": "An all-zero or constant filter detects nothing: it was pruned, never trained, or collapsed.",
     "duplicate-filter": "Near-duplicate filters compute the same feature twice: wasted capacity that pruning could remove, or a sign of collapsed training.",
     "constant-channel": "A channel with the same value on every input and position seen is saturated or stuck: it carries no information about those inputs.",
@@ -110,9 +110,10 @@ def _activation_alerts(section: LayerSection, thresholds: AlertThresholds) -> li
         i for i, f in enumerate(section.stats.fraction_inputs_active) if f <= thresholds.dead_fraction]
     if dead:
         share = len(dead) / total if total else 0.0
-        inputs = f"{section.stats.inputs} inputs" if section.stats.inputs else "inputs seen"
-        core = (f"never > 0 {where} on any of the {inputs}" if thresholds.dead_fraction == 0
-                else f"> 0 {where} on at most {thresholds.dead_fraction:.0%} of the {inputs}")
+        count = section.stats.inputs
+        core = (f"never > 0 {where} " + (f"on the {count} input" if count == 1 else f"on any of the {count} inputs")
+                if thresholds.dead_fraction == 0
+                else f"> 0 {where} on at most {thresholds.dead_fraction:.0%} of the {count} inputs")
         consequence = ("so they output 0 there" if section.site_zero_floor
                        else "no ReLU acts here: they still pass non-positive values on")
         alerts.append(Alert("dead-filter", section.name,
@@ -169,7 +170,7 @@ def site_phrase(site: str) -> str:
 
 def _inputs_seen(section: LayerSection) -> str:
     count = section.stats.inputs
-    return f"on all {count} input(s) seen" if count else "on the inputs seen"
+    return "on the 1 input seen" if count == 1 else f"on all {count} inputs seen"
 
 
 def _list(indices: Sequence[int], limit: int = 12) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,13 +36,16 @@ from reportgen.labels import check_label_count
 from reportgen.models import DEFAULT_SEED, MAX_SEED, LoadedModel, seeded
 from reportgen.preprocess import DEFAULT_SOURCE, Preprocessing
 from reportgen.progress import progress_bar
-from reportgen.render import RenderOptions, render, render_sections, section_anchors
+from reportgen.render import RenderOptions, render, render_sections, section_anchors, zoom_maps
 from reportgen.report import Report
 from reportgen.report_model import ModelInfo, RunInfo
 from reportgen.size_budget import DEFAULT_MAX_SIZE_MB
 
 if TYPE_CHECKING:
     from reportgen.impact import ImpactOptions
+
+
+ZOOM_SHARE = 0.15  # of --max-size, at most, for the tile zoom's full-resolution maps
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,10 @@ def _build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
                                    forward_args=options.forward_args, show_progress=options.show_progress,
                                    seed=options.seed)
     render_options = RenderOptions(filter_scale=options.filter_scale)
+    # The zoom's full-resolution maps take at most this share of --max-size, so they never
+    # crowd out the pooled maps; with no limit, all of them.
+    zoom = zoom_maps(analysis, options=render_options,
+                     allowance_bytes=ZOOM_SHARE * options.max_size_mb * 1e6 if options.max_size_mb > 0 else math.inf)
 
     def draw(source: Any, sections: Any = None) -> Any:
         render_count = sum(len(layer.tiles) for layer in source.layers) + len(source.weights)
@@ -233,7 +241,7 @@ def _build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
                            progress=advance, thresholds=options.thresholds, sections=sections)
         skipped = inputs.skipped_note()
         notes = tuple(loaded.notes) + tuple(inputs.notes) + ((skipped,) if skipped else ()) + drawn.notes
-        return replace(drawn, notes=notes, input_files=files, impact=impact)
+        return replace(drawn, notes=notes, input_files=files, impact=impact, zoom_maps=zoom)
 
     def redraw_sections(reduced: Any) -> Any:
         return render_sections(reduced, options=render_options, thresholds=options.thresholds)

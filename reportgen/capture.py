@@ -39,6 +39,8 @@ class LayerTiles:
     tile_max: dict[int, np.ndarray] = field(default_factory=dict)
     flat: dict[int, np.ndarray] = field(default_factory=dict)  # index -> (C,) bool
     envelopes: dict[int, np.ndarray] = field(default_factory=dict)  # 1D only: index -> (C, 3, bins) uint8
+    # the first input's maps at up to ZOOM_SIZE px a side, for the tile zoom (only when larger than the tiles)
+    zoom: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class CapturedLayer:
     site: Site = Site(raw=RAW_BY_REQUEST)  # where the layer's output was observed (sites.py)
     # 1D outputs: per kept input (C, 3, bins) levels of each bin's min, max and mean (plots.py)
     envelopes: dict[int, np.ndarray] = field(default_factory=dict)
+    zoom: dict[int, np.ndarray] = field(default_factory=dict)  # input 0's maps at up to ZOOM_SIZE px a side
 
 
 def spatial_view(output: torch.Tensor) -> torch.Tensor:
@@ -98,6 +101,7 @@ def downsample(maps: torch.Tensor, tile_size: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(maps, target)
 
 
+ZOOM_SIZE = 128  # px a side of the maps the tile zoom shows: full resolution up to this size
 CHUNK_VALUES = 1 << 19  # float32 values per CPU chunk (2 MiB): a chunk and its scratch stay in cache
 
 
@@ -311,6 +315,9 @@ class _Accumulator:
         if selected.dim() == 3:  # 1D: drawn as line plots from per-bin min, max and mean
             envelopes = envelope_levels(selected, tile_size, low, high, flat_mask).cpu().numpy()
             self.tiles.envelopes.update((offset + i, envelopes[row]) for row, i in enumerate(kept))
+        elif offset + kept[0] == 0 and max(spatial_view(selected).shape[-2:]) > tile_size:
+            # the zoom shows input 0's maps as they were before pooling (up to ZOOM_SIZE a side)
+            self.tiles.zoom[0] = quantise_tiles(spatial_view(selected[:1]), ZOOM_SIZE)[0][0].cpu().numpy()
         levels_host = levels.cpu().numpy()
         low_host, high_host = low.cpu().numpy(), high.cpu().numpy()
         flat_host = flat_mask.cpu().numpy()
@@ -334,7 +341,7 @@ class _Accumulator:
          self.inputs_seen, self.positions_seen, self.top) = state
         if self.tiles is not None:
             for store in (self.tiles.per_input, self.tiles.tile_min, self.tiles.tile_max, self.tiles.flat,
-                          self.tiles.envelopes):
+                          self.tiles.envelopes, self.tiles.zoom):
                 for index in [i for i in store if i >= first_index]:
                     del store[index]
 
@@ -369,6 +376,7 @@ class _Accumulator:
             spatial_shape=peak_shape(self.output_shape),
             site=self.site,
             envelopes=dict(self.tiles.envelopes),
+            zoom=dict(self.tiles.zoom),
         )
 
     def _update_insight(self, flat: torch.Tensor, per_input_max: torch.Tensor, offset: int, top_k: int,

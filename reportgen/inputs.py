@@ -733,7 +733,7 @@ def apply_label_pattern(inputs: InputSet, pattern: str, class_names: Sequence[st
     try:
         regex = re.compile(pattern)
     except re.error as exc:
-        raise ReportError(f"--label-pattern {pattern!r} is not a valid regular expression: {exc}") from exc
+        raise ReportError(f"--label-pattern '{pattern}' is not a valid regular expression: {exc}") from exc
     labels: list[int | None] = []
     unmatched: list[str] = []
     for index, name in enumerate(inputs.names):
@@ -748,9 +748,9 @@ def apply_label_pattern(inputs: InputSet, pattern: str, class_names: Sequence[st
             unmatched.append(name)
         labels.append(value)
     if len(unmatched) == len(labels):
-        raise ReportError(f"--label-pattern {pattern!r} matches none of the inputs (e.g. {inputs.names[0]})")
+        raise ReportError(f"--label-pattern '{pattern}' matches none of the inputs (e.g. {inputs.names[0]})")
     inputs.labels = labels
-    inputs.label_source = f"--label-pattern {pattern!r}"
+    inputs.label_source = f"--label-pattern '{pattern}'"
     note = f"True classes read from the file names with --label-pattern '{pattern}'"
     if unmatched:
         note += f"; {len(unmatched)} input(s) did not match and have no label (e.g. {unmatched[0]})"

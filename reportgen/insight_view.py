@@ -56,7 +56,8 @@ def _init_line(weights: WeightStats) -> str:
     sampled = f" (a seeded sample of the {weights.count:,})" if test.sample < weights.count else ""
     where = f"KS distance {distances}; 5 % critical value at n={test.sample:,}{sampled}: {_number(test.critical)}"
     if test.verdict == "differs":
-        return f"{where}: differs from each (as 1 fresh layer in 20 also does at this level)"
+        return (f"{where}: differs from each (a fresh layer with one of these inits is this far from it "
+                "in fewer than 1 case in 20)")
     if test.verdict == "matches":
         return (f"{where}: matches {test.match}, as a fresh layer does (a trained layer "
                 f"{_number(test.trained_closest)} from it would differ at this n)")
@@ -94,7 +95,7 @@ def layer_view(section: LayerSection) -> dict[str, Any] | None:
             ("flat filters", ", ".join(str(i) for i in weights.flat_filters[:12]) or "none"),
             ("near-duplicate pairs", f"{weights.duplicate_pairs} (cosine >= {weights.duplicate_threshold:g})"
              + (": " + ", ".join(f"{p.a}≈{p.b}" for p in weights.duplicates[:6]) if weights.duplicates else "")),
-            ("vs. default init", _init_line(weights)),
+            ("vs. default inits", _init_line(weights)),
         ]
     activity_rows = [
         ("dead channels", f"{len(insight.dead_channels)} of {section.channels_total} ({_percent(insight.dead_fraction)})"),

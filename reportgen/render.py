@@ -37,6 +37,7 @@ from reportgen.report_model import (
     TileGrid,
     TopClass,
     Totals,
+    ZoomMap,
 )
 
 
@@ -269,6 +270,35 @@ def _draw_sections(
             )
         )
     return sections
+
+
+def zoom_maps(analysis: Analysis, *, allowance_bytes: float, options: RenderOptions = RenderOptions()
+              ) -> tuple[ZoomMap, ...]:
+    """The first input's maps before pooling (up to `capture.ZOOM_SIZE` px a side), one grid per
+    layer whose tiles were pooled, in page order, while their pictures fit `allowance_bytes`:
+    the share of the size budget the zoom may take (a layer that does not fit is left out, a
+    smaller later one may still be kept)."""
+    anchors = _anchors(analysis)
+    renderer = _Renderer(analysis, options)
+    pending = []
+    for layer in analysis.layers:
+        stack = layer.zoom.get(0)
+        if stack is None or 0 not in layer.tile_min:
+            continue
+        shown = len(layer.channels_shown)
+        slot, spec = _grid_spec(renderer, stack[:shown], layer.channels_shown, layer.tile_min[0], layer.tile_max[0],
+                                layer.flat[0], options.colormap, "")
+        pending.append((layer.key, slot, spec, tuple(int(d) for d in layer.output_shape[-2:])))
+    images = renderer.encode_all(None)
+    kept, used = [], 0
+    for key, slot, spec, full in pending:
+        size = len(images[slot].data_uri)
+        if used + size > allowance_bytes:
+            continue
+        used += size
+        kept.append(ZoomMap(anchor=anchors[key], input_index=0, grid=TileGrid(image=images[slot], **spec),
+                            full_shape=(full[0], full[1])))
+    return tuple(kept)
 
 
 def render_sections(

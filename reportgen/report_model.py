@@ -65,6 +65,17 @@ class FeatureMaps:
 
 
 @dataclass(frozen=True)
+class ZoomMap:
+    """One layer's feature maps of one input at up to `capture.ZOOM_SIZE` px a side (full
+    resolution up to that), laid out like its pooled grid; the tile zoom draws from it."""
+
+    anchor: str  # the layer section's
+    input_index: int
+    grid: TileGrid
+    full_shape: tuple[int, int]  # the map's own (height, width) before any pooling
+
+
+@dataclass(frozen=True)
 class LayerRow:
     """One row of the torchinfo-style summary table."""
 
@@ -219,6 +230,8 @@ class ReportModel:
     budget: BudgetInfo | None = None  # set when --max-size made the pictures smaller
     input_files: tuple[InputFile, ...] = ()  # what a reviewer needs to reproduce the run
     impact: ImpactReport | None = None  # ablation, misfiring filters, probes (impact_model.py)
+    # the first input's maps before pooling, for the tile zoom, within a share of the size budget
+    zoom_maps: tuple[ZoomMap, ...] = ()
 
 
 

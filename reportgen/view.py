@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from reportgen.report_model import (
     Prediction,
     ReportModel,
     TileGrid,
+    ZoomMap,
 )
 
 GRID_DISPLAY_WIDTH = 320  # CSS px a grid is scaled up to (by whole factors, so pixels stay square)
@@ -122,7 +124,8 @@ ZOOM_SCALES: dict[str | None, str] = {
 }
 
 
-def grid_view(grid: TileGrid, alt: str, heading: str, unit: str = "channel") -> dict[str, Any]:
+def grid_view(grid: TileGrid, alt: str, heading: str, unit: str = "channel", *, zoom_key: str = "",
+              resolution: str = "") -> dict[str, Any]:
     """A tile grid for the template; `meta_json` carries what the tile zoom shows, formatted:
     `heading` (layer and input), the tile `unit` ("channel"/"filter"), each tile's min and max
     (4 significant digits, "n/a" when not finite), and the colour scale (its words, and which
@@ -141,6 +144,8 @@ def grid_view(grid: TileGrid, alt: str, heading: str, unit: str = "channel") -> 
         "unit": unit,
         "colormap": grid.colormap or "",
         "scale": ZOOM_SCALES.get(grid.colormap, ""),
+        "zoomKey": zoom_key,  # a larger map of these tiles, when the page holds one (zoom_maps_view)
+        "resolution": resolution,
     }
     flat = ", ".join(str(c) for c in grid.flat_channels)
     return {
@@ -160,13 +165,39 @@ def stats_line(section: LayerSection) -> str:
     mean = sum(stats.mean) / total
     active = sum(stats.fraction_active) / total
     never = sum(1 for f in stats.fraction_inputs_active if f == 0)
-    inputs = f"all {stats.inputs} inputs" if stats.inputs else "all inputs"
+    inputs = "the 1 input" if stats.inputs == 1 else f"all {stats.inputs} inputs"
     observed = f"Observed {site_phrase(section.site)}. " if section.site else ""
     return (f"{observed}Over {inputs}: mean activation {mean:.4g}, {percent(active)} of positions > 0, "
             f"{never} of {total} channels never > 0")
 
 
-def section_view(section: LayerSection, position: int, alert_kinds: dict[str, list[str]]) -> dict[str, Any]:
+def zoom_resolution(grid: TileGrid, zoom: ZoomMap | None, full_shape: tuple[int, ...], input_index: int) -> str:
+    """What the zoom draws for a feature-map grid, in words: the full map, or why only the tile."""
+    full = "x".join(str(d) for d in full_shape)
+    drawn = f"{grid.tile_height}x{grid.tile_width}"
+    if zoom is None:
+        if drawn == full:
+            return f"the full-resolution {full} map"
+        why = ("its full-resolution map did not fit the zoom's share of --max-size" if input_index == 0
+               else "the full-resolution maps are kept for the first input only")
+        return f"the {drawn} tile as drawn, average-pooled from {full}: {why}"
+    zoomed = f"{zoom.grid.tile_height}x{zoom.grid.tile_width}"
+    if zoomed == full:
+        return f"the full-resolution {full} map (the page draws it pooled to {drawn})"
+    return f"the map at {zoomed}, average-pooled from {full} (the page draws {drawn})"
+
+
+def zoom_maps_view(report: ReportModel) -> list[dict[str, str]]:
+    """The zoom's larger maps, found by `data-key` (section anchor and input index)."""
+    return [{"key": f"{z.anchor}:{z.input_index}", "src": z.grid.image.data_uri,
+             "meta_json": json.dumps({"columns": z.grid.columns, "tileWidth": z.grid.tile_width,
+                                      "tileHeight": z.grid.tile_height, "padding": z.grid.padding,
+                                      "channels": list(z.grid.channels)}, sort_keys=True, separators=(",", ":"))}
+            for z in report.zoom_maps]
+
+
+def section_view(section: LayerSection, position: int, alert_kinds: dict[str, list[str]],
+                 zooms: dict[tuple[str, int], ZoomMap] | None = None) -> dict[str, Any]:
     filters = grid_view(section.filters, f"filters of {section.name}", f"layer {section.name} · filters",
                         "filter") if section.filters else None
     return {
@@ -187,8 +218,13 @@ def section_view(section: LayerSection, position: int, alert_kinds: dict[str, li
         "selection_note": section.selection_note,
         "stats_line": stats_line(section),
         "feature_maps": [
-            {"input_name": fm.input_name, **grid_view(fm.grid, f"feature maps of {section.name} for {fm.input_name}",
-                                                      f"layer {section.name} · input {fm.input_name}")}
+            {"input_name": fm.input_name, **grid_view(
+                fm.grid, f"feature maps of {section.name} for {fm.input_name}",
+                f"layer {section.name} · input {fm.input_name}",
+                zoom_key=f"{section.anchor}:{fm.input_index}",
+                resolution=zoom_resolution(fm.grid, (zooms or {}).get((section.anchor, fm.input_index)),
+                                           section.output_shape[-2:], fm.input_index)
+                if len(section.output_shape) >= 4 else "")}
             for fm in section.feature_maps
         ],
         "insight": layer_view(section),
@@ -297,7 +333,8 @@ def page(report: ReportModel) -> dict[str, Any]:
 
     overview = [
         ("Model", f"{model.name} ({model.type})"),
-        ("Source", model.source + (f" — {model.file}" if model.file else "")),
+        ("Source", model.source + (f" — {model.file}" if model.file and Path(model.file).name not in model.source
+                                   else "")),
         ("Weights", weights_text(model)),
         ("Device", run.device),
         ("Inputs", f"{count(len(report.inputs))}, batch size {run.batch_size}"),
@@ -371,7 +408,8 @@ def page(report: ReportModel) -> dict[str, Any]:
 
     from reportgen.impact_view import impact_page  # here: impact_view imports this module
 
-    sections = [section_view(s, i, alert_kinds) for i, s in enumerate(report.sections)]
+    zooms = {(z.anchor, z.input_index): z for z in report.zoom_maps}
+    sections = [section_view(s, i, alert_kinds, zooms) for i, s in enumerate(report.sections)]
     nav = [{"href": "#overview", "label": "Overview"}]
     if alerts:
         nav.append({"href": "#alerts", "label": f"Alerts ({len(alerts)})"})
@@ -389,6 +427,7 @@ def page(report: ReportModel) -> dict[str, Any]:
 
     return {
         "colorbars": colorbars_view(report),
+        "zoom_maps": zoom_maps_view(report),
         "headline": headline_view(report),
         "title": run.title,
         "random_weights": model.random_weights,

@@ -54,6 +54,37 @@
   var minText = document.getElementById("zoom-min");
   var maxText = document.getElementById("zoom-max");
   var scaleText = document.getElementById("zoom-scale-text");
+  var resolutionText = document.getElementById("zoom-resolution");
+  var larger = {};  // zoom key -> {image, grid}: the first input's maps before pooling, decoded once
+  function largerOf(grid) {
+    if (!grid.zoomKey) { return null; }
+    if (!(grid.zoomKey in larger)) {
+      var found = null;
+      document.querySelectorAll("#zoom-maps span").forEach(function (span) {
+        if (span.getAttribute("data-key") === grid.zoomKey) { found = span; }
+      });
+      larger[grid.zoomKey] = null;
+      if (found) {
+        var image = new Image();
+        larger[grid.zoomKey] = {image: image, grid: JSON.parse(found.getAttribute("data-grid"))};
+        image.addEventListener("load", function () { if (current) { show(current.img, current.grid, current.tile); } });
+        image.src = found.getAttribute("data-src");
+      }
+    }
+    return larger[grid.zoomKey];
+  }
+  function drawTile(source, grid, tile) {
+    var column = tile % grid.columns;
+    var row = Math.floor(tile / grid.columns);
+    var sx = grid.padding + column * (grid.tileWidth + grid.padding);
+    var sy = grid.padding + row * (grid.tileHeight + grid.padding);
+    var context = canvas.getContext("2d");
+    context.imageSmoothingEnabled = false;
+    context.clearRect(0, 0, canvas.width, canvas.height);
+    var fit = Math.min(canvas.width / grid.tileWidth, canvas.height / grid.tileHeight);
+    context.drawImage(source, sx, sy, grid.tileWidth, grid.tileHeight, 0, 0,
+                      grid.tileWidth * fit, grid.tileHeight * fit);
+  }
   var bars = document.querySelectorAll("#zoom .zoom-bar");
   var current = null;  // {img, grid, tile}
   function format(value) { return value === null || value === undefined ? "n/a" : Number(value).toPrecision(4); }
@@ -68,24 +99,24 @@
   function show(img, grid, tile) {
     if (tile < 0 || tile >= grid.channels.length) { return; }
     current = {img: img, grid: grid, tile: tile};
-    var column = tile % grid.columns;
-    var row = Math.floor(tile / grid.columns);
-    var sx = grid.padding + column * (grid.tileWidth + grid.padding);
-    var sy = grid.padding + row * (grid.tileHeight + grid.padding);
-    var context = canvas.getContext("2d");
-    context.imageSmoothingEnabled = false;
-    context.clearRect(0, 0, canvas.width, canvas.height);
-    var fit = Math.min(canvas.width / grid.tileWidth, canvas.height / grid.tileHeight);
-    context.drawImage(img, sx, sy, grid.tileWidth, grid.tileHeight, 0, 0,
-                      grid.tileWidth * fit, grid.tileHeight * fit);
     var channel = grid.channels[tile];
+    var big = largerOf(grid);
+    var bigTile = big ? big.grid.channels.indexOf(channel) : -1;
+    if (big && bigTile >= 0 && big.image.complete && big.image.naturalWidth > 0) {
+      drawTile(big.image, big.grid, bigTile);
+      canvas.setAttribute("data-source", "full");
+    } else {
+      drawTile(img, grid, tile);
+      canvas.setAttribute("data-source", "tile");
+    }
+    resolutionText.textContent = grid.resolution ? "shown: " + grid.resolution : "";
     // every word and number below was formatted in Python (view.grid_view)
     text.textContent = grid.heading + " · " + grid.unit + " " + channel;
     minText.textContent = "min " + grid.minText.split(" ")[tile];
     maxText.textContent = "max " + grid.maxText.split(" ")[tile];
     scaleText.textContent = grid.scale;
     bars.forEach(function (bar) { bar.hidden = bar.getAttribute("data-colormap") !== grid.colormap; });
-    var stats = statsOf(img);
+    var stats = grid.unit === "channel" ? statsOf(img) : null;  // a filter's zoom: weights, no activations
     var at = stats ? stats.channels.indexOf(channel) : -1;
     statsText.textContent = at < 0 ? "" : "over all inputs: mean " + format(stats.mean[at]) +
       " · max " + format(stats.max[at]) + " · active " + percent(stats.active[at]);

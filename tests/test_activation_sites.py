@@ -182,7 +182,7 @@ def test_largest_magnitude_and_exploding_alert_count_negative_values(sign: float
     insight = report.model.sections[0].insight
     assert insight.max_abs_activation == pytest.approx(largest, rel=1e-6)
     exploding = [a for a in report.model.alerts if a.kind == "exploding-activation"]
-    assert len(exploding) == 1 and "on all 3 input(s) seen" in exploding[0].message
+    assert len(exploding) == 1 and "on all 3 inputs seen" in exploding[0].message
 
 
 def _random_site_model(seed: int) -> nn.Module:

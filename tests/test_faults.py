@@ -192,7 +192,7 @@ def test_nan_inside_a_captured_layer_is_an_alert_with_counts() -> None:
     alerts = [a for a in report.model.alerts if a.kind == "nonfinite-activation"]
     assert [(a.layer, a.message) for a in alerts] == [(
         "1", "48 NaN/Inf activation values in 1 channel(s) at the raw conv output (no normalisation or "
-             "activation acts on it directly), on all 3 input(s) seen.")]
+             "activation acts on it directly), on all 3 inputs seen.")]
     grid = next(s for s in report.model.sections if s.name == "1").feature_maps[0].grid
     assert 2 in grid.flat_channels and grid.tile_min[2] is None
     assert "NaN" in report.to_html()

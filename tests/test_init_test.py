@@ -173,7 +173,7 @@ def test_page_says_what_the_test_can_say() -> None:
     assert line.distances[0].init == UNIFORM
     assert line.distances[0].distance == pytest.approx(expected, abs=1e-9)
     assert f"{line.distances[0].distance:.4g} to {UNIFORM}" in html
-    assert "matches" not in html.split("vs. default init")[1][:400]
+    assert "matches" not in html.split("vs. default inits")[1][:400]
 
 
 def test_sampled_big_layer_sees_every_kernel_tap() -> None:

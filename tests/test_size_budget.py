@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,6 +42,19 @@ class CountingNet(nn.Module):
 
 def noise_inputs(count: int = 4) -> torch.Tensor:
     return torch.rand(count, 3, 48, 48, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_zoom_maps() -> Any:
+    """These tests calibrate limits against the page drawn with no limit, which holds every
+    full-resolution zoom map, while a limited page holds only what fits their share; the pooled
+    maps' budget is what is tested here (the zoom's share: tests/test_zoom_maps.py)."""
+    import reportgen.api
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(reportgen.api, "zoom_maps", lambda *args, **kwargs: ())
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="module")

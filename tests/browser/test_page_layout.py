@@ -102,3 +102,39 @@ def test_zoom_names_layer_input_channel_and_colour_scale(reports: dict[str, Any]
     shown = page.eval_on_selector_all(
         "#zoom .zoom-bar", "els => els.filter(e => e.offsetWidth > 0).map(e => e.dataset.colormap)")
     assert shown == ["gray"]
+
+
+def test_zoom_draws_the_full_resolution_map_of_the_first_input(tmp_path: Any, visit: Any) -> None:
+    from PIL import Image
+
+    from tests.helpers import decode
+
+    report = reportgen.generate_report(tiny_cnn(), tiny_inputs(2, size=48), device="cpu", max_size_mb=0)
+    path = tmp_path / "zoom.html"
+    report.save(path)
+    section_model = report.model.sections[0]
+    zoom = next(z for z in report.model.zoom_maps if z.anchor == section_model.anchor)
+    page = visit(path).page
+    for input_row, source in ((0, "full"), (1, "tile")):
+        grid = section_model.feature_maps[input_row].grid
+        img = page.locator("details.layer").nth(0).locator("figure.maps img.tiles").nth(input_row)
+        img.scroll_into_view_if_needed()
+        img.evaluate("i => i.decode()")
+        box = img.bounding_box()
+        assert box
+        scale = box["width"] / img.evaluate("i => i.naturalWidth")
+        img.click(position={"x": (grid.padding + grid.tile_width / 2) * scale,
+                            "y": (grid.padding + grid.tile_height / 2) * scale})
+        page.wait_for_function(f"() => document.getElementById('zoom-canvas').dataset.source === '{source}'")
+        shown = page.locator("#zoom-resolution").inner_text()
+        assert shown.startswith("shown: the full-resolution 48x48 map" if source == "full" else "shown: the 24x24 tile")
+        if source == "full":  # a canvas pixel is the full map's pixel, not the pooled tile's
+            rgb = decode(zoom.grid.image).convert("RGB")
+            fit = 256 / zoom.grid.tile_width
+            for cy, cx in ((5, 7), (30, 41), (47, 0)):
+                canvas_pixel = page.evaluate(
+                    f"() => Array.from(document.getElementById('zoom-canvas').getContext('2d')"
+                    f".getImageData({int((cx + 0.5) * fit)}, {int((cy + 0.5) * fit)}, 1, 1).data.slice(0, 3))")
+                assert tuple(canvas_pixel) == rgb.getpixel((zoom.grid.padding + cx, zoom.grid.padding + cy))
+            assert isinstance(rgb, Image.Image)
+        page.keyboard.press("Escape")
