@@ -9,21 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from reportgen.impact_model import ImpactReport
-
-
-@dataclass(frozen=True)
-class EncodedImage:
-    """A PNG (or SVG) ready to inline as a data: URI."""
-
-    data_uri: str
-    width: int
-    height: int
-    sha256: str
-    byte_size: int
+from reportgen.encoded_image import EncodedImage  # its readers import it from here too
+from reportgen.impact_model import ImpactReport
 
 
 @dataclass(frozen=True)
