@@ -97,7 +97,7 @@ class LayerSection:
     filter_note: str
     feature_maps: tuple[FeatureMaps, ...]
     stats: ChannelStats
-    insight: LayerInsight | None = None  # weight/activation statistics, top activations (insight.py)
+    insight: LayerInsight | None = None  # weight/activation statistics, top activations (insight_render.py)
     # Where the layer's output was observed (maps and statistics alike): "after layer1.0.bn1
     # (BatchNorm2d) → layer1.0.relu (ReLU)", or the raw conv output and why (sites.py).
     site: str = ""
@@ -215,7 +215,7 @@ class ReportModel:
     predictions: tuple[Prediction, ...]
     alerts: tuple[Alert, ...]
     notes: tuple[str, ...] = field(default=())
-    insight: ReportInsight | None = None  # Grad-CAM, embedding, per-class view (insight.py)
+    insight: ReportInsight | None = None  # Grad-CAM, embedding, per-class view (insight_render.py)
     budget: BudgetInfo | None = None  # set when --max-size made the pictures smaller
     input_files: tuple[InputFile, ...] = ()  # what a reviewer needs to reproduce the run
     impact: ImpactReport | None = None  # ablation, misfiring filters, probes (impact_model.py)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from reportgen.analyze import Analysis
+from reportgen.analysis import Analysis
 from reportgen.capture import CapturedLayer
 from reportgen.grids import default_columns
 from reportgen.plots import PLOT_HEIGHT, plot_bins, pool_envelopes, tap_width
