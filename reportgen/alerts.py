@@ -17,7 +17,7 @@ import numpy as np
 from reportgen.report_model import Alert, DuplicatePair, LayerSection, ModelInfo, WeightStats
 
 if TYPE_CHECKING:
-    from reportgen.analyze import Analysis
+    from reportgen.analysis import Analysis
 
 # One sentence per kind: why a reviewer should care. Shown next to each alert.
 WHY = {

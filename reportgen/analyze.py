@@ -17,7 +17,8 @@ from torch import nn
 
 from reportgen import insight as insight_stage
 from reportgen import thumbnails
-from reportgen.capture import ActivationCapture, CapturedLayer, call_key
+from reportgen.analysis import Analysis, InputRecord, InsightOptions, LayerWeights, PredictionRecord
+from reportgen.capture import ActivationCapture, call_key
 from reportgen.devices import model_dtype
 from reportgen.embedding import FeatureCollector
 from reportgen.errors import ReportError, one_line
@@ -46,53 +47,7 @@ class AnalysisOptions:
     # "activation": each conv observed where its activation acts on it (sites.py); "conv": the
     # raw conv output, before any normalisation or activation.
     tap: str = "activation"
-    insight: insight_stage.InsightOptions = insight_stage.InsightOptions()  # statistics, Grad-CAM, top-k
-
-
-@dataclass(frozen=True)
-class LayerWeights:
-    """Up to max_channels filters of one layer, as (filters, inputs per filter, *kernel)."""
-
-    filters: np.ndarray
-    filters_total: int
-    in_channels: int
-    groups: int
-    transposed: bool
-    weight_shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class InputRecord:
-    index: int
-    name: str
-    shape: tuple[int, ...]
-    label: int | None
-    thumbnail: np.ndarray | None  # uint8 (H, W, 3) or (H, W): what the model saw
-    notes: tuple[str, ...] = ()  # how the input was fitted to the model (channels, rank)
-
-
-@dataclass(frozen=True)
-class PredictionRecord:
-    index: int
-    top_indices: tuple[int, ...]
-    top_probabilities: tuple[float, ...]
-    label: int | None
-    label_probability: float | None
-
-
-@dataclass(frozen=True)
-class Analysis:
-    model_type: str
-    summary: SummaryTable
-    layers: tuple[CapturedLayer, ...]
-    weights: dict[str, LayerWeights]
-    selected: tuple[str, ...]
-    inputs: tuple[InputRecord, ...]
-    predictions: tuple[PredictionRecord, ...]
-    num_classes: int | None
-    device: str
-    notes: tuple[str, ...]
-    insight: insight_stage.InsightData | None = None  # weight stats, Grad-CAM, top-k crops, features
+    insight: InsightOptions = InsightOptions()  # statistics, Grad-CAM, top-k
 
 
 def select_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:

@@ -19,7 +19,7 @@ from torch import nn
 from reportgen.errors import ReportError, one_line
 
 if TYPE_CHECKING:
-    from reportgen.models import LoadedModel
+    from reportgen.checkpoints import LoadedModel
 
 OOM_MESSAGES = (
     "out of memory",

@@ -1,7 +1,8 @@
 """The report model of the impact section (issue 5): ablation, misfiring filters, probes.
 
 Frozen plain values and encoded pictures only, like `report_model.py` (which holds the field
-`ReportModel.impact`); kept in its own module so the impact feature stays in one place.
+`ReportModel.impact` and imports this module); kept in its own module so the impact feature
+stays in one place.
 Per-channel arrays are tuples in channel order; undefined numbers are NaN (None in JSON).
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reportgen.report_model import EncodedImage
+from reportgen.encoded_image import EncodedImage
 
 
 @dataclass(frozen=True)

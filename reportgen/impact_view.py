@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from reportgen.image_view import image_view
 from reportgen.impact_model import (
     AblationLayerReport,
     AblationReport,
@@ -18,7 +19,6 @@ from reportgen.impact_model import (
     ProbeReport,
 )
 from reportgen.probes import STABLE_CORRELATION
-from reportgen.view import image_view
 
 TILE_DISPLAY_WIDTH = 40  # CSS px for one filter tile (scaled up by whole factors)
 THUMB_WIDTH = 64

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from reportgen.checkpoints import LoadedModel, read_checkpoint, sha256_of
 from reportgen.errors import ReportError, one_line
+from reportgen.preprocess import Preprocessing
 from reportgen.untrusted import check_archive
-
-if TYPE_CHECKING:
-    from reportgen.models import LoadedModel
 
 
 def load_model_file(path: Path, *, trust_pickle: bool) -> LoadedModel:
-    from reportgen.models import LoadedModel, read_checkpoint, sha256_of
-
     if not path.exists():
         raise ReportError(
             f"model not found: {path} (use torchvision:NAME, file.py:FACTORY, package.module:FACTORY or a model file)"
@@ -60,8 +56,6 @@ def load_model_file(path: Path, *, trust_pickle: bool) -> LoadedModel:
 
 def _describe_export(program: torch.export.ExportedProgram, loaded: LoadedModel) -> None:
     """An exported graph is specialised to the shapes it was traced with: use them, and say so."""
-    from reportgen.preprocess import Preprocessing
-
     user_inputs = set(program.graph_signature.user_inputs)
     placeholder = next((node for node in program.graph.nodes
                         if node.op == "placeholder" and node.name in user_inputs), None)

@@ -16,7 +16,7 @@ from reportgen import svg
 from reportgen.report_model import ClassRow, Misclassified, PerClass, TopClass
 
 if TYPE_CHECKING:
-    from reportgen.analyze import PredictionRecord
+    from reportgen.analysis import PredictionRecord
 
 MAX_MATRIX_CLASSES = 20
 MAX_WRONG = 200  # misclassified inputs listed (the count covers all)

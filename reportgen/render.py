@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reportgen.alerts import find_alerts
-from reportgen.alerts import AlertThresholds
-from reportgen import insight as insight_stage
-from reportgen.analyze import Analysis, InputRecord, LayerWeights, PredictionRecord
+from reportgen import insight_render
+from reportgen.alerts import AlertThresholds, find_alerts
+from reportgen.analysis import Analysis, InputRecord, LayerWeights, PredictionRecord
 from reportgen.capture import CapturedLayer
 from reportgen.filters import filter_tiles
 from reportgen.grids import embed, encode_png, tile_grid
@@ -310,7 +309,7 @@ def render_sections(
     """The layer sections alone, with their per-layer insight: what the size budget redraws
     from a reduced analysis. Everything else in the report does not depend on what is drawn."""
     sections = _draw_sections(analysis, _anchors(analysis), options, None)
-    return insight_stage.build_sections(analysis, sections, thresholds=thresholds)
+    return insight_render.build_sections(analysis, sections, thresholds=thresholds)
 
 
 def render(
@@ -328,7 +327,7 @@ def render(
     `render_sections` (possibly from a reduced analysis: the size budget's sample)."""
     anchors = _anchors(analysis)
     if sections is None:
-        sections = insight_stage.build_sections(analysis, _draw_sections(analysis, anchors, options, progress),
+        sections = insight_render.build_sections(analysis, _draw_sections(analysis, anchors, options, progress),
                                                 thresholds=thresholds)
     thumbnails = _Renderer(analysis, options)
     thumb_slots = {
@@ -372,7 +371,7 @@ def render(
     inputs = tuple(_input_summary(record, thumb_slots, images, class_names) for record in analysis.inputs)
     predictions = tuple(_prediction(p, names_by_index, class_names) for p in analysis.predictions)
     report_sections = tuple(sections)
-    report_insight = insight_stage.build_report_insight(analysis, report_sections,
+    report_insight = insight_render.build_report_insight(analysis, report_sections,
                                                         label_of=lambda i: _label(i, class_names))
     alerts = find_alerts(analysis, report_sections, model_info, thresholds)
     return ReportModel(

@@ -9,21 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from reportgen.impact_model import ImpactReport
-
-
-@dataclass(frozen=True)
-class EncodedImage:
-    """A PNG (or SVG) ready to inline as a data: URI."""
-
-    data_uri: str
-    width: int
-    height: int
-    sha256: str
-    byte_size: int
+from reportgen.encoded_image import EncodedImage  # its readers import it from here too
+from reportgen.impact_model import ImpactReport
 
 
 @dataclass(frozen=True)
@@ -108,7 +97,7 @@ class LayerSection:
     filter_note: str
     feature_maps: tuple[FeatureMaps, ...]
     stats: ChannelStats
-    insight: LayerInsight | None = None  # weight/activation statistics, top activations (insight.py)
+    insight: LayerInsight | None = None  # weight/activation statistics, top activations (insight_render.py)
     # Where the layer's output was observed (maps and statistics alike): "after layer1.0.bn1
     # (BatchNorm2d) → layer1.0.relu (ReLU)", or the raw conv output and why (sites.py).
     site: str = ""
@@ -226,7 +215,7 @@ class ReportModel:
     predictions: tuple[Prediction, ...]
     alerts: tuple[Alert, ...]
     notes: tuple[str, ...] = field(default=())
-    insight: ReportInsight | None = None  # Grad-CAM, embedding, per-class view (insight.py)
+    insight: ReportInsight | None = None  # Grad-CAM, embedding, per-class view (insight_render.py)
     budget: BudgetInfo | None = None  # set when --max-size made the pictures smaller
     input_files: tuple[InputFile, ...] = ()  # what a reviewer needs to reproduce the run
     impact: ImpactReport | None = None  # ablation, misfiring filters, probes (impact_model.py)

@@ -29,11 +29,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from reportgen.analyze import Analysis
+from reportgen.analysis import Analysis
+from reportgen.assemble import render_html
 from reportgen.capture import CapturedLayer
 from reportgen.grids import default_columns
 from reportgen.plots import PLOT_HEIGHT, plot_bins, pool_envelopes, tap_width
 from reportgen.report_model import BudgetInfo, LayerSection, ReportModel, TileGrid
+from reportgen.view import colorbars_view
 
 DEFAULT_MAX_SIZE_MB = 6.0
 MEGABYTE = 1_000_000  # decimal MB, as the CLI reports sizes
@@ -61,15 +63,7 @@ class Drawing:
 
 
 def html_bytes(model: ReportModel) -> int:
-    from reportgen.assemble import render_html
-
     return len(render_html(model).encode("utf-8"))
-
-
-def section_bytes(section: LayerSection) -> int:
-    """Bytes the section's pictures take in the HTML (their data: URIs)."""
-    total = len(section.filters.image.data_uri) if section.filters else 0
-    return total + sum(len(fm.grid.image.data_uri) for fm in section.feature_maps)
 
 
 def _picture_bytes(model: ReportModel, maps_per_section: dict[str, int] | None = None) -> int:
@@ -84,20 +78,11 @@ def estimated_html_bytes(model: ReportModel, maps_per_section: dict[str, int] | 
     without_grids = replace(
         model, sections=tuple(replace(s, filters=None, feature_maps=()) for s in model.sections)
     )
-    from reportgen.view import colorbars_view
-
     markup = sum(_FIGURE_BYTES + _TILE_META_BYTES * len(grid.channels)
                  for grid, _ in _full_grids(model, maps_per_section))
     # the zoom's colour bars go with the grids (one per colormap they use)
     markup += sum(len(bar["src"]) + _BAR_MARKUP_BYTES for bar in colorbars_view(model))
     return html_bytes(without_grids) + _picture_bytes(model, maps_per_section) + markup
-
-
-def largest_sections(model: ReportModel, count: int = 5) -> list[tuple[LayerSection, int]]:
-    """The `count` sections with the most picture bytes, largest first (ties: report order)."""
-    sized = [(section, section_bytes(section)) for section in model.sections]
-    order = sorted(range(len(sized)), key=lambda i: (-sized[i][1], i))
-    return [sized[i] for i in order[:count] if sized[i][1] > 0]
 
 
 # --- reducing the analysis ------------------------------------------------------------------

@@ -9,7 +9,7 @@ directory is read first (it is small) and the archive refused when:
 - all entries together would inflate to more than `max_unpacked_bytes()` (the machine's memory).
 
 Pickles are the other danger: they are only ever read with `weights_only=True` unless the user
-passes `--trust-pickle` (models.read_checkpoint, inputs.read_tensor_file).
+passes `--trust-pickle` (checkpoints.read_checkpoint, inputs.read_tensor_file).
 """
 
 from __future__ import annotations

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from reportgen.alerts import WHY, site_phrase
+from reportgen.image_view import image_view
+from reportgen.impact_view import impact_page
 from reportgen.insight_view import layer_view, nav_entries, report_view
 from reportgen.report_model import (
-    EncodedImage,
     LayerSection,
     ModelInfo,
     Prediction,
@@ -25,7 +26,6 @@ from reportgen.report_model import (
     ZoomMap,
 )
 
-GRID_DISPLAY_WIDTH = 320  # CSS px a grid is scaled up to (by whole factors, so pixels stay square)
 THUMB_DISPLAY_WIDTH = 96
 OPEN_SECTIONS = 4  # the first few layer sections start expanded
 SUMMARY_LEGEND = ("Σ: a container's parameters and mult-adds summed over the layers inside it (torchinfo "
@@ -87,14 +87,6 @@ def channel_stats_json(section: LayerSection) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def display_width(natural: int, target: int = GRID_DISPLAY_WIDTH) -> int:
-    """Scale small pictures up by a whole factor (crisp pixels); never shrink large ones."""
-    if natural <= 0:
-        return target
-    factor = max(1, target // natural)
-    return natural * factor
-
-
 def _hidden_inputs(hidden: int) -> str:
     """The sentence for inputs drawn nowhere: no thumbnail and no feature maps."""
     if not hidden:
@@ -102,16 +94,6 @@ def _hidden_inputs(hidden: int) -> str:
     verb = "input contributes" if hidden == 1 else "inputs contribute"
     return (f"{count(hidden)} more {verb} to the statistics but {'is' if hidden == 1 else 'are'} drawn nowhere "
             "(no thumbnail, no feature maps).")
-
-
-def image_view(image: EncodedImage, target: int = GRID_DISPLAY_WIDTH) -> dict[str, Any]:
-    width = display_width(image.width, target)
-    return {
-        "src": image.data_uri,
-        "width": width,
-        "height": round(image.height * width / max(image.width, 1)),
-        "natural": f"{image.width}x{image.height}",
-    }
 
 
 # What the zoom says a tile's colours mean, by the grid's colormap (None: RGB first-layer filters).
@@ -245,10 +227,21 @@ def prediction_view(prediction: Prediction) -> dict[str, Any]:
     }
 
 
+def section_bytes(section: LayerSection) -> int:
+    """Bytes the section's pictures take in the HTML (their data: URIs)."""
+    total = len(section.filters.image.data_uri) if section.filters else 0
+    return total + sum(len(fm.grid.image.data_uri) for fm in section.feature_maps)
+
+
+def largest_sections(model: ReportModel, count: int = 5) -> list[tuple[LayerSection, int]]:
+    """The `count` sections with the most picture bytes, largest first (ties: report order)."""
+    sized = [(section, section_bytes(section)) for section in model.sections]
+    order = sorted(range(len(sized)), key=lambda i: (-sized[i][1], i))
+    return [sized[i] for i in order[:count] if sized[i][1] > 0]
+
+
 def largest_sections_view(report: ReportModel) -> list[dict[str, str]]:
     """The layer sections that weigh most in the file (their pictures), largest first."""
-    from reportgen.size_budget import largest_sections
-
     return [
         {"label": section.name, "href": f"#{section.anchor}", "size": byte_size(size)}
         for section, size in largest_sections(report)
@@ -405,8 +398,6 @@ def page(report: ReportModel) -> dict[str, Any]:
         }
         for alert in report.alerts
     ]
-
-    from reportgen.impact_view import impact_page  # here: impact_view imports this module
 
     zooms = {(z.anchor, z.input_index): z for z in report.zoom_maps}
     sections = [section_view(s, i, alert_kinds, zooms) for i, s in enumerate(report.sections)]

@@ -1,0 +1,93 @@
+"""The analyze stage's hand-off: `Analysis` and its parts, numpy arrays and plain values.
+
+Data only, in a module of its own: `analyze.py` and `insight.py` fill these, the render stage
+(`render.py`, `alerts.py`, `per_class.py`, `insight_render.py`, `size_budget.py`) reads them, and
+no reader has to import the stage that computes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from reportgen.capture import CapturedLayer
+from reportgen.embedding import Features
+from reportgen.gradcam import CamResult
+from reportgen.report_model import ChannelTop, InitTest, WeightStats
+from reportgen.summary import SummaryTable
+from reportgen.top_activations import Geometry
+
+
+@dataclass(frozen=True)
+class InsightOptions:
+    """Knobs of the insight features (CLI: --top-k, --top-k-channels, --no-cam, --cam-layer,
+    --no-embedding, --duplicate-threshold)."""
+
+    top_k: int = 5  # inputs kept per shown channel; 0 disables
+    top_k_channels: int = 8  # channels per layer whose top-k crops are drawn (dataset mode)
+    cam: bool = True
+    cam_layer: str | None = None  # default: the last convolution
+    embedding: bool = True
+    duplicate_threshold: float = 0.99
+
+
+@dataclass(frozen=True)
+class InsightData:
+    """What the analyze stage hands on for the insight features (numpy and plain values)."""
+
+    weight_stats: dict[str, WeightStats] = field(default_factory=dict)
+    geometry: dict[str, Geometry] = field(default_factory=dict)
+    input_spatial: tuple[int, ...] = ()
+    tops: dict[str, tuple[ChannelTop, ...]] = field(default_factory=dict)
+    crops: dict[str, np.ndarray] = field(default_factory=dict)
+    cam: CamResult | None = None
+    features: Features | None = None
+    notes: tuple[str, ...] = ()
+    init_test: InitTest | None = None
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """Up to max_channels filters of one layer, as (filters, inputs per filter, *kernel)."""
+
+    filters: np.ndarray
+    filters_total: int
+    in_channels: int
+    groups: int
+    transposed: bool
+    weight_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    label: int | None
+    thumbnail: np.ndarray | None  # uint8 (H, W, 3) or (H, W): what the model saw
+    notes: tuple[str, ...] = ()  # how the input was fitted to the model (channels, rank)
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    index: int
+    top_indices: tuple[int, ...]
+    top_probabilities: tuple[float, ...]
+    label: int | None
+    label_probability: float | None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    model_type: str
+    summary: SummaryTable
+    layers: tuple[CapturedLayer, ...]
+    weights: dict[str, LayerWeights]
+    selected: tuple[str, ...]
+    inputs: tuple[InputRecord, ...]
+    predictions: tuple[PredictionRecord, ...]
+    num_classes: int | None
+    device: str
+    notes: tuple[str, ...]
+    insight: InsightData | None = None  # weight stats, Grad-CAM, top-k crops, features
