@@ -26,7 +26,7 @@ from torch import nn
 
 from reportgen.palettes import FLAT_INDEX, LEVELS
 from reportgen.plots import plot_bins
-from reportgen.sites import RAW_BY_REQUEST, Plan, Site, SiteTracker
+from reportgen.sites import RAW_BY_REQUEST, Plan, Site, SiteTracker, call_key
 
 
 @dataclass
@@ -72,6 +72,12 @@ class CapturedLayer:
     top_positions: np.ndarray | None = None
     spatial_shape: tuple[int, ...] = ()
     site: Site = Site(raw=RAW_BY_REQUEST)  # where the layer's output was observed (sites.py)
+
+    @property
+    def geometry_key(self) -> str:
+        """The layer call whose receptive field the observed cells have: the site's module
+        call (after a residual add, the block output's), else the layer's own."""
+        return self.site.module_key or self.key
     # 1D outputs: per kept input (C, 3, bins) levels of each bin's min, max and mean (plots.py)
     envelopes: dict[int, np.ndarray] = field(default_factory=dict)
     zoom: dict[int, np.ndarray] = field(default_factory=dict)  # input 0's maps at up to ZOOM_SIZE px a side
@@ -443,11 +449,7 @@ class Winners:
     spatial_shape: tuple[int, ...]
     inputs: np.ndarray  # (channels, k) input indices
     positions: np.ndarray  # (channels, k) peak cells, flat into spatial_shape
-
-
-def call_key(module_name: str, call_index: int) -> str:
-    """`layer1.conv` for the first call of a module, `layer1.conv#2` for its second."""
-    return module_name if call_index == 0 else f"{module_name}#{call_index + 1}"
+    geometry_key: str = ""  # see CapturedLayer.geometry_key
 
 
 def first_tensor(output: Any) -> torch.Tensor | None:
@@ -618,8 +620,8 @@ class ActivationCapture:
             rows, k = part.shape[1:]
             inputs, positions = host[:, offset:offset + rows * k].reshape(2, rows, k)
             offset += rows * k
-            found.append(Winners(key=acc.key, output_shape=acc.output_shape,
-                                 spatial_shape=peak_shape(acc.output_shape), inputs=inputs, positions=positions))
+            found.append(Winners(key=acc.key, output_shape=acc.output_shape, spatial_shape=peak_shape(acc.output_shape),
+                                 inputs=inputs, positions=positions, geometry_key=acc.site.module_key or acc.key))
         return found
 
     def results(self) -> list[CapturedLayer]:

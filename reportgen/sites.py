@@ -46,6 +46,11 @@ _ALIASES = {"iadd": "add", "radd": "add", "isub": "sub", "rsub": "sub", "imul": 
             "truediv": "div", "itruediv": "div", "rtruediv": "div"}
 
 
+def call_key(module_name: str, call_index: int) -> str:
+    """`layer1.conv` for the first call of a module, `layer1.conv#2` for its second."""
+    return module_name if call_index == 0 else f"{module_name}#{call_index + 1}"
+
+
 def op_name(func: Any) -> str:
     """`add_`, `__iadd__` and `torch.add` are all `add`; `relu_` is `relu`."""
     name = str(getattr(func, "__name__", "")).strip("_")
@@ -62,6 +67,9 @@ class Site:
     activated: bool = False
     raw: str | None = None
     zero_floor: bool = False  # the activation is ReLU-like: a channel never > 0 outputs exactly 0
+    # the module call whose output the site is (`layer1.0.relu#2`), when the last step ran in a
+    # leaf module: its receptive field is the site's (after a residual add, the block's)
+    module_key: str | None = None
 
     def describe(self) -> str:
         if self.raw is not None:
@@ -81,10 +89,13 @@ OnSite = Callable[[Sequence[tuple[str, Site]], torch.Tensor], None]
 Plan = dict[str, tuple[int, bool]]  # key -> (steps to its site, whether the last is an activation)
 
 
+_Step = tuple[str, str, "str | None"]  # (label, op, call key of the leaf module it ran in)
+
+
 @dataclass
 class _Path:
     tensor: torch.Tensor
-    steps: dict[str, tuple[tuple[str, str], ...]]  # key -> ((label, op), ...) so far
+    steps: dict[str, tuple[_Step, ...]]  # key -> steps so far
 
 
 class SiteTracker(TorchFunctionMode):
@@ -104,7 +115,8 @@ class SiteTracker(TorchFunctionMode):
         self.plan: Plan = dict(plan or {})
         self._paths: dict[int, _Path] = {}  # id(tensor) -> path; each holds its tensor, so ids stay valid
         self._resolved: set[str] = set()
-        self._stack: list[str] = []
+        self._stack: list[tuple[str, str]] = []  # (label, call key) of the leaf modules running
+        self._calls: dict[str, int] = {}
         self._handles: list[Any] = []
         self._entered = False
 
@@ -117,7 +129,7 @@ class SiteTracker(TorchFunctionMode):
             for name, module in named.items():
                 if name and not any(True for _ in module.children()):
                     label = f"{name} ({type(module).__name__})"
-                    self._handles.append(module.register_forward_pre_hook(self._push(label)))
+                    self._handles.append(module.register_forward_pre_hook(self._push(name, label)))
                     self._handles.append(module.register_forward_hook(self._pop(label)))
             super().__enter__()
             self._entered = True
@@ -140,14 +152,16 @@ class SiteTracker(TorchFunctionMode):
         self._handles.clear()
         self._paths.clear()
 
-    def _push(self, label: str) -> Callable[..., None]:
+    def _push(self, name: str, label: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any) -> None:
-            self._stack.append(label)
+            index = self._calls.get(name, 0)
+            self._calls[name] = index + 1
+            self._stack.append((label, call_key(name, index)))
         return hook
 
     def _pop(self, label: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if self._stack and self._stack[-1] == label:
+            if self._stack and self._stack[-1][0] == label:
                 self._stack.pop()
         return hook
 
@@ -155,6 +169,7 @@ class SiteTracker(TorchFunctionMode):
         self._paths.clear()
         self._resolved.clear()
         self._stack.clear()
+        self._calls.clear()
 
     def _end_forward(self, module: nn.Module, args: Any, output: Any) -> None:
         for path in list(self._paths.values()):
@@ -166,7 +181,7 @@ class SiteTracker(TorchFunctionMode):
         or the conv itself. Observing (the path left the plan): observed where it ended."""
         if self.learning:
             for key, steps in path.steps.items():
-                norms = [i + 1 for i, (_, op) in enumerate(steps) if op in NORMS]
+                norms = [i + 1 for i, (_, op, _) in enumerate(steps) if op in NORMS]
                 self.plan.setdefault(key, (norms[-1] if norms else 0, False))
             return
         with torch._C.DisableTorchFunction():
@@ -208,10 +223,11 @@ class SiteTracker(TorchFunctionMode):
         """Move `path` one op on, to `result`; observe the keys that arrive at their site."""
         if self._paths.get(id(path.tensor)) is path:
             del self._paths[id(path.tensor)]
-        step = (self._stack[-1] if self._stack else f"{op}()", op)
+        label, module_key = self._stack[-1] if self._stack else (f"{op}()", None)
+        step = (label, op, module_key)
         steps, stopped = {}, []
         for key, so_far in path.steps.items():
-            if sum(o in JOINS for _, o in so_far) + (op in JOINS) <= MAX_JOINS:
+            if sum(o in JOINS for _, o, _ in so_far) + (op in JOINS) <= MAX_JOINS:
                 steps[key] = (*so_far, step)
             else:
                 stopped.append(key)
@@ -233,7 +249,7 @@ class SiteTracker(TorchFunctionMode):
         if done and not self.learning:
             self._finish(moved, done, activated=activated)
 
-    def _drop(self, path: _Path, keys: Sequence[str]) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    def _drop(self, path: _Path, keys: Sequence[str]) -> list[tuple[str, tuple[_Step, ...]]]:
         taken = [(key, path.steps.pop(key)) for key in keys]
         if not path.steps and self._paths.get(id(path.tensor)) is path:
             del self._paths[id(path.tensor)]
@@ -279,10 +295,11 @@ def learn_sites(
     return tracker.plan
 
 
-def _site(steps: tuple[tuple[str, str], ...], activated: bool) -> Site:
-    label, op = steps[-1] if steps else ("", "")
+def _site(steps: tuple[_Step, ...], activated: bool) -> Site:
+    label, op, module_key = steps[-1] if steps else ("", "", None)
     zero_floor = activated and (op == "relu" or label.endswith("(ReLU6)"))
-    return Site(tuple(label for label, _ in steps), activated=activated, zero_floor=zero_floor)
+    return Site(tuple(label for label, _, _ in steps), activated=activated, zero_floor=zero_floor,
+                module_key=module_key)
 
 
 def _tensors(args: Sequence[Any], kwargs: dict[str, Any]) -> Iterator[torch.Tensor]:

@@ -47,12 +47,19 @@ class KeyedLayer(Protocol):
     @property
     def key(self) -> str: ...
 
+    @property
+    def geometry_key(self) -> str: ...
+
 
 def layer_geometry(rows: Sequence[SummaryRow], layers: Sequence[KeyedLayer]) -> dict[str, Geometry]:
-    """The geometry of each layer call (known or, with the reason, unknown), from the summary rows."""
+    """The geometry of each layer call (known or, with the reason, unknown), from the summary
+    rows, keyed by the layer call. Its cells are those of its activation site: after a residual
+    add that is the block output, whose window is the union of both branches' (a 1x1 shortcut
+    conv alone sees far less), so the site's module call is looked up first."""
     recorded = {row.name: row.geometry for row in rows}
     missing = unknown("the forward pass was not followed (no summary of it)")
-    return {layer.key: recorded.get(layer.key) or missing for layer in layers}
+    return {layer.key: recorded.get(getattr(layer, "geometry_key", "") or layer.key) or recorded.get(layer.key)
+            or missing for layer in layers}
 
 
 def windows(peaks: np.ndarray, geometry: Geometry, input_spatial: Sequence[int]) -> np.ndarray:

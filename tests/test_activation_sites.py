@@ -298,3 +298,27 @@ def test_resnet20_example_alerts_only_channels_dead_at_their_activation_site() -
         assert sections[name].site.endswith("relu()"), sections[name].site
     alerted = {a.layer for a in report.model.alerts if a.kind == "dead-filter"}
     assert alerted == {name for name, dead in truly_dead.items() if dead}
+
+
+def test_a_shortcut_conv_observed_at_the_block_output_gets_the_block_outputs_receptive_field() -> None:
+    """torchvision's 1x1 downsample conv is observed after the residual add and the block's
+    ReLU: its cells are the block output's, which see the conv branch too (67 px at stride 8 for
+    layer2.0 of ResNet-18, the gradient-checked value in test_geometry), not the 1x1 conv's own
+    43 px; its top-k crops must be cut with that window."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    analysis = analyze(model, from_tensor(torch.rand(1, 3, 128, 128)), torch.device("cpu"),
+                       AnalysisOptions(layers=("layer2.0.*",)))
+    layers = {layer.key: layer for layer in analysis.layers}
+    shortcut = layers["layer2.0.downsample.0"]
+    assert shortcut.site.describe() == ("after layer2.0.downsample.1 (BatchNorm2d) → add() → "
+                                        "layer2.0.relu (ReLU)")
+    assert shortcut.site.module_key == "layer2.0.relu#2"  # the block's ReLU, second call
+    geometry = analysis.insight.geometry
+    assert geometry["layer2.0.downsample.0"].receptive_field == (67, 67)
+    assert geometry["layer2.0.downsample.0"].stride == (8, 8)
+    # conv1's site is its own ReLU (first call): its own window, smaller than the block's
+    assert layers["layer2.0.conv1"].site.module_key == "layer2.0.relu"
+    assert geometry["layer2.0.conv1"].receptive_field == (51, 51)
