@@ -35,6 +35,9 @@ WHY = {
 }
 
 
+FEW_INPUTS = 10  # a dead-channel verdict on fewer inputs says it is weak evidence
+
+
 @dataclass(frozen=True)
 class AlertThresholds:
     """When an alert fires. Defaults:
@@ -116,9 +119,11 @@ def _activation_alerts(section: LayerSection, thresholds: AlertThresholds) -> li
                 else f"> 0 {where} on at most {thresholds.dead_fraction:.0%} of the {count} inputs")
         consequence = ("so they output 0 there" if section.site_zero_floor
                        else "no ReLU acts here: they still pass non-positive values on")
+        weak = (f" Only {count} input{'s' if count != 1 else ''}: weak evidence, a channel silent on "
+                "these may fire on others." if 0 < count < FEW_INPUTS else "")
         alerts.append(Alert("dead-filter", section.name,
-                            f"{len(dead)} of {total} channels ({share:.1%}) {core} ({consequence}): {_list(dead)}.",
-                            section.anchor))
+                            f"{len(dead)} of {total} channels ({share:.1%}) {core} ({consequence}): {_list(dead)}."
+                            f"{weak}", section.anchor))
     if insight is None:
         return alerts
     if insight.constant_channels:

@@ -76,7 +76,8 @@ def test_dead_channels_are_judged_after_bn_and_relu_not_at_the_raw_conv() -> Non
     assert list(section.insight.dead_channels) == dead_at_site == [1]
     dead = [a for a in report.model.alerts if a.kind == "dead-filter"]
     assert len(dead) == 1 and dead[0].message.endswith(
-        "never > 0 after bn (BatchNorm2d) → act (ReLU) on any of the 6 inputs (so they output 0 there): 1.")
+        "never > 0 after bn (BatchNorm2d) → act (ReLU) on any of the 6 inputs (so they output 0 there): 1. "
+        "Only 6 inputs: weak evidence, a channel silent on these may fire on others.")
 
     raw_report = reportgen.generate_report(model, x, device="cpu", tap="conv")
     assert list(raw_report.model.sections[0].insight.dead_channels) == [0]
