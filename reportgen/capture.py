@@ -180,6 +180,13 @@ def reduce_rows(flat: torch.Tensor, scratch: Scratch | None = None) -> RowReduct
                          per_sum.view(batch, channels).double(), positives, finite)
 
 
+def as_rows(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer output as float32 (half precision sums overflow) and as (N, C, S) rows."""
+    values = output.detach().float()
+    channels = values.shape[1] if values.dim() >= 2 else 1
+    return values, values.reshape(values.shape[0], channels, -1)
+
+
 def _indicate_positive(values: torch.Tensor, out: torch.Tensor, *, finite: bool) -> torch.Tensor:
     """1.0 where a value is > 0, else 0.0, written into `out`.
 
@@ -274,14 +281,12 @@ class _Accumulator:
     def update(
         self, output: torch.Tensor, keep: range, max_channels: int, tile_size: int, offset: int,
         top_k: int = 0, peak_channels: int = 0, scratch: Scratch | None = None,
+        reduced: RowReductions | None = None,
     ) -> None:
-        values = output.detach()
-        if not values.is_floating_point():
-            values = values.float()
-        values = values.float()  # half precision sums overflow; reduce in float32
-        batch = values.shape[0]
-        channels = values.shape[1] if values.dim() >= 2 else 1
-        flat = values.reshape(batch, channels, -1)
+        """Add one batch's `output`; `reduced`: its `reduce_rows`, when another layer call
+        observed at the same tensor (a shared activation site) already computed them."""
+        values, flat = as_rows(output)
+        batch, channels = flat.shape[:2]
         if self.sum_mean is None:
             self.output_shape = (1, *tuple(values.shape[1:]))
             self.channels_total = channels
@@ -298,7 +303,7 @@ class _Accumulator:
         # Four passes over the activation (max, min, sum, > 0); everything else is derived from
         # the small (N, C) results. NaN and Inf propagate into the sums, so the exact count of
         # non-finite values is only taken when a sum says there is something to count.
-        reduced = reduce_rows(flat, scratch)
+        reduced = reduced if reduced is not None else reduce_rows(flat, scratch)
         per_input_max, per_input_sum = reduced.max, reduced.sum
         self.sum_mean += (per_input_sum / flat.shape[2]).sum(dim=0)
         self.max = torch.maximum(self.max, per_input_max.amax(dim=0).double())
@@ -317,13 +322,14 @@ class _Accumulator:
         shown = len(self.tiles.channels)
         # keep is a prefix of the inputs and batches arrive in order, so `kept` is contiguous.
         selected = values[kept[0] : kept[-1] + 1, :shown]
-        levels, low, high, flat_mask = quantise_tiles(spatial_view(selected), tile_size)
+        view = spatial_view(selected)
+        levels, low, high, flat_mask = quantise_tiles(view, tile_size)
         if selected.dim() == 3:  # 1D: drawn as line plots from per-bin min, max and mean
             envelopes = envelope_levels(selected, tile_size, low, high, flat_mask).cpu().numpy()
             self.tiles.envelopes.update((offset + i, envelopes[row]) for row, i in enumerate(kept))
-        elif offset + kept[0] == 0 and max(spatial_view(selected).shape[-2:]) > tile_size:
+        elif offset + kept[0] == 0 and max(view.shape[-2:]) > tile_size:
             # the zoom shows input 0's maps as they were before pooling (up to ZOOM_SIZE a side)
-            self.tiles.zoom[0] = quantise_tiles(spatial_view(selected[:1]), ZOOM_SIZE)[0][0].cpu().numpy()
+            self.tiles.zoom[0] = quantise_tiles(view[:1], ZOOM_SIZE)[0][0].cpu().numpy()
         levels_host = levels.cpu().numpy()
         low_host, high_host = low.cpu().numpy(), high.cpu().numpy()
         flat_host = flat_mask.cpu().numpy()
@@ -498,7 +504,6 @@ class ActivationCapture:
         self.model = model
         self.raw_reason = raw_reason
         self._tracker = SiteTracker(model, self._on_site, plan) if plan else None
-        self._plan = plan or {}
         self._layer_types: dict[str, tuple[str, int, str]] = {}  # key -> (module name, call index, type)
         self.top_k = top_k
         self.peak_channels = peak_channels
@@ -583,7 +588,7 @@ class ActivationCapture:
                 return
             key = call_key(name, call_index)
             self._layer_types[key] = (name, call_index, type(module).__name__)
-            if self._tracker is not None and key in self._plan:
+            if self._tracker is not None and key in self._tracker.plan:
                 self._tracker.watch(tensor, key)  # observed at its site: `_on_site`
                 return
             with torch._C.DisableTorchFunction():  # the tracker's mode need not see the reductions
@@ -593,10 +598,13 @@ class ActivationCapture:
         return hook
 
     def _on_site(self, arrivals: Sequence[tuple[str, Site]], tensor: torch.Tensor) -> None:
+        # layer calls that share a site (a block's conv and its shortcut conv, joined by the
+        # add before the ReLU) share its reductions: the tensor is read once
+        reduced = reduce_rows(as_rows(tensor)[1], self._scratch) if len(arrivals) > 1 else None
         for key, site in arrivals:
-            self._observe(key, tensor, site)
+            self._observe(key, tensor, site, reduced)
 
-    def _observe(self, key: str, tensor: torch.Tensor, site: Site) -> None:
+    def _observe(self, key: str, tensor: torch.Tensor, site: Site, reduced: RowReductions | None = None) -> None:
         accumulator = self._accumulators.get(key)
         if accumulator is None:
             name, call_index, module_type = self._layer_types[key]
@@ -604,7 +612,7 @@ class ActivationCapture:
             accumulator.site = site
             self._accumulators[key] = accumulator
         accumulator.update(tensor, self.keep, self.max_channels, self.tile_size, self._offset, self.top_k,
-                           self.peak_channels, self._scratch)
+                           self.peak_channels, self._scratch, reduced)
 
     def winners(self, channels: int) -> list[Winners]:
         """The top-k so far of each layer call's first `channels` shown channels (those whose

@@ -310,9 +310,17 @@ def test_a_shortcut_conv_observed_at_the_block_output_gets_the_block_outputs_rec
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
-    analysis = analyze(model, from_tensor(torch.rand(1, 3, 128, 128)), torch.device("cpu"),
-                       AnalysisOptions(layers=("layer2.0.*",)))
+    x = torch.rand(2, 3, 128, 128)
+    kept: list[torch.Tensor] = []
+    handle = model.layer2[0].register_forward_hook(lambda module, args, out: kept.append(out.detach().clone()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    analysis = analyze(model, from_tensor(x), torch.device("cpu"), AnalysisOptions(layers=("layer2.0.*",)))
     layers = {layer.key: layer for layer in analysis.layers}
+    # the two convs joined by the add share one site, the block output (reduced once for both)
+    _assert_layer_is(layers["layer2.0.conv2"], kept[0])
+    _assert_layer_is(layers["layer2.0.downsample.0"], kept[0])
     shortcut = layers["layer2.0.downsample.0"]
     assert shortcut.site.describe() == ("after layer2.0.downsample.1 (BatchNorm2d) → add() → "
                                         "layer2.0.relu (ReLU)")
