@@ -51,6 +51,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reportgen.ablation import AblationOptions, run_ablation
+from reportgen.collectors.ablation_baseline import clean_baseline
 from reportgen.inputs import from_tensor
 
 
@@ -122,10 +123,11 @@ def main() -> int:
           f"{args.max_rows} rows/pass, {torch.get_num_threads()} threads, {device}", file=sys.stderr)
 
     started = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode():  # the clean pass a report's main pass does is timed with it
+        baseline = clean_baseline(model, inputs, device, args.batch_size)
         result = run_ablation(model, inputs, device, layers,
                               AblationOptions(max_channels=max_channels, batch_size=args.batch_size,
-                                              max_rows=args.max_rows))
+                                              max_rows=args.max_rows), baseline=baseline)
     if device.type == "cuda":
         torch.cuda.synchronize()
     batched_s = time.perf_counter() - started

@@ -47,7 +47,9 @@ from torch import nn
 from reportgen.outputs import find_logits
 from reportgen.devices import model_dtype
 from reportgen.errors import ReportError, one_line
-from reportgen.hook_owner import HookOwner
+from reportgen.engine.collector import Batch
+from reportgen.engine.loop import run_batches
+from reportgen.hooks import HookOwner, HookSet
 from reportgen.inputs import InputSet, call_model
 
 ForwardArgs = Optional[Callable[[torch.Tensor], Any]]  # batch -> the model's arguments (inputs.call_model)
@@ -105,6 +107,22 @@ class AblationResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """What ablation needs from the unablated model, collected in the main pass
+    (`collectors/ablation_baseline.py`), so that ablation runs no clean pass of its own."""
+
+    targets: np.ndarray  # (N,) int64: the true class, or the model's own top-1 without labels
+    valid: np.ndarray  # (N,) bool: the input counts (it has a label, or no input has one)
+    labelled: bool
+    num_classes: int
+    verify: np.ndarray  # (V, classes) float32 clean logits of inputs 0..V-1 (ablation's first batch)
+    scores: Scores  # the unablated model's metrics (scalars as 0-d arrays)
+    classes: tuple[int, ...]  # present among the targets, sorted
+    class_counts: tuple[int, ...]
+    counted: int
+
+
 def select_ablation_layers(model: nn.Module, patterns: Sequence[str], default: Sequence[str]) -> list[str]:
     """Names matching any glob in `patterns` (must match something), or `default`."""
     if not patterns:
@@ -157,9 +175,9 @@ class _AblationHooks(HookOwner):
         self.slots = int(self.masks[0][1].shape[0])
 
     def _register(self) -> None:
-        self._handles.append(self.expand.register_forward_pre_hook(self._pre, with_kwargs=True))
+        self.hooks.pre(self.expand, self._pre, with_kwargs=True)
         for layer, mask in self.masks:
-            self._handles.append(layer.register_forward_hook(self._masker(mask)))
+            self.hooks.forward(layer, self._masker(mask))
 
     def _pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         new_args = tuple(_expand(a, self.batch, self.slots) for a in args)
@@ -180,7 +198,7 @@ class _AblationHooks(HookOwner):
 
 
 @dataclass
-class _Sums:
+class Sums:
     """Running sums on the device for one layer (or the baseline: one 'channel')."""
 
     correct: torch.Tensor
@@ -189,7 +207,7 @@ class _Sums:
     per_class: torch.Tensor  # (A, K) sum of true-class probability by true class
 
     @classmethod
-    def zeros(cls, count: int, classes: int, device: torch.device) -> _Sums:
+    def zeros(cls, count: int, classes: int, device: torch.device) -> Sums:
         def z(*shape: int) -> torch.Tensor:
             return torch.zeros(shape, dtype=torch.float64, device=device)
 
@@ -208,6 +226,13 @@ class _Sums:
         self.correct[positions] += (hits * w).sum(0)
         onehot = F.one_hot(targets, self.per_class.shape[1]).double() * weight.double()[:, None]  # (B, K)
         self.per_class[positions] += prob.transpose(0, 1) @ onehot
+
+    def merge(self, other: Sums) -> None:
+        # out of place: a merge after the pass may run outside inference mode
+        self.correct = self.correct + other.correct
+        self.probability = self.probability + other.probability
+        self.loss = self.loss + other.loss
+        self.per_class = self.per_class + other.per_class
 
     def scores(self, total: float, counts: np.ndarray, present: np.ndarray) -> Scores:
         denominator = max(total, 1.0)
@@ -228,7 +253,7 @@ class _LayerState:
     channels_total: int
     candidates: list[str]
     expanded_at: str | None = None
-    sums: _Sums | None = None
+    sums: Sums | None = None
     rows: int = 0
     seconds: float = 0.0
     skipped: str | None = None
@@ -239,7 +264,6 @@ def _output_channels(model: nn.Module, modules: dict[str, nn.Module], names: Seq
                      batch: torch.Tensor, forward_args: ForwardArgs) -> dict[str, int]:
     """Channel count of each named module's (first) output: one forward of the first input."""
     seen: dict[str, int] = {}
-    handles = []
 
     def make(name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(mod: nn.Module, args: Any, output: Any) -> None:
@@ -247,14 +271,11 @@ def _output_channels(model: nn.Module, modules: dict[str, nn.Module], names: Seq
                 seen.setdefault(name, int(output.shape[1]))
         return hook
 
-    try:
+    with HookSet() as hooks:
         for name in names:
             if name in modules:
-                handles.append(modules[name].register_forward_hook(make(name)))
+                hooks.forward(modules[name], make(name))
         call_model(model, batch[:1], forward_args)
-    finally:
-        for handle in handles:
-            handle.remove()
     return seen
 
 
@@ -275,16 +296,15 @@ def run_ablation(
     layer_names: Sequence[str],
     options: AblationOptions,
     *,
-    on_clean_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], None] | None = None,
-    clean_forward: Callable[[torch.Tensor], Any] | None = None,
+    baseline: Baseline | None,
     forward_args: ForwardArgs = None,
     progress: Callable[[int], None] | None = None,
 ) -> AblationResult:
     """Ablate each channel of each layer in `layer_names` over all of `inputs` (see module doc).
 
-    Call in eval mode under `torch.inference_mode()`. `clean_forward(batch)` replaces the plain
-    forward of the unablated pass (so a caller can attach its own hooks to it), and
-    `on_clean_batch(logits, targets, valid, offset)` sees its result.
+    Call in eval mode under `torch.inference_mode()`. `baseline`: the unablated model's targets,
+    metrics and first clean logits, from the main pass (`collectors/ablation_baseline.py`; for a
+    call on its own, `clean_baseline` there); None: the output held no logits.
     """
     started = time.perf_counter()
     if len(inputs) == 0:
@@ -295,65 +315,33 @@ def run_ablation(
         raise ReportError(f"--ablation-max-channels must be at least 1, got {options.max_channels}")
     modules = dict(model.named_modules())
     dtype = model_dtype(model)
-    labelled = any(inputs.label(i) is not None for i in range(len(inputs)))
-    states: list[_LayerState] = []
-    skipped: list[tuple[str, str]] = []
-    baseline: _Sums | None = None
-    num_classes: int | None = None
-    class_counts: np.ndarray | None = None
-    counted = 0
-    clean_rows = 0
     # Inputs per batch: the report's batch size. A pass holds max_rows // batch_size slots, and
     # the network before the expansion module runs once per pass, so a small batch with many
     # slots per pass (several layers' channels together, see _grouped) reruns it least.
     batch_size = max(1, options.batch_size)
+    if baseline is None:
+        raise ReportError("--ablation needs a classifier: the model's output must be (N, classes) logits")
+    num_classes = baseline.num_classes
+    states: list[_LayerState] = []
+    skipped: list[tuple[str, str]] = []
 
-    for start in range(0, len(inputs), batch_size):
-        stop = min(start + batch_size, len(inputs))
-        batch = inputs.batch(start, stop)
-        batch = batch.to(device=device, dtype=dtype if batch.is_floating_point() else None)
-        rows = stop - start
-        try:
-            output = clean_forward(batch) if clean_forward is not None else call_model(model, batch, forward_args)
-        except ReportError:
-            raise
-        except Exception as exc:
-            raise ReportError(f"ablation: the model failed on inputs {inputs.names[start]}..: {one_line(exc)}") from exc
-        clean = _logits(output)
-        clean_rows += rows
-        if clean is None:
-            raise ReportError("--ablation needs a classifier: the model's output must be (N, classes) logits")
-        if num_classes is None:
-            num_classes = int(clean.shape[1])
-            baseline = _Sums.zeros(1, num_classes, device)
-            class_counts = np.zeros(num_classes, dtype=np.int64)
-            states = _layer_states(model, modules, layer_names, batch, options, skipped, forward_args)
-        assert baseline is not None and class_counts is not None
-        if labelled:
-            raw = [inputs.label(i) for i in range(start, stop)]
-            bad = [lbl for lbl in raw if lbl is not None and not 0 <= lbl < num_classes]
-            if bad:
-                raise ReportError(f"label {bad[0]} is outside the model's {num_classes} classes")
-            valid = torch.tensor([lbl is not None for lbl in raw], device=device)
-            targets = torch.tensor([lbl if lbl is not None else 0 for lbl in raw], device=device, dtype=torch.long)
-        else:
-            valid = torch.ones(rows, dtype=torch.bool, device=device)
-            targets = clean.argmax(dim=1)
-        if on_clean_batch is not None:
-            on_clean_batch(clean, targets, valid, start)
-        weight = valid.double()
-        counted += int(valid.sum())
-        np.add.at(class_counts, targets[valid].cpu().numpy(), 1)
-        baseline.add(slice(0, 1), clean[:, None, :], targets, weight)
-
+    def step(batch: Batch) -> None:
+        nonlocal states
+        rows = batch.size
+        targets = torch.from_numpy(baseline.targets[batch.start:batch.stop]).to(device)
+        weight = torch.from_numpy(baseline.valid[batch.start:batch.stop]).to(device).double()
+        first = batch.start == 0
+        if first:
+            states = _layer_states(model, modules, layer_names, batch.tensor, options, skipped, forward_args)
+        clean = torch.from_numpy(baseline.verify[batch.start:batch.stop]).to(device) if first else None
         # First batch: each layer on its own, choosing (and checking) where to expand.
         for state in [s for s in states if s.skipped is None and s.expanded_at is None]:
             layer_started = time.perf_counter()
-            state.sums = _Sums.zeros(len(state.channels), num_classes, device)
+            state.sums = Sums.zeros(len(state.channels), num_classes, device)
             for part in chunks(len(state.channels), rows, options.max_rows):
                 verify = clean if state.expanded_at is None else None
                 try:
-                    logits = _ablated(model, modules, batch, state, list(part), verify, forward_args)
+                    logits = _ablated(model, modules, batch.tensor, state, list(part), verify, forward_args)
                 except _Rejected as exc:
                     _skip(state, str(exc), skipped)
                     break
@@ -371,22 +359,21 @@ def run_ablation(
                 groups.setdefault(state.expanded_at, []).append(state)
             state.fresh = False
         for expand_name, members in groups.items():
-            _grouped(model, modules, batch, expand_name, members, targets, weight, options.max_rows,
+            _grouped(model, modules, batch.tensor, expand_name, members, targets, weight, options.max_rows,
                      forward_args, skipped)
             if progress is not None:
                 progress(rows * len(members))
 
-    assert baseline is not None and class_counts is not None
-    present = np.flatnonzero(class_counts)
-    counts = class_counts[present]
-    base = baseline.scores(counted, counts, present)
+    run_batches(inputs, step, device=device, dtype=dtype, batch_size=batch_size)
+    present = np.array(baseline.classes, dtype=np.int64)
+    counts = np.array(baseline.class_counts, dtype=np.int64)
     layers = tuple(
         LayerAblation(
             name=state.name,
             type=type(state.module).__name__,
             channels_total=state.channels_total,
             channels=tuple(state.channels),
-            scores=state.sums.scores(counted, counts, present),
+            scores=state.sums.scores(baseline.counted, counts, present),
             expanded_at=state.expanded_at or "",
             rows=state.rows,
             seconds=state.seconds,
@@ -395,18 +382,16 @@ def run_ablation(
         if state.skipped is None and state.sums is not None
     )
     return AblationResult(
-        inputs=counted,
-        targets="labels" if labelled else "predictions",
-        classes=tuple(int(c) for c in present),
-        class_counts=tuple(int(c) for c in counts),
-        baseline=Scores(
-            accuracy=base.accuracy[0], probability=base.probability[0], loss=base.loss[0],
-            per_class=base.per_class[0],
-        ),
+        inputs=baseline.counted,
+        targets="labels" if baseline.labelled else "predictions",
+        classes=baseline.classes,
+        class_counts=baseline.class_counts,
+        baseline=baseline.scores,
         layers=layers,
         skipped=tuple(skipped),
         max_channels=options.max_channels,
-        forward_rows=clean_rows + sum(state.rows for state in states),
+        # the clean rows ran once, in the main pass
+        forward_rows=len(inputs) + sum(state.rows for state in states),
         seconds=time.perf_counter() - started,
     )
 

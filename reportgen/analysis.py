@@ -8,6 +8,7 @@ no reader has to import the stage that computes them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,10 @@ from reportgen.gradcam import CamResult
 from reportgen.report_model import ChannelTop, InitTest, WeightStats
 from reportgen.summary import SummaryTable
 from reportgen.top_activations import Geometry
+
+if TYPE_CHECKING:  # loaded only by the reports that ask for them (impact)
+    from reportgen.ablation import Baseline
+    from reportgen.misfiring import MisfiringResult
 
 
 @dataclass(frozen=True)
@@ -91,3 +96,5 @@ class Analysis:
     device: str
     notes: tuple[str, ...]
     insight: InsightData | None = None  # weight stats, Grad-CAM, top-k crops, features
+    misfiring: MisfiringResult | None = None  # when asked for (collected in the main pass)
+    ablation_baseline: Baseline | None = None  # the unablated model's side of ablation, when asked for

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,13 +171,18 @@ def _build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         forward_args=options.forward_args,
         tap=options.tap,
         insight=insight_options(options),
+        # misfiring and ablation's unablated side ride the main pass: no clean pass of their own
+        misfiring=options.impact is not None and (options.impact.misfiring or options.impact.ablation),
+        ablation_baseline=options.impact is not None and options.impact.ablation,
     )
     inputs.check_tail(options.batch_size)  # unreadable files at the end are left out before the pass
     if class_names is not None:  # a --labels file says how many classes there are: check now
         inputs.check_labels(len(class_names), f"named by {getattr(class_names, 'source', 'labels=')}")
-    with progress_bar(len(inputs), "forward", options.show_progress) as advance, \
-            _label_check(loaded.module, inputs, advance) as after_batch:
-        analysis = analyze(loaded.module, inputs, device, analysis_options, progress=after_batch)
+    with progress_bar(len(inputs), "forward", options.show_progress) as advance:
+        # the true classes are checked against the output width after the first batch, so a
+        # wrong label stops a long run at its start
+        analysis = analyze(loaded.module, inputs, device, analysis_options, progress=advance,
+                           check_labels=lambda width: inputs.check_labels(width, "the model outputs"))
     if analysis.num_classes is not None:  # models without hooks (TorchScript) get here unchecked
         inputs.check_labels(analysis.num_classes, "the model outputs")
     names = list(class_names) if class_names is not None else loaded.class_names
@@ -227,7 +231,8 @@ def _build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
                                    anchors=section_anchors(analysis), class_names=names,
                                    batch_size=options.batch_size, max_inputs_shown=options.max_inputs_shown,
                                    forward_args=options.forward_args, show_progress=options.show_progress,
-                                   seed=options.seed)
+                                   seed=options.seed, baseline=analysis.ablation_baseline,
+                                   misfiring=analysis.misfiring)
     render_options = RenderOptions(filter_scale=options.filter_scale)
     # The zoom's full-resolution maps take at most this share of --max-size, so they never
     # crowd out the pooled maps; with no limit, all of them.
@@ -263,42 +268,6 @@ def _build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
     if measured.get("model") is report_model:
         return Report(report_model, html=measured["html"])
     return Report(report_model)
-
-
-@contextlib.contextmanager
-def _label_check(model: nn.Module, inputs: InputSet,
-                 progress: Callable[[int], None] | None) -> Iterator[Callable[[int], None] | None]:
-    """A progress callback for the main pass that checks the true classes against the model's
-    output width after the first batch, so a wrong label stops a long run at its start.
-
-    The width is read by a hook of its own on the model, with the test the prediction collector
-    applies (a 2-D float output of at least 2 columns is class logits).
-    """
-    from reportgen.outputs import find_logits
-
-    width: list[int] = []  # the output width, once seen; emptied when the labels were checked
-
-    def record(module: nn.Module, args: object, output: object) -> None:
-        tensor = find_logits(output, None)
-        if tensor is not None:
-            width[:] = [int(tensor.shape[1])]
-
-    def after_batch(count: int) -> None:
-        if width:
-            inputs.check_labels(width[0], "the model outputs")
-            handle.remove()
-            width.clear()
-        if progress is not None:
-            progress(count)
-
-    if not inputs.labels or isinstance(model, torch.jit.ScriptModule):  # no hooks on TorchScript
-        yield progress
-        return
-    handle = model.register_forward_hook(record)
-    try:
-        yield after_batch
-    finally:
-        handle.remove()
 
 
 def generate_report(

@@ -1,10 +1,9 @@
 """Penultimate-layer features of every input, projected to 2D with PCA.
 
 Features are what the classifier head sees: the input of the model's last `nn.Linear`, or, for a
-model without one, the global-average-pooled output of its last convolution. A forward hook
-(inside `FeatureCollector`, a context manager that removes it on exit) copies them to the host
-batch by batch; at most `max_points` vectors are kept (the first ones), so memory is bounded
-whatever the number of inputs.
+model without one, the global-average-pooled output of its last convolution. They are collected
+during the main pass (`collectors/features.py`): at most `max_points` vectors are kept (the
+first ones), so memory is bounded whatever the number of inputs.
 
 PCA: the kept vectors are centred and projected on their two leading principal directions,
 found by an exact SVD (small sets) or a seeded randomized range finder (Halko et al.; the global
@@ -16,16 +15,12 @@ in the full feature space whose robust z-score (median and MAD of the distances)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-
-from reportgen.capture import first_tensor
-from reportgen.hook_owner import HookOwner
 
 MAX_POINTS = 2000
 OUTLIER_Z = 3.5
@@ -63,78 +58,6 @@ def feature_layer(model: nn.Module) -> tuple[str, str] | None:
     if last_conv is not None:
         return last_conv, "pooled output"
     return None
-
-
-class FeatureCollector(HookOwner):
-    """Context manager (HookOwner): a hook on the feature layer keeping at most `max_points` vectors."""
-
-    def __init__(self, model: nn.Module, *, max_points: int = MAX_POINTS, enabled: bool = True,
-                 offset: Callable[[], int] | None = None) -> None:
-        super().__init__()
-        self.model = model
-        self._offset_of = offset  # global index of the running batch's first input
-        self.max_points = max_points
-        found = feature_layer(model) if enabled else None
-        self.layer: str | None = found[0] if found is not None else None
-        self.how = found[1] if found is not None else ""
-        # offset of a batch -> its rows: a batch that runs again (torchinfo failed on it and the
-        # plain forward repeats it) replaces its rows instead of adding them twice.
-        self._chunks: dict[int, np.ndarray] = {}
-        self._offset = 0
-        self._taken = False
-        self.total = 0
-
-    def _register(self) -> None:
-        if self.layer is None:
-            return
-        module = dict(self.model.named_modules())[self.layer]
-        self._handles.append(self.model.register_forward_pre_hook(self._new_forward))
-        self._handles.append(module.register_forward_hook(self._hook))
-
-    def start_batch(self, offset: int) -> None:
-        self._offset = offset
-
-    def discard(self) -> None:
-        """Forget what was kept (a failed pass that will be run again)."""
-        self._chunks.clear()
-        self.total = 0
-
-    def _new_forward(self, module: nn.Module, args: Any) -> None:
-        self._taken = False  # one capture per forward: the module's first call
-        if self._offset_of is not None:
-            self._offset = self._offset_of()
-
-    def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._taken:
-            return
-        self._taken = True
-        tensor = first_tensor(args) if self.how == "input" else first_tensor(output)
-        if tensor is None or tensor.dim() < 2 or not tensor.is_floating_point():
-            return
-        batch = int(tensor.shape[0])
-        self.total = max(self.total, self._offset + batch)
-        room = self.max_points - sum(len(rows) for offset, rows in self._chunks.items() if offset != self._offset)
-        if room <= 0:
-            return
-        values = tensor.detach()[:room]
-        if self.how == "input":
-            values = values.reshape(values.shape[0], -1)
-        else:
-            values = values.float().flatten(2).mean(dim=2) if values.dim() > 2 else values
-        self._chunks[self._offset] = values.float().cpu().numpy()
-
-    def result(self) -> Features | None:
-        if self.layer is None or not self._chunks:
-            return None
-        offsets = sorted(self._chunks)
-        widths = {self._chunks[offset].shape[1] for offset in offsets}
-        if len(widths) != 1:
-            return None
-        source = (f"input of {self.layer} (the last Linear layer)" if self.how == "input"
-                  else f"global-average-pooled output of {self.layer} (the last convolution)")
-        vectors = np.concatenate([self._chunks[offset] for offset in offsets])
-        indices = np.concatenate([np.arange(offset, offset + len(self._chunks[offset])) for offset in offsets])
-        return Features(source=source, vectors=vectors, indices=indices, total=self.total)
 
 
 def pca_2d(vectors: np.ndarray, *, seed: int = 0) -> Projection | None:

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from reportgen.capture import call_key
-from reportgen.hook_owner import HookOwner
+from reportgen.sites import call_key
+from reportgen.hooks import HookOwner
 
 WINDOW_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.conv._ConvNd,
@@ -193,10 +193,10 @@ class FlowRecorder(HookOwner):
             self.failed = "the model is compiled with torch.compile"
             return
         self._mode.__enter__()
-        self._handles.append(_Exit(self._mode))  # `remove()` leaves the mode, with the hooks
+        self.hooks.on_close(_Exit(self._mode))  # `remove()` leaves the mode, with the hooks
         for name, module in self.model.named_modules():
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook(name)))
-            self._handles.append(module.register_forward_hook(self._post_hook))
+            self.hooks.pre(module, self._pre_hook(name))
+            self.hooks.forward(module, self._post_hook)
 
     # -- recording (never lets a failure of its own reach the forward pass) --
 

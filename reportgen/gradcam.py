@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,15 +32,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.capture import first_tensor
-from reportgen.outputs import find_logits
-from reportgen.errors import ReportError, one_line
-from reportgen.faults import is_out_of_memory
-from reportgen.hook_owner import HookOwner
+from reportgen.engine.collector import Batch
+from reportgen.engine.loop import StopPass, run_batches
+from reportgen.errors import ReportError
+from reportgen.hooks import HookOwner
 from reportgen.inputs import InputSet
+from reportgen.outputs import find_logits
 
 # Words of the errors autograd raises in a forward (in-place on a leaf or a needed tensor,
 # inference tensors, views modified in place, ...): only those make a batch run again without it.
-_AUTOGRAD_ERROR = re.compile(r"grad|in-?place|leaf|inference tensor|backward|version", re.IGNORECASE)
+AUTOGRAD_ERROR = re.compile(r"grad|in-?place|leaf|inference tensor|backward|version", re.IGNORECASE)
 CHUNK = 4  # inputs per Grad-CAM forward: bounds the memory the autograd graph holds
 MAX_CAM_SIDE = 16  # the JSON holds the map at the layer's resolution, pooled to at most this
 
@@ -65,7 +65,7 @@ class CamResult:
 
 
 @dataclass
-class _Captured:
+class Captured:
     activation: torch.Tensor | None = None
     edge: Any = None
     gradient: torch.Tensor | None = None
@@ -101,21 +101,21 @@ class CamHooks(HookOwner):
         self.model = model
         self.target = target
         self.watched = [name for name in watched if name != target]
-        self.captured = _Captured()
+        self.captured = Captured()
 
     def _register(self) -> None:
         modules = dict(self.model.named_modules())
-        self._handles.append(modules[self.target].register_forward_hook(self._target_hook))
+        self.hooks.forward(modules[self.target], self._target_hook)
         for name in self.watched:
             if name in modules:
-                self._handles.append(modules[name].register_forward_hook(self._watch_hook(name)))
+                self.hooks.forward(modules[name], self._watch_hook(name))
 
     def _remove(self) -> None:
         super()._remove()
-        self.captured = _Captured()  # drop the graph's tensors with the hooks
+        self.captured = Captured()  # drop the graph's tensors with the hooks
 
     def reset(self) -> None:
-        self.captured = _Captured()
+        self.captured = Captured()
 
     def _edge(self, tensor: torch.Tensor) -> Any:
         return torch.autograd.graph.get_gradient_edge(tensor) if tensor.requires_grad else None
@@ -156,7 +156,7 @@ def graph_nodes(root: Any) -> set[Any]:
     return seen
 
 
-def _saved_grads(model: nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+def saved_grads(model: nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     for parameter in model.parameters():
         yield parameter, parameter.grad
 
@@ -178,7 +178,7 @@ def grad_cam(
 
     When `layer`'s output does not reach the model's output, the first of `fallbacks` that does
     is used instead (one more pass), and the note says so."""
-    saved = list(_saved_grads(model))
+    saved = list(saved_grads(model))
     try:
         with torch.inference_mode(False), torch.enable_grad():
             records, reaches, note = _pass(model, inputs, count, device, dtype, layer,
@@ -210,34 +210,41 @@ def _pass(
     """One Grad-CAM pass at `layer` (autograd already on): (maps, reachability, note)."""
     records: list[CamRecord] = []
     reaches: dict[str, bool] = {}
+    note = ""
+
+    def step(batch: Batch) -> None:
+        nonlocal reaches, note
+        if not batch.tensor.is_floating_point():
+            note = "Grad-CAM needs floating-point inputs."
+            records.clear()
+            raise StopPass
+        tensor = batch.tensor.clone().requires_grad_(True)
+        hooks.reset()
+        output = call(model, tensor) if call is not None else model(tensor)
+        logits = find_logits(output, batch.size)
+        if batch.start == 0:  # reaching any output counts, logits or not
+            reaches = reachability(logits if logits is not None else first_tensor(output), hooks.captured.edges)
+            if reaches.get(layer) is False:
+                raise StopPass
+        captured = hooks.captured
+        if logits is None or logits.dim() != 2 or logits.shape[1] < 2 or logits.grad_fn is None:
+            note = "Grad-CAM needs a classifier: a (batch, classes) output with a gradient."
+            records.clear()
+            raise StopPass
+        if captured.activation is None or captured.edge is None or not has_map_axes(captured.activation):
+            note = (f"Grad-CAM needs a feature map with a temporal or spatial axis (1D, 2D or 3D) "
+                    f"from {layer}, which did not produce one.")
+            records.clear()
+            raise StopPass
+        records.extend(maps(logits, captured, inputs, batch.start, batch.stop))
+        hooks.reset()
+
     with CamHooks(model, layer, watched) as hooks:
-        for start in range(0, count, CHUNK):
-            stop = min(start + CHUNK, count)
-            batch = inputs.batch(start, stop)
-            if not batch.is_floating_point():
-                return [], reaches, "Grad-CAM needs floating-point inputs."
-            batch = batch.to(device=device, dtype=dtype).clone().requires_grad_(True)
-            hooks.reset()
-            output = call(model, batch) if call is not None else model(batch)
-            logits = find_logits(output, stop - start)
-            if start == 0:  # reaching any output counts, logits or not
-                reaches = _reachability(logits if logits is not None else first_tensor(output),
-                                        hooks.captured.edges)
-                if reaches.get(layer) is False:
-                    return [], reaches, ""
-            captured = hooks.captured
-            if logits is None or logits.dim() != 2 or logits.shape[1] < 2 or logits.grad_fn is None:
-                return [], reaches, "Grad-CAM needs a classifier: a (batch, classes) output with a gradient."
-            if captured.activation is None or captured.edge is None or not has_map_axes(captured.activation):
-                return [], reaches, (f"Grad-CAM needs a feature map with a temporal or spatial axis (1D, 2D or 3D) "
-                                     f"from {layer}, which did not produce one.")
-            records.extend(_maps(logits, captured, inputs, start, stop))
-            del output, logits, captured
-            hooks.reset()
-    return records, reaches, ""
+        run_batches(inputs, step, device=device, dtype=dtype, batch_size=CHUNK, count=count)
+    return (records if reaches.get(layer) is not False else []), reaches, note
 
 
-def _reachability(logits: torch.Tensor | None, edges: dict[str, list[Any]]) -> dict[str, bool]:
+def reachability(logits: torch.Tensor | None, edges: dict[str, list[Any]]) -> dict[str, bool]:
     if logits is None or logits.grad_fn is None:
         return {}
     nodes = graph_nodes(logits.grad_fn)
@@ -249,7 +256,7 @@ def _reachability(logits: torch.Tensor | None, edges: dict[str, list[Any]]) -> d
     return result
 
 
-def _maps(logits: torch.Tensor, captured: _Captured, inputs: InputSet, start: int, stop: int) -> list[CamRecord]:
+def maps(logits: torch.Tensor, captured: Captured, inputs: InputSet, start: int, stop: int) -> list[CamRecord]:
     predicted = logits.detach().argmax(dim=1)
     targets: list[tuple[str, torch.Tensor, list[int]]] = [("predicted", predicted, list(range(stop - start)))]
     labels = [inputs.label(i) for i in range(start, stop)]
@@ -325,177 +332,7 @@ def peak_fraction(cam: np.ndarray) -> tuple[float, ...]:
     return tuple((int(i) + 0.5) / size for i, size in zip(cell, cam.shape))
 
 
-class FusedCam(HookOwner):
-    """Grad-CAM and reachability computed inside the main pass, for its first `count` inputs.
-
-    The batches holding those inputs run outside inference mode (`armed`), and the forward of
-    each runs with autograd on: a root pre-hook turns it on (torchinfo runs its pass under
-    `no_grad`) and an `always_call` root forward hook turns it off, also when the forward raises.
-    Autograd keeps no tensor from before the target layer (`saved_tensors_hooks` drops them),
-    so memory stays that of an inference pass; the backward (`autograd.grad` to the target's
-    gradient edge) runs only the layers after it. Running a model with autograd on is how most
-    models are used: nothing here mixes inference tensors into autograd, which could fail.
-
-    When anything goes wrong (a frozen model without a graph, a failing backward, an in-place op
-    that invalidated a saved tensor), `result()` is None and the caller runs `grad_cam` instead.
-    Every `p.grad` is checked and put back on exit.
-    """
-
-    def __init__(self, model: nn.Module, inputs: InputSet, *, count: int, layer: str,
-                 watched: Sequence[str]) -> None:
-        super().__init__()
-        self.model = model
-        self.inputs = inputs
-        self.count = count
-        self.layer = layer
-        self.watched = [name for name in watched if name != layer]
-        self.records: dict[tuple[int, str], CamRecord] = {}
-        self.reaches: dict[str, bool] | None = None
-        self.failure = ""
-        self.aborted = False  # a forward failed with autograd on: this batch is to be run again
-        self._disabled = False
-        self._armed = False
-        self._offset = 0
-        self._stack: Any = None
-        self._after = False
-        self._captured = _Captured()
-        self._saved: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-
-    def _register(self) -> None:
-        modules = dict(self.model.named_modules())
-        self._saved = list(_saved_grads(self.model))
-        self._handles.append(self.model.register_forward_pre_hook(self._start))
-        self._handles.append(self.model.register_forward_hook(self._finish, always_call=True))
-        self._handles.append(modules[self.layer].register_forward_hook(self._target))
-        for name in self.watched:
-            if name in modules:
-                self._handles.append(modules[name].register_forward_hook(self._watch(name)))
-
-    def _remove(self) -> None:
-        super()._remove()
-        self._close()
-        for parameter, grad in self._saved:
-            if parameter.grad is not grad:
-                parameter.grad = grad
-        self._saved = []
-
-    def armed(self, start: int) -> Any:
-        """Context for the batch starting at input `start`: outside inference mode when it holds
-        inputs that get a Grad-CAM map, a no-op otherwise."""
-        if start >= self.count or not self._handles or self._disabled:
-            return nullcontext()
-
-        @contextmanager
-        def context() -> Iterator[None]:
-            self._armed, self._offset = True, start
-            try:
-                # normal tensors (no inference tensors), no autograd unless `_start` turns it on
-                with torch.inference_mode(False), torch.no_grad():
-                    yield
-            finally:
-                self._armed = False
-                self._close()
-
-        return context()
-
-    def abandon(self, exc: BaseException) -> bool:
-        """After a batch failed with `exc`: True (once) when it failed with autograd on and the
-        error names autograd (grad, in-place, leaf, inference tensors, backward, version), so
-        the pass is switched off and the caller can undo the batch and run it again as usual.
-        Anything else (out of memory, a model error) takes the caller's usual way."""
-        aborted, self.aborted = self.aborted, False
-        if not aborted or is_out_of_memory(exc) or not _AUTOGRAD_ERROR.search(_messages(exc)):
-            return False
-        self._disabled = True
-        self.records.clear()
-        return True
-
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor | None:
-        return tensor if self._after else None  # before the target: never needed by the backward
-
-    @staticmethod
-    def _unpack(packed: torch.Tensor | None) -> torch.Tensor:
-        if packed is None:
-            raise RuntimeError("a tensor from before the Grad-CAM layer was needed")
-        return packed
-
-    def _start(self, module: nn.Module, args: Any) -> None:
-        if not self._armed or self._stack is not None:
-            return
-        stack = ExitStack()
-        stack.enter_context(torch.enable_grad())
-        stack.enter_context(torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack))
-        self._stack, self._after, self._captured = stack, False, _Captured()
-
-    def _close(self) -> None:
-        self._captured = _Captured()  # drop the graph with its references
-        self._after = False
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
-
-    def _target(self, module: nn.Module, args: Any, output: Any) -> None:
-        tensor = first_tensor(output)
-        if self._stack is None or tensor is None or not tensor.is_floating_point():
-            return
-        self._captured.activation = tensor.detach().clone()  # before any in-place op after it
-        self._captured.edge = torch.autograd.graph.get_gradient_edge(tensor) if tensor.requires_grad else None
-        self._captured.edges.setdefault(self.layer, []).append(self._captured.edge)
-        self._after = True
-
-    def _watch(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            tensor = first_tensor(output)
-            if self._stack is not None and tensor is not None and tensor.is_floating_point():
-                edge = torch.autograd.graph.get_gradient_edge(tensor) if tensor.requires_grad else None
-                self._captured.edges.setdefault(name, []).append(edge)
-
-        return hook
-
-    def _finish(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._stack is None:
-            return
-        try:
-            if output is None:  # the forward raised (always_call): maybe because autograd was on
-                self.aborted = True
-                self.failure = "the model's forward failed with autograd on"
-                return
-            anchor = first_tensor(output)
-            if anchor is None:
-                return
-            activation = self._captured.activation
-            logits = find_logits(output, activation.shape[0] if activation is not None else None)
-            if self.reaches is None:  # reaching any output counts, logits or not
-                self.reaches = _reachability(logits if logits is not None else anchor, self._captured.edges)
-            if logits is None:
-                self.failure = self.failure or "the model's output holds no (batch, classes) logits"
-                return
-            captured = self._captured
-            usable = (logits.dim() == 2 and logits.shape[1] >= 2 and logits.grad_fn is not None
-                      and captured.activation is not None and captured.edge is not None
-                      and has_map_axes(captured.activation) and self.reaches.get(self.layer) is not False)
-            if not usable:
-                self.failure = self.failure or "no gradient path from the Grad-CAM layer to a (batch, classes) output"
-                return
-            stop = self._offset + logits.shape[0]
-            for record in _maps(logits, captured, self.inputs, self._offset, stop):
-                if record.input_index < self.count:
-                    self.records[(record.input_index, record.kind)] = record
-        except Exception as exc:  # the main pass must go on: the caller falls back to grad_cam
-            self.failure = one_line(exc)
-        finally:
-            self._close()
-
-    def result(self, total: int) -> CamResult | None:
-        """The maps of inputs 0..min(count, total)-1, or None when they are not all there."""
-        wanted = min(self.count, total)
-        if self.failure or self.reaches is None or any((i, "predicted") not in self.records for i in range(wanted)):
-            return None
-        ordered = tuple(self.records[key] for key in sorted(self.records))
-        return CamResult(self.layer, ordered, dict(self.reaches))
-
-
-def _messages(exc: BaseException) -> str:
+def messages(exc: BaseException) -> str:
     """The messages of an exception and of its causes (a ReportError wraps the model's error)."""
     parts, seen = [], set()
     current: BaseException | None = exc

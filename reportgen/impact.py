@@ -18,10 +18,12 @@ from torch import nn
 from reportgen.analysis import LayerWeights
 from reportgen.analyze import layer_weights
 from reportgen.analyze import thumbnail as input_thumbnail
+from reportgen.ablation import Baseline
 from reportgen.impact_model import ImpactReport
 from reportgen.impact_passes import ForwardArgs, ImpactOptions, run_impact, validate_impact
 from reportgen.impact_render import render_impact
 from reportgen.inputs import InputSet
+from reportgen.misfiring import MisfiringResult
 from reportgen.probes import STABLE_CORRELATION
 
 __all__ = ["STABLE_CORRELATION", "ImpactOptions", "build_impact", "impact_for_report", "validate_impact"]
@@ -42,9 +44,13 @@ def build_impact(
     show_progress: bool = False,
     thumbnail: Callable[[torch.Tensor], np.ndarray | None] | None = None,
     seed: int = 0,
+    baseline: Baseline | None = None,
+    misfiring: MisfiringResult | None = None,
 ) -> ImpactReport:
-    """Run what `options` asks for and render it (see the module docstring); `seed`: probe noise."""
-    run = run_impact(model, inputs, device, options, selected=selected, batch_size=batch_size,
+    """Run what `options` asks for and render it (see the module docstring); `seed`: probe noise;
+    `baseline`, `misfiring`: what the main pass collected for them (`Analysis`)."""
+    run = run_impact(model, inputs, device, options, selected=selected, baseline=baseline, misfiring=misfiring,
+                     batch_size=batch_size,
                      max_inputs_shown=max_inputs_shown, forward_args=forward_args, show_progress=show_progress,
                      thumbnail=thumbnail, seed=seed)
     modules = dict(model.named_modules())
@@ -71,7 +77,8 @@ def first_conv(model: nn.Module) -> str | None:
 def impact_for_report(model: nn.Module, inputs: InputSet, device: torch.device, options: ImpactOptions, *,
                       selected: Sequence[str], anchors: dict[str, str], class_names: Sequence[str] | None,
                       batch_size: int, max_inputs_shown: int, forward_args: ForwardArgs = None,
-                      show_progress: bool = False, seed: int = 0) -> ImpactReport:
+                      show_progress: bool = False, seed: int = 0, baseline: Baseline | None = None,
+                      misfiring: MisfiringResult | None = None) -> ImpactReport:
     """`build_impact` with what `api.build_report` has at hand (the analysis' layers, the sections'
     anchors)."""
     return build_impact(
@@ -85,4 +92,6 @@ def impact_for_report(model: nn.Module, inputs: InputSet, device: torch.device, 
         show_progress=show_progress,
         thumbnail=lambda sample: input_thumbnail(sample, inputs),
         seed=seed,
+        baseline=baseline,
+        misfiring=misfiring,
     )

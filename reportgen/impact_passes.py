@@ -1,8 +1,9 @@
 """Impact and robustness, the analyze half: the opt-in passes after the main analysis.
 
 `run_impact` runs, on the model the report is about:
-- filter ablation (`ablation.py`) over every input, with the misfiring-filter statistics
-  (`misfiring.py`) collected in the same unablated pass;
+- filter ablation (`ablation.py`) over every input, against the unablated model's targets and
+  metrics that the main pass collected (`collectors/ablation_baseline.py`), so no clean pass
+  runs here; the misfiring filters (`misfiring.py`) were collected in the main pass too;
 - perturbation probes (`probes.py`) on the shown inputs;
 and hands on an `ImpactRun` of numpy and plain values, which `impact_render.py` turns into the
 report model's `ImpactReport`.
@@ -29,15 +30,22 @@ from reportgen.ablation import (
     DEFAULT_MAX_ROWS,
     AblationOptions,
     AblationResult,
+    Baseline,
     run_ablation,
     select_ablation_layers,
 )
+from reportgen.collectors.ablation_baseline import AblationBaselineCollector
+from reportgen.collectors.misfiring import MisfiringCollector
+from reportgen.devices import model_dtype
+from reportgen.engine.loop import load_batch
+from reportgen.engine.main_pass import MainPass
 from reportgen.errors import ReportError
 from reportgen.inputs import InputSet, call_model
-from reportgen.misfiring import MisfiringResult, MisfiringTracker, find_misfiring
+from reportgen.misfiring import MisfiringResult
 from reportgen.model_state import on_device, preserved_modes
 from reportgen.probes import DEFAULT_FGSM_EPSILON, ProbeOptions, ProbeRun, run_probes
 from reportgen.progress import progress_bar
+from reportgen.sites import call_key, learn_sites
 
 TOP_FILTERS = 5  # top and bottom filters shown per layer
 
@@ -90,6 +98,8 @@ def run_impact(
     options: ImpactOptions,
     *,
     selected: Sequence[str],
+    baseline: Baseline | None = None,
+    misfiring: MisfiringResult | None = None,
     batch_size: int = 16,
     max_inputs_shown: int = 8,
     forward_args: ForwardArgs = None,
@@ -97,7 +107,11 @@ def run_impact(
     thumbnail: Callable[[torch.Tensor], np.ndarray | None] | None = None,
     seed: int = 0,
 ) -> ImpactRun:
-    """Run what `options` asks for (see the module docstring); `seed`: probe noise."""
+    """Run what `options` asks for (see the module docstring); `seed`: probe noise.
+
+    `baseline` and `misfiring` come from the main pass (`AnalysisOptions.ablation_baseline`,
+    `.misfiring`), which collected them: no clean pass runs here.
+    """
     options.check()
     if isinstance(model, torch.jit.ScriptModule):
         return ImpactRun(ablation=None, misfiring=None, probes=None, notes=(
@@ -106,39 +120,30 @@ def run_impact(
     labelled = any(inputs.label(i) is not None for i in range(len(inputs)))
     notes: list[str] = []
     ablation: AblationResult | None = None
-    misfiring: MisfiringResult | None = None
     probe_run: ProbeRun | None = None
     want_misfiring = options.misfiring or options.ablation
-    ablation_names: list[str] = []
-    if options.ablation:
-        ablation_names = select_ablation_layers(model, options.ablation_layers, selected)
+
+    if (options.ablation and baseline is None) or (want_misfiring and labelled and misfiring is None):
+        # called on its own (not after `analyze`, which collects them): a clean pass of their own
+        found_baseline, found_misfiring = clean_pass(model, inputs, device, selected=selected, batch_size=batch_size,
+                                                     misfiring=want_misfiring and labelled and misfiring is None,
+                                                     ablation=options.ablation and baseline is None,
+                                                     forward_args=forward_args)
+        baseline = baseline if baseline is not None else found_baseline
+        misfiring = misfiring if misfiring is not None else found_misfiring
 
     with preserved_modes(model), on_device(model, device):
         model.eval()
-        tracker = MisfiringTracker(model, selected) if want_misfiring and labelled else None
         if options.ablation:
-            def clean_forward(batch: torch.Tensor) -> Any:
-                if tracker is None:
-                    return call_model(model, batch, forward_args)
-                with tracker.hooks():
-                    return call_model(model, batch, forward_args)
-
+            ablation_names = select_ablation_layers(model, options.ablation_layers, selected)
             total = len(inputs) * max(1, len(ablation_names))
             with progress_bar(total, "ablation", show_progress) as advance, torch.inference_mode():
                 ablation = run_ablation(
                     model, inputs, device, ablation_names,
                     AblationOptions(layers=options.ablation_layers, max_channels=options.ablation_max_channels,
                                     batch_size=batch_size, max_rows=options.ablation_max_rows),
-                    clean_forward=clean_forward,
-                    on_clean_batch=tracker.add_batch if tracker is not None else None,
-                    forward_args=forward_args,
-                    progress=advance,
+                    baseline=baseline, forward_args=forward_args, progress=advance,
                 )
-            misfiring = tracker.result() if tracker is not None else None
-        elif tracker is not None:
-            with progress_bar(len(inputs), "misfiring", show_progress) as advance, torch.inference_mode():
-                misfiring = find_misfiring(model, inputs, device, selected, batch_size=batch_size,
-                                           forward_args=forward_args, progress=advance)
         if options.probes:
             probe_options = ProbeOptions(kinds=tuple(options.probes), strength=tuple(options.probe_strength),
                                          fgsm_epsilon=options.fgsm_epsilon, seed=seed)
@@ -148,7 +153,37 @@ def run_impact(
 
     if want_misfiring and not labelled:
         notes.append("Misfiring filters need true labels, and none of the inputs has one.")
-    return ImpactRun(ablation=ablation, misfiring=misfiring, probes=probe_run, notes=tuple(notes))
+    elif want_misfiring and misfiring is None:
+        notes.append("Misfiring filters need a classifier: the model's output held no (batch, classes) logits.")
+    return ImpactRun(ablation=ablation, misfiring=misfiring if want_misfiring else None, probes=probe_run,
+                     notes=tuple(notes))
+
+
+def clean_pass(model: nn.Module, inputs: InputSet, device: torch.device, *, selected: Sequence[str],
+               batch_size: int, misfiring: bool, ablation: bool,
+               forward_args: ForwardArgs = None) -> tuple[Baseline | None, MisfiringResult | None]:
+    """The ablation baseline and the misfiring statistics from a main pass of their own, the
+    selected layers observed at their activation sites (as `analyze` does)."""
+    labelled = any(inputs.label(i) is not None for i in range(len(inputs)))
+    misfiring_collector = MisfiringCollector(tuple(selected)) if misfiring else None
+    baseline_collector = AblationBaselineCollector(labelled=labelled, verify_count=batch_size) if ablation else None
+    riders = [c for c in (misfiring_collector, baseline_collector) if c is not None]
+    dtype = model_dtype(model)
+    first = load_batch(inputs, 0, min(batch_size, len(inputs)), device, dtype)
+    plan = None
+    with preserved_modes(model), on_device(model, device):
+        model.eval()
+        if selected:
+            try:
+                plan = learn_sites(model, selected, lambda: call_model(model, first.tensor[:1], forward_args), call_key)
+            except Exception:  # observed raw, as analyze does when the trace fails
+                plan = None
+        main = MainPass(model, riders, observed=selected, plan=plan, raw_reason="its activation could not be traced",
+                        forward_args=forward_args)
+        with torch.inference_mode():
+            main.run(inputs, device=device, dtype=dtype, batch_size=batch_size, preloaded=first)
+    return (baseline_collector.result() if baseline_collector is not None else None,
+            misfiring_collector.result() if misfiring_collector is not None else None)
 
 
 def validate_impact(model: nn.Module, options: ImpactOptions) -> None:

@@ -24,7 +24,7 @@ from reportgen.devices import one_cpu_thread
 from reportgen.embedding import Features
 from reportgen.errors import ReportError, one_line
 from reportgen.faults import is_out_of_memory, release_cached_memory
-from reportgen.top_activations import CropCollector, channel_tops, collect_crops, layer_geometry
+from reportgen.top_activations import channel_tops, collect_crops, layer_geometry
 from reportgen.weight_stats import untrained_test, weight_stats
 
 if TYPE_CHECKING:
@@ -32,28 +32,7 @@ if TYPE_CHECKING:
     from reportgen.inputs import InputSet
     from reportgen.summary import SummaryTable
 
-__all__ = ["InsightData", "InsightOptions", "collect", "crop_collector", "fused_cam"]
-
-
-def crop_collector(model: nn.Module, inputs: InputSet, options: InsightOptions, *, keep_inputs: int,
-                   hookable: bool) -> CropCollector | None:
-    """Crops cut during the main pass, in dataset mode (more inputs than feature-map rows)."""
-    if not (hookable and options.top_k > 0 and len(inputs) > keep_inputs):
-        return None
-    return CropCollector(model, inputs, channels=options.top_k_channels)
-
-
-def fused_cam(model: nn.Module, inputs: InputSet, options: InsightOptions, *, keep_inputs: int,
-              selected: Sequence[str], hookable: bool) -> gradcam.FusedCam | None:
-    """The hook owner that computes Grad-CAM inside the main pass (None when not wanted)."""
-    if not (options.cam and hookable and keep_inputs > 0):
-        return None
-    target = options.cam_layer or gradcam.default_cam_layer(model)
-    if options.cam_layer is not None:
-        gradcam.check_cam_layer(model, options.cam_layer)
-    if target is None:
-        return None
-    return gradcam.FusedCam(model, inputs, count=min(keep_inputs, len(inputs)), layer=target, watched=selected)
+__all__ = ["InsightData", "InsightOptions", "collect"]
 
 
 def collect(
@@ -71,8 +50,8 @@ def collect(
     classifier: bool,
     features: Features | None,
     call: Callable[[nn.Module, torch.Tensor], Any] | None = None,
-    fused: gradcam.FusedCam | None = None,
-    cropper: CropCollector | None = None,
+    fused_cam: gradcam.CamResult | None = None,
+    known_crops: dict[tuple[str, int, int], tuple[tuple[int, ...], np.ndarray]] | None = None,
 ) -> InsightData:
     """Run after the main pass, inside its `preserved_modes`/`on_device`, model in eval mode."""
     notes: list[str] = []
@@ -98,13 +77,13 @@ def collect(
     if options.top_k > 0 and len(inputs) > keep_inputs and len(input_spatial) == 2 and tops:
         # Dataset mode: more inputs than feature-map rows, so show who excites each channel.
         crops = collect_crops(tops, inputs, channels=options.top_k_channels,
-                              known=cropper.crops if cropper is not None else None)
+                              known=known_crops)
     cam = None
     if options.cam and classifier and layers and input_spatial:
         target = options.cam_layer or gradcam.default_cam_layer(model)
         if options.cam_layer is not None:
             gradcam.check_cam_layer(model, options.cam_layer)
-        cam = fused.result(len(inputs)) if fused is not None else None
+        cam = fused_cam
         if cam is None and target is not None:  # no maps from the main pass: a pass of its own
             try:
                 # The default layer falls back to the last conv that reaches the output.

@@ -1,7 +1,8 @@
 """Misfiring filters: channels that fire much harder on the inputs the model gets wrong.
 
 For every labelled input and every channel of the watched layers we take the channel's mean
-activation (spatial mean of the layer output, as in the layer statistics) and split the inputs
+activation (spatial mean at the layer's observed site, as in the layer statistics: after BN and
+the activation, or the raw conv output with `--tap conv`) and split the inputs
 into correctly and wrongly classified ones. A channel misfires when its mean activation on the
 wrong inputs is far above that on the correct ones, measured as a standardised difference
 (Cohen's d with the pooled standard deviation):
@@ -11,24 +12,16 @@ wrong inputs is far above that on the correct ones, measured as a standardised d
 Memory stays flat in the number of inputs: per channel we keep float64 running sums (count,
 sum, sum of squares for each group) and a running top-k of the wrong inputs by activation, all
 on the device. The per-input means of one batch live only until that batch's predictions are
-known.
+known. They are collected in the main pass (`collectors/misfiring.py`), from the row sums every
+collector shares, so misfiring costs no pass of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
-from reportgen.outputs import find_logits
-from reportgen.devices import model_dtype
-from reportgen.errors import ReportError, one_line
-from reportgen.inputs import InputSet, call_model
 
 MISFIRE_EFFECT = 1.0  # d at or above this (and at least MIN_WRONG wrong inputs) flags a channel
 MIN_WRONG = 2  # inputs needed in each group (wrong, correct) before anything is flagged
@@ -55,7 +48,10 @@ class MisfiringResult:
     min_wrong: int = MIN_WRONG
 
 
-class _LayerSums:
+class LayerSums:
+    """Per channel of one layer: sums and sums of squares of the per-input means of the correct
+    and the wrong inputs, and the top-k wrong inputs by mean (device tensors, float64)."""
+
     def __init__(self, channels: int, device: torch.device, k: int) -> None:
         def z() -> torch.Tensor:
             return torch.zeros(channels, dtype=torch.float64, device=device)
@@ -78,79 +74,28 @@ class _LayerSums:
         if bool(wrong.any()):
             indices = torch.arange(means.shape[0], device=means.device)[wrong] + offset
             values = means[wrong].transpose(0, 1)  # (C, W)
-            all_values = torch.cat([self.top_values, values], dim=1)
-            all_inputs = torch.cat([self.top_inputs, indices[None, :].expand(values.shape[0], -1)], dim=1)
-            top = torch.topk(all_values, self.k, dim=1)
-            self.top_values = top.values
-            self.top_inputs = all_inputs.gather(1, top.indices)
+            self._keep(values, indices[None, :].expand(values.shape[0], -1))
+
+    def merge(self, other: LayerSums) -> None:
+        for flag in (True, False):  # out of place: a merge after the pass may run outside inference mode
+            self.sum[flag] = self.sum[flag] + other.sum[flag]
+            self.sumsq[flag] = self.sumsq[flag] + other.sumsq[flag]
+        self._keep(other.top_values, other.top_inputs)
+
+    def _keep(self, values: torch.Tensor, inputs: torch.Tensor) -> None:
+        """The k highest of the kept and the new (C, n) values; ties to the lower input index
+        (-1, no input, last)."""
+        all_values = torch.cat([self.top_values, values], dim=1)
+        all_inputs = torch.cat([self.top_inputs, inputs], dim=1)
+        rank = torch.where(all_inputs < 0, torch.iinfo(torch.long).max, all_inputs)
+        by_input = torch.sort(rank, dim=1, stable=True).indices
+        all_values, all_inputs = all_values.gather(1, by_input), all_inputs.gather(1, by_input)
+        order = torch.sort(all_values, dim=1, descending=True, stable=True).indices[:, :self.k]
+        self.top_values = all_values.gather(1, order)
+        self.top_inputs = all_inputs.gather(1, order)
 
 
-class MisfiringTracker:
-    """Accumulates per-channel activation by correct/wrong. Hooks only inside `hooks()`."""
-
-    def __init__(self, model: nn.Module, layer_names: Sequence[str], k: int = TOP_INPUTS) -> None:
-        self.model = model
-        self.layer_names = list(layer_names)
-        self.k = k
-        self._pending: dict[str, torch.Tensor] = {}
-        self._sums: dict[str, _LayerSums] = {}
-        self.correct = 0
-        self.wrong = 0
-        self.predictions: dict[int, tuple[int, int]] = {}
-
-    @contextmanager
-    def hooks(self) -> Iterator[None]:
-        """Attach the hooks for one clean forward; they are removed on exit, also on error."""
-        modules = dict(self.model.named_modules())
-        handles = []
-        self._pending.clear()
-        try:
-            for name in self.layer_names:
-                if name in modules:
-                    handles.append(modules[name].register_forward_hook(self._make_hook(name)))
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def _make_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if name in self._pending:  # a module called twice: its first call counts
-                return
-            if isinstance(output, torch.Tensor) and output.dim() >= 2 and output.is_floating_point():
-                values = output.detach().float().reshape(output.shape[0], output.shape[1], -1)
-                self._pending[name] = values.mean(dim=2).double()
-
-        return hook
-
-    def add_batch(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, offset: int) -> None:
-        """After the forward that ran inside `hooks()`: split that batch by correct/wrong."""
-        predicted = logits.argmax(dim=1)
-        correct = predicted == targets
-        self.correct += int((correct & valid).sum())
-        self.wrong += int((~correct & valid).sum())
-        for row in torch.nonzero(~correct & valid).flatten().tolist():
-            self.predictions[offset + row] = (int(targets[row]), int(predicted[row]))
-        for name, means in self._pending.items():
-            sums = self._sums.get(name)
-            if sums is None:
-                sums = _LayerSums(means.shape[1], means.device, self.k)
-                self._sums[name] = sums
-            sums.add(means, correct, valid, offset)
-        self._pending.clear()
-
-    def result(self) -> MisfiringResult:
-        layers = []
-        for name in self.layer_names:
-            sums = self._sums.get(name)
-            if sums is None:
-                continue
-            layers.append(_layer_result(name, sums, self.correct, self.wrong))
-        return MisfiringResult(correct=self.correct, wrong=self.wrong, layers=tuple(layers),
-                               predictions=dict(sorted(self.predictions.items())))
-
-
-def _layer_result(name: str, sums: _LayerSums, n_correct: int, n_wrong: int) -> LayerMisfiring:
+def layer_result(name: str, sums: LayerSums, n_correct: int, n_wrong: int) -> LayerMisfiring:
     def stats(flag: bool, n: int) -> tuple[np.ndarray, np.ndarray]:
         total = sums.sum[flag].cpu().numpy()
         squares = sums.sumsq[flag].cpu().numpy()
@@ -177,50 +122,6 @@ def _layer_result(name: str, sums: _LayerSums, n_correct: int, n_wrong: int) -> 
     inputs = np.where(np.isfinite(values), inputs, -1)
     return LayerMisfiring(name=name, mean_correct=mean_c, mean_wrong=mean_w, effect=effect,
                           top_inputs=inputs, top_values=values)
-
-
-def find_misfiring(
-    model: nn.Module,
-    inputs: InputSet,
-    device: torch.device,
-    layer_names: Sequence[str],
-    *,
-    batch_size: int = 16,
-    forward_args: Callable[[torch.Tensor], Any] | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> MisfiringResult:
-    """Its own pass over the labelled inputs (use the tracker inside ablation to share one).
-
-    Call in eval mode under `torch.inference_mode()`.
-    """
-    tracker = MisfiringTracker(model, layer_names)
-    dtype = model_dtype(model)
-    for start in range(0, len(inputs), max(1, batch_size)):
-        stop = min(start + max(1, batch_size), len(inputs))
-        raw = [inputs.label(i) for i in range(start, stop)]
-        if all(label is None for label in raw):
-            if progress is not None:
-                progress(stop - start)
-            continue
-        batch = inputs.batch(start, stop)
-        batch = batch.to(device=device, dtype=dtype if batch.is_floating_point() else None)
-        try:
-            with tracker.hooks():
-                output = call_model(model, batch, forward_args)
-        except Exception as exc:
-            raise ReportError(f"misfiring: the model failed on inputs {inputs.names[start]}..: {one_line(exc)}") from exc
-        logits = find_logits(output, stop - start)
-        if logits is None:
-            raise ReportError("--misfiring needs a classifier: the model's output must be (N, classes) logits")
-        bad = [lbl for lbl in raw if lbl is not None and not 0 <= lbl < logits.shape[1]]
-        if bad:
-            raise ReportError(f"label {bad[0]} is outside the model's {logits.shape[1]} classes")
-        valid = torch.tensor([lbl is not None for lbl in raw], device=logits.device)
-        targets = torch.tensor([lbl if lbl is not None else 0 for lbl in raw], device=logits.device)
-        tracker.add_batch(logits, targets, valid, start)
-        if progress is not None:
-            progress(stop - start)
-    return tracker.result()
 
 
 def flagged(layer: LayerMisfiring, result: MisfiringResult) -> list[int]:

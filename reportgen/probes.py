@@ -39,11 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reportgen.capture import call_key, downsample, first_tensor, spatial_view
+from reportgen.capture import downsample, first_tensor, spatial_view
+from reportgen.sites import call_key
 from reportgen.outputs import find_logits
 from reportgen.devices import model_dtype
 from reportgen.errors import ReportError, one_line
-from reportgen.hook_owner import HookOwner
+from reportgen.engine.collector import Batch
+from reportgen.engine.loop import run_batches
+from reportgen.hooks import HookOwner
 from reportgen.inputs import InputSet, call_model
 from reportgen.palettes import FLAT_INDEX, LEVELS
 
@@ -208,7 +211,7 @@ class _MapHooks(HookOwner):
         modules = dict(self.model.named_modules())
         for name in self.names:
             if name in modules:
-                self._handles.append(modules[name].register_forward_hook(self._make(name)))
+                self.hooks.forward(modules[name], self._make(name))
 
     def _make(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -487,10 +490,9 @@ def run_probes(
     dtype = model_dtype(model)
     states = [_KindState(kind=kind, strength=options.strength_of(kind)) for kind in options.kinds]
     order: list[str] = []
-    for start in range(0, count, PROBE_CHUNK):
-        stop = min(start + PROBE_CHUNK, count)
-        batch = inputs.batch(start, stop)
-        batch = batch.to(device=device, dtype=dtype if batch.is_floating_point() else None)
+
+    def step(loaded: Batch) -> None:
+        start, stop, batch = loaded.start, loaded.stop, loaded.tensor
         with torch.inference_mode():
             recorder = _MapHooks(model, layer_names)
             try:
@@ -529,6 +531,8 @@ def run_probes(
             _gather(state, comparer, recorder.order, perturbation, clean_logits, find_logits(output, stop - start), targets,
                     labels, inputs, start, thumbnail, options)
         del recorder
+
+    run_batches(inputs, step, device=device, dtype=dtype, batch_size=PROBE_CHUNK, count=count)
     results = []
     for state in states:
         if state.note:

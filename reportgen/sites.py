@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from reportgen.hooks import HookSet
+
 ACTIVATIONS = frozenset({
     "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish", "hardswish",
     "hardsigmoid", "hardtanh", "sigmoid", "tanh", "softplus", "prelu", "rrelu", "threshold", "logsigmoid",
@@ -117,20 +119,20 @@ class SiteTracker(TorchFunctionMode):
         self._resolved: set[str] = set()
         self._stack: list[tuple[str, str]] = []  # (label, call key) of the leaf modules running
         self._calls: dict[str, int] = {}
-        self._handles: list[Any] = []
+        self._hooks = HookSet()
         self._entered = False
 
     # context: the mode plus the module-stack hooks that name each step
     def __enter__(self) -> SiteTracker:
         named = dict(self.model.named_modules())
         try:
-            self._handles.append(self.model.register_forward_pre_hook(self._start_forward))
-            self._handles.append(self.model.register_forward_hook(self._end_forward))
+            self._hooks.pre(self.model, self._start_forward)
+            self._hooks.forward(self.model, self._end_forward)
             for name, module in named.items():
                 if name and not any(True for _ in module.children()):
                     label = f"{name} ({type(module).__name__})"
-                    self._handles.append(module.register_forward_pre_hook(self._push(name, label)))
-                    self._handles.append(module.register_forward_hook(self._pop(label)))
+                    self._hooks.pre(module, self._push(name, label))
+                    self._hooks.forward(module, self._pop(label))
             super().__enter__()
             self._entered = True
         except BaseException:
@@ -147,9 +149,7 @@ class SiteTracker(TorchFunctionMode):
             self._remove()
 
     def _remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.close()
         self._paths.clear()
 
     def _push(self, name: str, label: str) -> Callable[..., None]:
@@ -283,15 +283,11 @@ def learn_sites(
                 tracker.watch(output, key(name, index))
         return hook
 
-    handles = []
-    try:
+    with HookSet() as hooks:
         for name in layer_names:
-            handles.append(modules[name].register_forward_hook(watcher(name)))
+            hooks.forward(modules[name], watcher(name))
         with tracker, torch.inference_mode():
             forward()
-    finally:
-        for handle in handles:
-            handle.remove()
     return tracker.plan
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reportgen.capture import call_key
+from reportgen.sites import call_key
 from reportgen.geometry import FlowRecorder, Geometry
 
 

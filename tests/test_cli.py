@@ -127,8 +127,8 @@ def test_help_is_fast_complete_and_imports_no_torch() -> None:
 
 
 def test_a_plain_report_imports_no_impact_modules(tmp_path: Path) -> None:
-    """Ablation and misfiring (and the impact pass) live in modules a report without those flags
-    never loads. (The page's view reads one threshold from `probes`.)"""
+    """Ablation and misfiring (their main-pass collectors too, and the impact pass) live in modules
+    a report without those flags never loads. (The page's view reads one threshold from `probes`.)"""
     import torch
 
     torch.save(torch.rand(2, 3, 16, 16), tmp_path / "x.pt")
@@ -138,7 +138,7 @@ def test_a_plain_report_imports_no_impact_modules(tmp_path: Path) -> None:
         f"code = main(['tests.fixtures.models:tiny_cnn', {str(tmp_path / 'x.pt')!r}, '-o', "
         f"{str(tmp_path / 'r.html')!r}, '-q', '--device', 'cpu'])\n"
         "print(code, sorted(m for m in sys.modules if m.split('.')[-1] in "
-        "('impact', 'ablation', 'misfiring')))\n"
+        "('impact', 'ablation', 'misfiring', 'ablation_baseline')))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parent.parent)

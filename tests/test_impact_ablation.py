@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reportgen.ablation import AblationOptions, ancestors, chunks, ranking, run_ablation
+from reportgen.collectors.ablation_baseline import clean_baseline
 from reportgen.api import generate_report
 from reportgen.errors import ReportError
 from reportgen.impact import ImpactOptions
@@ -27,10 +28,14 @@ def _labelled(images: torch.Tensor, labels: list[int | None]):
     return inputs
 
 
-def _ablate(model: nn.Module, inputs, names, **kwargs):
+def _ablate(model: nn.Module, inputs, names, forward_args=None, **kwargs):
+    """Ablation with its baseline from a clean pass of its own (in a report, the main pass
+    collects it: `collectors/ablation_baseline.py`)."""
     model.eval()
+    options = AblationOptions(**kwargs)
     with torch.inference_mode():
-        return run_ablation(model, inputs, CPU, names, AblationOptions(**kwargs))
+        baseline = clean_baseline(model, inputs, CPU, options.batch_size, forward_args)
+        return run_ablation(model, inputs, CPU, names, options, baseline=baseline, forward_args=forward_args)
 
 
 def test_the_one_carrier_channel_ranks_first_and_the_others_do_nothing():
@@ -165,9 +170,8 @@ def test_dict_inputs_through_forward_args_are_expanded_too():
     model = DictNet().eval()
     images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     inputs = _labelled(images, [0, 1, 2, 0])
-    with torch.inference_mode():
-        result = run_ablation(model, inputs, CPU, ["conv"], AblationOptions(max_channels=None),
-                              forward_args=lambda b: ({"image": b, "scale": torch.full((b.shape[0], 1), 2.0)},))
+    result = _ablate(model, inputs, ["conv"], max_channels=None,
+                     forward_args=lambda b: ({"image": b, "scale": torch.full((b.shape[0], 1), 2.0)},))
     (layer,) = result.layers
     target = torch.tensor([0, 1, 2, 0])
     for channel in range(4):
@@ -255,7 +259,7 @@ def test_model_left_unchanged_when_its_forward_raises_during_ablation():
 
         def forward(self, x):
             type(self).calls += 1
-            if type(self).calls > 2:  # 1: the unablated pass, 2: the channel count
+            if type(self).calls > 3:  # 1: learning the sites, 2: the unablated pass, 3: the channel count
                 raise RuntimeError("boom on a later pass")
             return super().forward(x)
 
@@ -302,10 +306,10 @@ def test_layers_sharing_an_expansion_module_share_each_pass():
     finally:
         handle.remove()
     assert [layer.expanded_at for layer in result.layers] == ["blocks.1", "blocks.1"]
-    # batch 1: clean pass, the 1-row channel count, then per layer a rejected try (expanding at the
-    # conv itself breaks on the shortcut) and the checked pass at blocks.1;
-    # batches 2 and 3: clean pass, then ONE pass for the 8 slots of both layers
-    assert seen == [4, 1, 4, 4, 4, 4] + [4, 4] + [4, 4]
+    # the clean pass (in a report: the main pass) over the 3 batches first; then batch 1: the 1-row
+    # channel count, then per layer a rejected try (expanding at the conv itself breaks on the
+    # shortcut) and the checked pass at blocks.1; batches 2 and 3: ONE pass for the 8 slots of both
+    assert seen == [4, 4, 4] + [1, 4, 4, 4, 4] + [4] + [4]
     # and the numbers are still those of one forward per channel
     target = torch.tensor([i % 4 for i in range(12)])
     for layer in result.layers:

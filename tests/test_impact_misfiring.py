@@ -9,20 +9,21 @@ import torch
 
 from reportgen.api import generate_report
 from reportgen.impact import ImpactOptions
-from reportgen.inputs import from_tensor
-from reportgen.misfiring import MisfiringTracker, find_misfiring, flagged
+from reportgen.collectors.misfiring import MisfiringCollector
+from reportgen.misfiring import flagged
 from tests.fixtures.impact_models import MarkerNet, marker_inputs
+from tests.helpers import run_main_pass
 
 CPU = torch.device("cpu")
 MARKER_CHANNEL = 1
 
 
 def _run(model, images, labels, batch_size=5):
-    inputs = from_tensor(images)
-    inputs.labels = list(labels)
+    """The misfiring collector on the raw output of `conv`, riding the engine's main pass."""
+    collector = MisfiringCollector(("conv",))
     model.eval()
-    with torch.inference_mode():
-        return find_misfiring(model, inputs, CPU, ["conv"], batch_size=batch_size)
+    run_main_pass(model, ["conv"], images, batch_size=batch_size, collectors=[collector], labels=labels)
+    return collector.result()
 
 
 def test_the_marker_channel_misfires_on_exactly_the_misclassified_inputs():
@@ -67,19 +68,13 @@ def test_statistics_match_a_direct_computation_whatever_the_batch_size():
 def test_tracker_memory_is_bounded_by_channels_not_inputs():
     model = MarkerNet().eval()
     images, labels, _ = marker_inputs(60, seed=1)
-    tracker = MisfiringTracker(model, ["conv"], k=3)
-    with torch.inference_mode():
-        for start in range(0, 60, 6):
-            batch = images[start:start + 6]
-            with tracker.hooks():
-                logits = model(batch)
-            targets = torch.tensor(labels[start:start + 6])
-            tracker.add_batch(logits, targets, torch.ones(len(batch), dtype=torch.bool), start)
-    sums = tracker._sums["conv"]
+    collector = MisfiringCollector(("conv",), k=3)
+    run_main_pass(model, ["conv"], images, batch_size=6, collectors=[collector], labels=labels)
+    sums = collector.state.sums["conv"]
     held = [sums.top_values, sums.top_inputs, *sums.sum.values(), *sums.sumsq.values()]
     assert all(t.shape[0] == 3 and t.numel() <= 9 for t in held)
-    assert not tracker._pending  # the per-input means of a batch are gone once it is counted
-    assert not model.conv._forward_hooks
+    assert not collector._pending  # the per-input means of a batch are gone once it is counted
+    assert not model.conv._forward_hooks and not model._forward_hooks and not model._forward_pre_hooks
 
 
 def test_report_lists_the_misfiring_filter_with_its_inputs_and_says_when_it_cannot():

@@ -13,8 +13,10 @@ from PIL import Image
 from torch import nn
 
 import reportgen
-from reportgen.analyze import PredictionRecord
-from reportgen.embedding import MAX_POINTS, FeatureCollector, outliers, pca_2d
+from tests.helpers import run_main_pass
+from reportgen.analysis import PredictionRecord
+from reportgen.collectors.features import FeatureCollector
+from reportgen.embedding import MAX_POINTS, outliers, pca_2d
 from reportgen.grids import decode_data_uri
 from reportgen.per_class import per_class
 from reportgen.svg import heatmap, histogram, scatter
@@ -150,13 +152,9 @@ def test_randomized_pca_agrees_with_the_exact_one() -> None:
 
 def test_feature_collector_keeps_the_classifier_input_and_stays_bounded() -> None:
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
-    collector = FeatureCollector(model, max_points=10, offset=lambda: state["offset"])
-    state = {"offset": 0}
+    collector = FeatureCollector(model, max_points=10)
     images = torch.rand(24, 1, 6, 6)
-    with collector, torch.inference_mode():
-        for start in range(0, 24, 8):
-            state["offset"] = start
-            model(images[start:start + 8])
+    run_main_pass(model, [], images, batch_size=8, collectors=[collector])
     features = collector.result()
     assert features is not None and features.vectors.shape == (10, 3) and features.total == 24
     assert features.indices.tolist() == list(range(10))

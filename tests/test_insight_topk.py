@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 import reportgen
-from reportgen.capture import ActivationCapture
 from reportgen.inputs import from_tensor
 from reportgen.summary import summarize
 from reportgen.top_activations import (
@@ -20,7 +19,7 @@ from reportgen.top_activations import (
     window,
 )
 from tests.fixtures.insight_models import SpotDetector, spot_dataset
-from tests.helpers import decode
+from tests.helpers import run_main_pass, decode
 
 PLANTED = {7: (5.0, 3, 4), 19: (9.0, 8, 2), 33: (7.0, 5, 9)}  # index: (value, y, x)
 
@@ -49,12 +48,9 @@ def test_top_k_equals_brute_force_for_every_channel() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3, stride=2))
     images = torch.randn(50, 3, 10, 10)
-    capture = ActivationCapture(model, ["0", "2"], max_channels=4, tile_size=8, keep_inputs=2, top_k=4,
-                                peak_channels=3)  # peaks looked up for channels 0-2 only
-    with capture, torch.inference_mode():
-        for start in range(0, 50, 7):  # uneven batches
-            capture.start_batch(start)
-            model(images[start:start + 7])
+    capture, _ = run_main_pass(model, ["0", "2"], images, batch_size=7,  # uneven batches
+                               max_channels=4, tile_size=8, keep_inputs=2, top_k=4,
+                               peak_channels=3)  # peaks looked up for channels 0-2 only
     layers = {layer.key: layer for layer in capture.results()}
     with torch.no_grad():
         outputs = {"0": model[0](images), "2": model[2](model[1](model[0](images)))}
@@ -75,11 +71,8 @@ def test_state_is_flat_in_the_number_of_inputs() -> None:
     model = nn.Sequential(nn.Conv2d(1, 3, 3))
     sizes = []
     for count in (8, 64):
-        capture = ActivationCapture(model, ["0"], max_channels=3, tile_size=4, keep_inputs=1, top_k=5)
-        with capture, torch.inference_mode():
-            for start in range(0, count, 4):
-                capture.start_batch(start)
-                model(torch.randn(4, 1, 6, 6))
+        capture, _ = run_main_pass(model, ["0"], torch.randn(count, 1, 6, 6), batch_size=4, max_channels=3,
+                                   tile_size=4, keep_inputs=1, top_k=5)
         layer = capture.results()[0]
         sizes.append((layer.top_scores.shape, layer.top_inputs.shape, layer.top_positions.shape, len(layer.tiles)))
     assert sizes[0] == sizes[1] == (((3, 5),) * 3 + (1,))
@@ -148,10 +141,9 @@ def test_display_image_denormalises_like_thumbnails() -> None:
 
 def test_geometry_of_a_stride_two_conv_on_an_odd_input() -> None:
     model = nn.Sequential(nn.Conv2d(1, 1, 3, stride=2))
-    capture = ActivationCapture(model, ["0"], max_channels=1, tile_size=4, keep_inputs=1, top_k=1)
-    with capture, torch.inference_mode():
-        capture.start_batch(0)
-        rows = summarize(model, torch.rand(1, 1, 9, 9)).rows
+    capture, main = run_main_pass(model, ["0"], torch.rand(1, 1, 9, 9), batch_size=1, max_channels=1, tile_size=4,
+                                  keep_inputs=1, top_k=1)
+    rows = main.summary.rows
     geometry = layer_geometry(rows, capture.results())
     # 9 pixels into 4 cells: each cell still sees 3 pixels, 2 apart (not 9/4 apart, 7 wide)
     assert (geometry["0"].stride, geometry["0"].receptive_field, geometry["0"].first) == ((2, 2), (3, 3), (0, 0))
@@ -160,7 +152,7 @@ def test_geometry_of_a_stride_two_conv_on_an_odd_input() -> None:
 
 
 def test_crops_cut_during_the_pass_equal_reloaded_ones_and_no_input_is_loaded_twice(monkeypatch) -> None:
-    from reportgen import insight
+    from reportgen import collectors
     from reportgen.inputs import InputSet
 
     torch.manual_seed(3)
@@ -179,7 +171,7 @@ def test_crops_cut_during_the_pass_equal_reloaded_ones_and_no_input_is_loaded_tw
     during = reportgen.generate_report(model, images, device="cpu", batch_size=7, max_inputs_shown=4, top_k=4)
     assert sorted(loads) == list(range(60))  # each input once: no winner reloaded for its crop
     loads.clear()
-    monkeypatch.setattr(insight, "crop_collector", lambda *args, **kwargs: None)
+    monkeypatch.setattr(collectors, "TopCropCollector", lambda *args, **kwargs: None)
     reloaded = reportgen.generate_report(model, images, device="cpu", batch_size=7, max_inputs_shown=4, top_k=4)
     assert len(loads) > 60  # the winners were loaded again
     strips = [(a.insight.top_strip, b.insight.top_strip) for a, b in zip(during.model.sections, reloaded.model.sections)]
@@ -194,21 +186,38 @@ def test_crop_collector_keeps_only_current_winners() -> None:
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3, padding=1))
     images = torch.rand(90, 3, 12, 12, generator=torch.Generator().manual_seed(9))
     inputs = from_tensor(images)
-    capture = ActivationCapture(model, ["0", "2"], max_channels=6, tile_size=8, keep_inputs=2, top_k=3,
-                                peak_channels=2)
+    from reportgen.collectors.activations import ActivationCollector
+    from reportgen.collectors.crops import TopCropCollector
+
+    capture = ActivationCollector(max_channels=6, tile_size=8, keep_inputs=2, top_k=3, peak_channels=2)
     collector = CropCollector(model, inputs, channels=2)
-    rows: tuple = ()
-    with capture, torch.inference_mode():
-        for start in range(0, 90, 10):
-            capture.start_batch(start)
-            if start == 0:  # the first batch's forward is the summary's, as in analyze
-                rows = summarize(model, images[start:start + 10]).rows
-            else:
-                model(images[start:start + 10])
+    checked = []
+
+    class Checked(TopCropCollector):
+        def commit(self) -> None:  # after each batch: only current winners keep a crop
+            super().commit()
             winners = capture.winners(collector.channels)
-            collector.update(winners, rows, images[start:start + 10], start)
             current = {(w.key, row, int(i)) for w in winners for row, r in enumerate(w.inputs) for i in r}
             assert set(collector.crops) <= current and len(collector.crops) <= 2 * 2 * 3
+            checked.append(len(collector.crops))
+
+    from reportgen.engine.main_pass import MainPass
+    from reportgen.sites import RAW_BY_REQUEST
+
+    rows: list = []
+    crops = Checked(collector, capture, lambda: rows)
+    main = MainPass(model, [capture, crops], observed=["0", "2"], plan=None, raw_reason=RAW_BY_REQUEST)
+
+    original_commit = crops.commit
+
+    def commit() -> None:  # the first batch's forward is the summary's, as in analyze
+        rows[:] = main.summary.rows
+        original_commit()
+
+    crops.commit = commit
+    with torch.inference_mode():
+        main.run(inputs, device=torch.device("cpu"), dtype=torch.float32, batch_size=10)
+    assert len(checked) == 9
     assert len(collector.crops) == 2 * 2 * 3  # every winner of the 2 layers x 2 channels x top-3 has its crop
 
 

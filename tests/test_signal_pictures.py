@@ -16,7 +16,6 @@ from torch import nn
 
 import reportgen
 from reportgen import render
-from reportgen.capture import ActivationCapture
 from reportgen.filters import filter_tiles
 from reportgen.gradcam import grad_cam
 from reportgen.inputs import from_tensor
@@ -30,7 +29,7 @@ from reportgen.size_budget import (
     reduce_layer,
 )
 from tests.fixtures.zoo import Head, conv3d, rand
-from tests.helpers import decode, tile_pixels
+from tests.helpers import run_main_pass, decode, tile_pixels
 
 HEIGHT = 24  # px of a 1D plot
 TOP = 253  # the highest colour level
@@ -268,10 +267,8 @@ def test_grad_cam_for_3d_layers_matches_autograd() -> None:
 def test_the_size_budget_narrows_1d_plots_keeping_exact_minima_and_maxima() -> None:
     model = positive_1d_model()
     signal = audio()
-    with ActivationCapture(model, ["0"], max_channels=3, tile_size=32, keep_inputs=1) as capture:
-        capture.start_batch(0)
-        with torch.no_grad():
-            model(signal)
+    capture, _ = run_main_pass(model, ["0"], signal, batch_size=len(signal), max_channels=3, tile_size=32,
+                               keep_inputs=1)
     layer = capture.results()[0]
     assert layer.envelopes[0].shape == (3, 3, 64)
     reduced = reduce_layer(layer, Drawing(tile_size=8, channels=2, inputs=1))

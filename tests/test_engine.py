@@ -1,0 +1,165 @@
+"""The engine: one pass feeds every collector, a pass split in shares merges to the same result,
+impact's clean pass rides the main one, and nothing but `hooks.py` attaches a hook."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import reportgen
+from reportgen.collectors.ablation_baseline import AblationBaselineCollector
+from reportgen.collectors.activations import ActivationCollector
+from reportgen.collectors.features import FeatureCollector
+from reportgen.collectors.misfiring import MisfiringCollector
+from reportgen.collectors.predictions import PredictionCollector
+from reportgen.engine.main_pass import MainPass
+from reportgen.impact import ImpactOptions
+from reportgen.inputs import from_tensor
+from reportgen.sites import RAW_BY_REQUEST
+
+CPU = torch.device("cpu")
+
+
+def small_model() -> nn.Module:
+    torch.manual_seed(11)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 5, 3, stride=2),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4)).eval()
+
+
+def collectors(model: nn.Module, labelled: bool) -> list:
+    return [ActivationCollector(max_channels=4, tile_size=4, keep_inputs=5, top_k=3, peak_channels=2),
+            PredictionCollector(), MisfiringCollector(("0", "3")), FeatureCollector(model, max_points=7),
+            AblationBaselineCollector(labelled=labelled, verify_count=6)]
+
+
+def run(model: nn.Module, inputs, riders: list, *, first: int = 0, count: int | None = None, batch_size: int = 6):
+    main = MainPass(model, riders, observed=["0", "3"], plan=None, raw_reason=RAW_BY_REQUEST)
+    with torch.inference_mode():
+        main.run(inputs, device=CPU, dtype=torch.float32, batch_size=batch_size, first=first, count=count)
+    return main
+
+
+def test_a_pass_split_in_two_shares_merges_to_the_one_pass_result() -> None:
+    """What a torchrun split will rely on: every collector's merge is exact. Ties are planted
+    (duplicated inputs) so that the top-k tie rule (lower input index) is exercised."""
+    model = small_model()
+    images = torch.rand(30, 3, 9, 9, generator=torch.Generator().manual_seed(3))
+    images[17] = images[4]  # a tie across the two shares: input 4 must win it
+    images[25] = images[21]
+    inputs = from_tensor(images)
+    inputs.labels = [i % 4 for i in range(30)]
+    whole = collectors(model, True)
+    run(model, inputs, whole)
+    first, second = collectors(model, True), collectors(model, True)
+    # the same batches as the whole pass (a conv's last bits can depend on the batch size);
+    # only the order of the float64 additions differs
+    run(model, inputs, first, count=12)
+    run(model, inputs, second, first=12)
+    for mine, theirs in zip(first, second):
+        mine.merge(theirs)
+    merged = first
+    for a, b in zip(whole[0].results(), merged[0].results()):
+        assert a.key == b.key and a.inputs_seen == b.inputs_seen == 30
+        for name in ("mean", "max", "min", "fraction_active", "fraction_inputs_active"):
+            np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(a.top_inputs, b.top_inputs)
+        np.testing.assert_array_equal(a.top_positions, b.top_positions)
+        assert sorted(a.tiles) == sorted(b.tiles) == [0, 1, 2, 3, 4]
+        for index in a.tiles:
+            np.testing.assert_array_equal(a.tiles[index], b.tiles[index])
+    for row in whole[0].results()[0].top_inputs.tolist():  # a tie goes to the earlier input
+        for early, late in ((4, 17), (21, 25)):
+            assert late not in row or (early in row and row.index(early) < row.index(late))
+    assert whole[1].records() == merged[1].records()
+    m_whole, m_merged = whole[2].result(), merged[2].result()
+    assert (m_whole.correct, m_whole.wrong, m_whole.predictions) == (m_merged.correct, m_merged.wrong,
+                                                                     m_merged.predictions)
+    for a, b in zip(m_whole.layers, m_merged.layers):
+        np.testing.assert_allclose(a.mean_correct, b.mean_correct, rtol=1e-12)
+        np.testing.assert_array_equal(a.top_inputs, b.top_inputs)
+    f_whole, f_merged = whole[3].result(), merged[3].result()
+    np.testing.assert_array_equal(f_whole.indices, f_merged.indices)
+    np.testing.assert_allclose(f_whole.vectors, f_merged.vectors, rtol=1e-6)
+    b_whole, b_merged = whole[4].result(), merged[4].result()
+    np.testing.assert_array_equal(b_whole.targets, b_merged.targets)
+    assert float(b_whole.scores.loss) == pytest.approx(float(b_merged.scores.loss), rel=1e-12)
+    np.testing.assert_allclose(b_whole.verify, b_merged.verify, rtol=1e-6)
+
+
+def test_statistics_equal_an_independent_computation() -> None:
+    model = small_model()
+    images = torch.rand(11, 3, 9, 9, generator=torch.Generator().manual_seed(5))
+    activations = ActivationCollector(max_channels=6, tile_size=4, keep_inputs=2, top_k=2, peak_channels=6)
+    main = run(model, from_tensor(images), [activations], batch_size=4)
+    with torch.no_grad():
+        outputs = {"0": model[0](images), "3": model[3](model[2](model[1](model[0](images))))}
+    layers = {layer.key: layer for layer in activations.results(main.layer_order())}
+    assert list(layers) == ["0", "3"]
+    for key, output in outputs.items():
+        flat = output.double().flatten(2)
+        np.testing.assert_allclose(layers[key].mean, flat.mean(dim=(0, 2)).numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(layers[key].max, flat.amax(dim=(0, 2)).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(layers[key].fraction_active, (flat > 0).double().mean(dim=(0, 2)).numpy())
+        best = flat.amax(dim=2).argsort(dim=0, descending=True, stable=True)[:2].T
+        np.testing.assert_array_equal(layers[key].top_inputs[: best.shape[0]], best.numpy())
+
+
+def _clean_rows(model: nn.Module, **options) -> int:
+    """Rows of the inputs the model ran unablated: forwards where the ablated conv (model[3])
+    saw as many rows as the first conv (ablation widens the batch at model[3] itself)."""
+    seen: list[list[int]] = []
+    handles = [model[0].register_forward_hook(lambda m, a, o: seen.append([o.shape[0]])),
+               model[3].register_forward_hook(lambda m, a, o: seen[-1].append(o.shape[0]))]
+    try:
+        images = torch.rand(20, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+        reportgen.generate_report(model, images, device="cpu", targets=[i % 4 for i in range(20)], batch_size=8,
+                                  max_size_mb=0, cam=False, **options)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(rows[0] for rows in seen if len(rows) == 2 and rows[0] == rows[1])
+
+
+def test_ablation_and_misfiring_run_no_clean_pass_of_their_own() -> None:
+    model = small_model()
+    plain = _clean_rows(model)
+    assert plain == 1 + 20  # the one input that learns the activation sites, then the main pass
+    with_impact = _clean_rows(model, impact=ImpactOptions(ablation=True, misfiring=True,
+                                                          ablation_layers=("3",), ablation_max_channels=5))
+    # only ablation's one-input channel count is added: before the engine, a second clean pass
+    # over the 20 inputs ran (41 + 1 rows)
+    assert with_impact == plain + 1
+
+
+def test_only_the_hook_module_attaches_hooks() -> None:
+    """Every hook goes through `hooks.HookSet` (its exit removes them all)."""
+    source = Path(reportgen.__file__).parent
+    attaching = re.compile(r"\.register_(forward|full_backward|backward)(_pre)?_hook\(")
+    offenders = [str(path.relative_to(source)) for path in sorted(source.rglob("*.py"))
+                 if path.name != "hooks.py" and attaching.search(path.read_text())]
+    assert offenders == []
+
+
+def test_the_model_is_left_as_it_was_when_a_collector_pass_fails() -> None:
+    class Breaks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("broken on the third batch")
+            return self.conv(x).mean(dim=(2, 3))
+
+    model = Breaks().train()
+    with pytest.raises(reportgen.ReportError, match="broken on the third batch"):
+        reportgen.generate_report(model, torch.rand(12, 3, 6, 6), device="cpu", batch_size=4, cam=False)
+    assert model.training and model.conv.training
+    assert not model._forward_hooks and not model._forward_pre_hooks and not model.conv._forward_hooks
