@@ -35,19 +35,10 @@ torch.save({"epoch": 199, "global_step": 78200, "pytorch-lightning_version": "2.
             "lr_schedulers": [], "callbacks": {}, "loops": {}}, sys.argv[2])
 ' "$DATA/resnet20-12fca82f.th" "$OUT.ckpt"
 
-PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} python3 -m reportgen examples/resnet20_cifar.py:resnet20 \
-    --weights "$OUT.ckpt" "$DATA/cifar10_foolbox_samples" \
-    --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 \
-    --labels examples/cifar10_labels.txt --label-pattern '_([0-9])\.png$' \
-    -o "$OUT.html" --json "$OUT.json" --quiet
-
+# The plain example's command and accuracy check, on this file; then the prefix from the JSON.
+WEIGHTS="$OUT.ckpt" OUT="$OUT" DATA="$DATA" sh examples/cifar10_resnet20.sh
 python3 -c '
 import json, sys
-report = json.load(open(sys.argv[1]))
-predictions = report["predictions"]
-right = sum(bool(p["correct"]) for p in predictions)
-model = report["model"]
-print("%d/%d correct; checkpoint entry %s, prefix %r stripped"
-      % (right, len(predictions), model["checkpoint_key"], model["checkpoint_prefix"]))
-sys.exit(0 if right == len(predictions) else 1)
+model = json.load(open(sys.argv[1]))["model"]
+print("checkpoint entry %s, prefix %r stripped" % (model["checkpoint_key"], model["checkpoint_prefix"]))
 ' "$OUT.json"
