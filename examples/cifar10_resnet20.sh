@@ -25,10 +25,12 @@ if [ ! -f "$DATA/resnet20-12fca82f.th" ] || [ ! -d "$DATA/cifar10_foolbox_sample
     exit 2
 fi
 OUT=${OUT:-out/cifar10-resnet20}  # out/ is git-ignored
+# WEIGHTS: the same weights in another file (examples/cifar10_resnet20_lightning.sh passes its .ckpt).
+WEIGHTS=${WEIGHTS:-$DATA/resnet20-12fca82f.th}
 mkdir -p "$(dirname "$OUT")"
 
 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} python3 -m reportgen examples/resnet20_cifar.py:resnet20 \
-    --weights "$DATA/resnet20-12fca82f.th" "$DATA/cifar10_foolbox_samples" \
+    --weights "$WEIGHTS" "$DATA/cifar10_foolbox_samples" \
     --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 \
     --labels examples/cifar10_labels.txt --label-pattern '_([0-9])\.png$' \
     -o "$OUT.html" --json "$OUT.json" --quiet

@@ -32,6 +32,7 @@ from reportgen.inputs import (
     synthetic_probes,
 )
 from reportgen.labels import check_label_count
+from reportgen.checkpoints import CheckpointUse
 from reportgen.models import DEFAULT_SEED, MAX_SEED, LoadedModel, seeded
 from reportgen.preprocess import DEFAULT_SOURCE, Preprocessing
 from reportgen.progress import progress_bar
@@ -95,6 +96,14 @@ def report_date() -> str:
 def check_seed(seed: Any) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ReportError(f"--seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+
+
+def checkpoint_info(use: CheckpointUse | None) -> dict[str, Any]:
+    """`ModelInfo`'s checkpoint fields: the entry read, the prefix stripped, what stayed at init."""
+    if use is None:
+        return {}
+    return {"checkpoint_key": use.key, "checkpoint_entries": use.choices, "checkpoint_prefix": use.prefix,
+            "left_at_init": use.left_at_init, "unused_tensors": use.unused}
 
 
 def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Sequence[str] | None = None,
@@ -215,6 +224,9 @@ def _build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         init=loaded.init if loaded.random_weights else None,
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        kind=loaded.kind,
+        preprocessing_source=inputs.preprocessing.source if inputs.preprocessing else None,
+        **checkpoint_info(loaded.checkpoint),
     )
     # What the report holds besides the render, fixed before any picture is drawn: the size
     # budget measures whole pages.

@@ -23,6 +23,8 @@ examples:
   reportgen demo -o demo-report.html
   reportgen torchvision:resnet18 cat.jpg dog.png -o report.html
   reportgen torchvision:resnet50 --weights DEFAULT photos/ -o r.html --json r.json
+  reportgen timm:resnet18 --model-arg num_classes=10 --weights model.ckpt photos/ -o r.html
+  reportgen hf:./vit-folder cat.jpg -o r.html
   reportgen my_models.py:build_net --model-arg width=64 --weights ckpt.pt images/ -o r.html
   reportgen torchvision:resnet18 --layers 'layer1.*' --max-channels 16 --device cpu
 """
@@ -101,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", metavar="MODEL",
-                        help="torchvision:NAME, path/to/file.py:FACTORY, package.module:FACTORY, "
-                             "a TorchScript/.pt2/pickled model file, or `demo`")
+                        help="torchvision:NAME, timm:NAME, hf:FOLDER (a transformers save_pretrained folder), "
+                             "path/to/file.py:FACTORY, package.module:FACTORY, a TorchScript/.pt2/pickled "
+                             "model file, or `demo`")
     parser.add_argument("inputs", metavar="INPUT", nargs="*",
                         help="image files, folders (recursive) or globs; .pt/.npy/.npz tensors; "
                              "none: synthetic probe inputs")
@@ -116,7 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("model")
     model.add_argument("--weights", metavar="W",
-                       help="checkpoint PATH (state_dict or checkpoint dict), or for torchvision: DEFAULT or an enum name")
+                       help="checkpoint PATH (state_dict or checkpoint dict, e.g. a Lightning .ckpt: a prefix "
+                            "such as `model.` on every key is found and stripped), or for torchvision: DEFAULT "
+                            "or an enum name")
+    model.add_argument("--weights-key", metavar="KEY",
+                       help="the checkpoint entry to load, e.g. state_dict_ema or model_ema (default: the raw "
+                            "weights; the report says which entries there were)")
+    model.add_argument("--weights-partial", action="store_true",
+                       help="load the checkpoint tensors that fit by name and shape and leave the rest at "
+                            "their init, listed in the report (default: a partial match is refused)")
     model.add_argument("--model-arg", metavar="KEY=VALUE", action="append", default=[],
                        help="keyword argument for the model factory (Python literal; repeatable)")
     model.add_argument("--trust-pickle", action="store_true",

@@ -180,6 +180,7 @@ def _demo_sources() -> tuple[LoadedModel, InputSet]:
         name="reportgen demo CNN",
         source="reportgen built-in demo checkpoint (trained by examples/train_demo_model.py)",
         class_names=list(demo.CLASS_NAMES),
+        kind="demo",
     )
     return loaded, inputs
 
@@ -209,6 +210,8 @@ def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
         model_args=parse_model_args(args.model_arg),
         trust_pickle=args.trust_pickle,
         seed=args.seed,
+        weights_key=getattr(args, "weights_key", None),
+        weights_partial=getattr(args, "weights_partial", False),
     )
     refuse_multi_input(loaded)
     layout = layout_of(loaded.module)

@@ -1,4 +1,5 @@
-"""Leave the model exactly as we found it: training flags, device, and no stray hooks."""
+"""Leave the model exactly as we found it: training flags, device, and no stray hooks; and the
+RNG seeded around a random init, put back afterwards."""
 
 from __future__ import annotations
 
@@ -38,3 +39,14 @@ def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
     finally:
         if moved:
             model.to(original)
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """torch's RNGs seeded with `seed` inside, put back as they were afterwards (CUDA's only if
+    already initialised: forking it would initialise CUDA for a CPU run; one initialised inside
+    starts from the seed). Here, below the load stage, so every model loader can seed its init."""
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield

@@ -2,8 +2,12 @@
 
 Specs:
 - `torchvision:NAME` (random init unless `--weights DEFAULT|ENUM_NAME|PATH`);
+- `timm:NAME` and `hf:FOLDER` (library_models.py: timm.create_model, a transformers
+  save_pretrained folder);
 - `path/to/file.py:FACTORY` and `package.module:FACTORY` (a class or a function), called with
-  `--model-arg key=value` keyword arguments.
+  `--model-arg key=value` keyword arguments;
+- otherwise a model file (model_files.py).
+Every kind takes `--weights PATH` (`--weights-key`, `--weights-partial`: checkpoints.py).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ from reportgen.checkpoints import LoadedModel, apply_checkpoint
 from reportgen.errors import ReportError, one_line
 from reportgen.metadata import display_path
 from reportgen.model_files import load_model_file
+from reportgen.model_state import seeded
 from reportgen.preprocess import Preprocessing
 
 DEFAULT_SEED = 0  # `--seed`: random inits, probes and synthetic inputs are the same on every run
@@ -58,34 +63,53 @@ def load_model(
     model_args: Mapping[str, Any] | None = None,
     trust_pickle: bool = False,
     seed: int = DEFAULT_SEED,
+    weights_key: str | None = None,
+    weights_partial: bool = False,
 ) -> LoadedModel:
-    """`seed` seeds torch's RNG for the model's random init (the caller's RNG state is kept)."""
+    """`seed` seeds torch's RNG for the model's random init (the caller's RNG state is kept).
+    `weights_key` names the checkpoint entry to read (e.g. `state_dict_ema`); `weights_partial`
+    loads the tensors that fit and lists the rest, instead of refusing a partial match."""
     kwargs = dict(model_args or {})
+    checkpoint_options = {"trust_pickle": trust_pickle, "key": weights_key, "partial": weights_partial}
+    if (weights_key or weights_partial) and weights is None and not spec.startswith("hf:"):
+        raise ReportError(f"{'--weights-key' if weights_key else '--weights-partial'} goes with --weights PATH")
     if spec.startswith("torchvision:"):
-        return load_torchvision(spec.split(":", 1)[1], weights, kwargs, trust_pickle=trust_pickle, seed=seed)
+        loaded = load_torchvision(spec.split(":", 1)[1], weights, kwargs, seed=seed, **checkpoint_options)
+        loaded.kind = "torchvision"
+        return loaded
+    if spec.startswith("timm:"):
+        from reportgen.library_models import load_timm, refuse_timm_default
+
+        name = spec.split(":", 1)[1]
+        loaded = load_timm(name, kwargs, seed=seed, weights_given=weights is not None)
+        if weights is not None:
+            if weights.upper() == "DEFAULT" and not Path(weights).is_file():
+                raise refuse_timm_default(name, loaded.module)
+            apply_checkpoint(loaded, Path(weights), **checkpoint_options)
+        return loaded
+    if spec.startswith("hf:"):
+        from reportgen.library_models import load_hf
+
+        if weights_key:
+            raise ReportError("--weights-key is for checkpoint files; hf: reads the folder's own weights")
+        loaded = load_hf(spec.split(":", 1)[1], kwargs, seed=seed, partial=weights_partial)
+        if weights is not None:
+            apply_checkpoint(loaded, Path(weights), trust_pickle=trust_pickle)
+        return loaded
     target, sep, factory = spec.rpartition(":")
     if sep and factory.isidentifier() and (target.endswith(".py") or _looks_like_module(target)):
         loaded = load_factory(target, factory, kwargs, seed=seed, check_init=weights is None)
+        loaded.kind = "factory"
     else:
         loaded = load_model_file(Path(spec), trust_pickle=trust_pickle)
+        loaded.kind = "file"
     if weights is not None:
-        apply_checkpoint(loaded, Path(weights), trust_pickle=trust_pickle)
+        apply_checkpoint(loaded, Path(weights), **checkpoint_options)
     return loaded
 
 
 def _looks_like_module(target: str) -> bool:
     return bool(target) and all(part.isidentifier() for part in target.split("."))
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """torch's RNGs seeded with `seed` inside, put back as they were afterwards (CUDA's only if
-    already initialised: forking it would initialise CUDA for a CPU run; one initialised inside
-    starts from the seed)."""
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        yield
 
 
 def load_factory(target: str, factory: str, kwargs: dict[str, Any], *, seed: int = DEFAULT_SEED,
@@ -170,8 +194,8 @@ def _kwargs_text(kwargs: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
 
 
-def load_torchvision(name: str, weights: str | None, kwargs: dict[str, Any], *,
-                     trust_pickle: bool = False, seed: int = DEFAULT_SEED) -> LoadedModel:
+def load_torchvision(name: str, weights: str | None, kwargs: dict[str, Any], *, trust_pickle: bool = False,
+                     seed: int = DEFAULT_SEED, key: str | None = None, partial: bool = False) -> LoadedModel:
     import torchvision
     from torchvision import models as tv_models
 
@@ -210,7 +234,9 @@ def load_torchvision(name: str, weights: str | None, kwargs: dict[str, Any], *,
             loaded.class_names = [str(c) for c in categories]
         loaded.preprocessing, loaded.input_shape = _preprocessing_from_weights(meta_source)
     if checkpoint is not None:
-        apply_checkpoint(loaded, checkpoint, trust_pickle=trust_pickle)
+        apply_checkpoint(loaded, checkpoint, trust_pickle=trust_pickle, key=key, partial=partial)
+    elif key or partial:
+        raise ReportError(f"{'--weights-key' if key else '--weights-partial'} goes with --weights PATH")
     return loaded
 
 
@@ -291,7 +317,9 @@ def _preprocessing_from_weights(weights: Any) -> tuple[Preprocessing | None, tup
     if crop is None or mean is None:
         return None, None
     crop_hw = (int(crop[0]), int(crop[-1]))
+    interpolation = getattr(getattr(transform, "interpolation", None), "value", "bilinear")
     preprocessing = Preprocessing(
+        interpolation=interpolation,
         channels=3,
         resize=tuple(int(r) for r in resize) if resize else None,
         center_crop=crop_hw,

@@ -26,7 +26,8 @@ def find_logits(output: Any, batch_size: int | None) -> torch.Tensor | None:
     """The class logits in `output`, or None. A mapping's `logits` entry wins (Hugging Face
     outputs too); otherwise the first logits-shaped tensor among its values, or among a tuple's
     or list's items, in the model's own order, one level down. A list of dicts (detection) or a
-    map (segmentation) has none."""
+    map (segmentation) has none, nor has a transformers ModelOutput without `logits` (a
+    backbone's `pooler_output` is (N, C) features, not classes)."""
     if is_logits(output, batch_size):
         return output
     logits = getattr(output, "logits", None) if not isinstance(output, torch.Tensor) else None
@@ -34,12 +35,20 @@ def find_logits(output: Any, batch_size: int | None) -> torch.Tensor | None:
         logits = output["logits"]
     if is_logits(logits, batch_size):
         return logits
+    if _is_named_output(output):
+        return None  # its fields are named, and none is `logits`: features (a backbone's pooler_output)
     items: Sequence[Any] = ()
     if isinstance(output, Mapping):
         items = list(output.values())
     elif isinstance(output, (list, tuple)):
         items = output
     return next((item for item in items if is_logits(item, batch_size)), None)
+
+
+def _is_named_output(output: Any) -> bool:
+    """A transformers `ModelOutput` (an OrderedDict subclass with `to_tuple`), told apart by
+    duck typing: reportgen does not import transformers to look at an output."""
+    return isinstance(output, Mapping) and callable(getattr(output, "to_tuple", None))
 
 
 def describe_output(output: Any) -> str:

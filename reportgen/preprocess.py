@@ -32,6 +32,10 @@ class Preprocessing:
     first reduces colour to luma; with `channels=3` the gray is then repeated to 3 channels.
     `resize` is (H, W), or a single int meaning "shorter side to this many pixels" (as
     torchvision's Resize(int) does). `mean`/`std` are per channel, applied after scaling to [0, 1].
+    `interpolation` is torchvision's name for the resize filter (bilinear, bicubic, nearest).
+    `pil_resize`: resize and crop the 8-bit RGB or gray image with PIL before it becomes a tensor,
+    as timm's eval transform does (PIL's bicubic is not torch's: up to ~20 levels apart on noise);
+    16-bit images are still resized as tensors, keeping their precision.
     """
 
     channels: int | None = None
@@ -42,6 +46,8 @@ class Preprocessing:
     source: str = "preprocessing argument"
     grayscale: bool = False
     options: frozenset[str] = frozenset()  # fields a command-line option set (OPTION_NAMES' keys)
+    interpolation: str = "bilinear"
+    pil_resize: bool = False
 
     @property
     def target_channels(self) -> int:
@@ -76,10 +82,11 @@ class Preprocessing:
             steps.append((f"convert to {target} channels (RGBA)", channels))
         if self.resize is not None:
             resized = self.origin(("resize",), DEFAULT_SOURCE)
+            how = f"{self.interpolation}, {'PIL' if self.pil_resize else 'antialiased'}"
             if len(self.resize) == 1:
-                steps.append((f"resize shorter side to {self.resize[0]} px (bilinear, antialiased)", resized))
+                steps.append((f"resize shorter side to {self.resize[0]} px ({how})", resized))
             else:
-                steps.append((f"resize to {self.resize[0]}x{self.resize[1]} (bilinear, antialiased)", resized))
+                steps.append((f"resize to {self.resize[0]}x{self.resize[1]} ({how})", resized))
         if self.center_crop is not None:
             steps.append((f"center crop {self.center_crop[0]}x{self.center_crop[1]}",
                           self.origin(("center_crop",), DEFAULT_SOURCE)))
@@ -98,11 +105,21 @@ class Preprocessing:
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> float32 (C, H, W) tensor, normalised."""
+        from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as TF
 
+        mode = InterpolationMode(self.interpolation)
+        if (self.pil_resize and not self.grayscale and self.target_channels in (1, 3)
+                and image.mode not in HIGH_DEPTH_MODES):
+            picture = convert_channels(image, self.target_channels)
+            if self.resize is not None:
+                picture = TF.resize(picture, list(self.resize), interpolation=mode)
+            if self.center_crop is not None:
+                picture = TF.center_crop(picture, list(self.center_crop))
+            return self.normalise(pil_to_unit_tensor(picture))
         tensor = image_to_unit_tensor(image, self.target_channels, grayscale=self.grayscale)
         if self.resize is not None:
-            tensor = TF.resize(tensor, list(self.resize), antialias=True)
+            tensor = TF.resize(tensor, list(self.resize), interpolation=mode, antialias=True)
         if self.center_crop is not None:
             tensor = TF.center_crop(tensor, list(self.center_crop))
         return self.normalise(tensor)

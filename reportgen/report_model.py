@@ -148,6 +148,13 @@ class ModelInfo:
     total_params: int
     trainable_params: int
     init: str | None = None  # how random weights were made ("factory default init, seed 0"), else None
+    kind: str = "module"  # how MODEL was given: torchvision, timm, hf, factory, file, demo, module (Python API)
+    preprocessing_source: str | None = None  # where the images' preprocessing came from, None: none applied
+    checkpoint_key: str | None = None  # the checkpoint entry read ("state_dict", "state_dict_ema")
+    checkpoint_entries: tuple[str, ...] = ()  # the entries holding weights, when there was a choice
+    checkpoint_prefix: str | None = None  # the key prefix stripped ("model.", "module.")
+    left_at_init: tuple[str, ...] = ()  # --weights-partial: the model's tensors nothing loaded
+    unused_tensors: tuple[str, ...] = ()  # --weights-partial: the checkpoint's tensors that fitted nothing
 
 
 @dataclass(frozen=True)

@@ -267,8 +267,31 @@ def reproduce_view(report: ReportModel) -> dict[str, Any]:
 def weights_text(model: ModelInfo) -> str:
     """'loaded', or how the random weights were made ('random (factory default init, seed 0)')."""
     if not model.random_weights:
+        if model.left_at_init:
+            return f"partly loaded: {count(len(model.left_at_init))} tensor(s) left at their init (--weights-partial)"
         return "loaded"
     return f"random ({model.init})" if model.init else "RANDOM (untrained)"
+
+
+LISTED_TENSORS = 6  # tensor names the overview's Checkpoint row lists before "and N more"
+
+
+def checkpoint_text(model: ModelInfo) -> str:
+    """How the checkpoint was read: the entry (and the others there were), the prefix stripped,
+    the tensors --weights-partial left at init or did not use; "" when there is nothing to say."""
+    parts = []
+    if model.checkpoint_key:
+        others = [e for e in model.checkpoint_entries if e != model.checkpoint_key.split("/")[0]]
+        parts.append(f"entry {model.checkpoint_key}" + (f" (also in the file: {', '.join(others)}; "
+                                                         "--weights-key picks)" if others else ""))
+    if model.checkpoint_prefix:
+        parts.append(f"prefix {model.checkpoint_prefix!r} stripped from every key")
+    for names, what in ((model.left_at_init, "left at init"), (model.unused_tensors, "in the file, not used")):
+        if names:
+            more = len(names) - LISTED_TENSORS
+            parts.append(f"{count(len(names))} {what}: {', '.join(names[:LISTED_TENSORS])}"
+                         + (f" and {count(more)} more" if more > 0 else ""))
+    return "; ".join(parts)
 
 
 HEADLINE_WRONG = 5  # misclassified inputs named in the overview's headline
@@ -338,6 +361,8 @@ def page(report: ReportModel) -> dict[str, Any]:
     ]
     if model.sha256:
         overview.insert(2, ("Checkpoint sha256", model.sha256))
+    if checkpoint_text(model):
+        overview.insert(2, ("Checkpoint", checkpoint_text(model)))
     if run.command:
         overview.append(("Command", run.command))
 

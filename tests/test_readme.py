@@ -24,8 +24,8 @@ README = REPO / "README.md"
 SKIPPED = (
     (r"^pip install\b", "installs packages (network, and changes the environment the tests run in)"),
     (r"^python -m pytest\b", "is this test suite"),
-    (r"\bexamples/cifar10_resnet20\.sh\b", "needs ../shared/data, third-party files beside the checkout "
-                                           "(tests/test_readme.py::test_cifar_example_without_data_says_why)"),
+    (r"\bexamples/cifar10_resnet20(_lightning)?\.sh\b", "needs ../shared/data, third-party files beside the "
+                                                         "checkout (test_cifar_example_without_data_says_why)"),
     (r"--weights DEFAULT\b", "downloads torchvision's pretrained weights"),
     (r"\bmy_models\.py:", "needs the reader's own model file, checkpoint and labelled folder"),
 )
@@ -95,12 +95,13 @@ def test_bash_command_runs_offline(argv: list[str], tmp_path: Path, monkeypatch:
     assert (tmp_path / out).stat().st_size > 10_000
 
 
-def test_cifar_example_without_data_says_why(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["cifar10_resnet20.sh", "cifar10_resnet20_lightning.sh"])
+def test_cifar_example_without_data_says_why(name: str, tmp_path: Path) -> None:
     """From a fresh clone (no ../shared/data beside it) the example stops with one clear line."""
     clone = tmp_path / "clone"
     (clone / "examples").mkdir(parents=True)
-    script = clone / "examples" / "cifar10_resnet20.sh"
-    script.write_bytes((REPO / "examples" / "cifar10_resnet20.sh").read_bytes())
+    script = clone / "examples" / name
+    script.write_bytes((REPO / "examples" / name).read_bytes())
     env = {k: v for k, v in os.environ.items() if k != "DATA"}
     for extra in ({}, {"DATA": "no/such/folder"}):
         done = subprocess.run(["sh", str(script)], cwd=tmp_path, env={**env, **extra}, capture_output=True,
