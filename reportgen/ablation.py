@@ -47,6 +47,7 @@ from torch import nn
 from reportgen.outputs import find_logits
 from reportgen.devices import model_dtype
 from reportgen.errors import ReportError, one_line
+from reportgen.distributed import Group, move
 from reportgen.engine.collector import Batch
 from reportgen.engine.loop import run_batches
 from reportgen.hooks import HookOwner, HookSet
@@ -116,7 +117,7 @@ class Baseline:
     valid: np.ndarray  # (N,) bool: the input counts (it has a label, or no input has one)
     labelled: bool
     num_classes: int
-    verify: np.ndarray  # (V, classes) float32 clean logits of inputs 0..V-1 (ablation's first batch)
+    verify: dict[int, np.ndarray]  # input -> (classes,) float32 clean logits, for ablation's first batches
     scores: Scores  # the unablated model's metrics (scalars as 0-d arrays)
     classes: tuple[int, ...]  # present among the targets, sorted
     class_counts: tuple[int, ...]
@@ -299,8 +300,12 @@ def run_ablation(
     baseline: Baseline | None,
     forward_args: ForwardArgs = None,
     progress: Callable[[int], None] | None = None,
-) -> AblationResult:
+    group: Group | None = None,
+) -> AblationResult | None:
     """Ablate each channel of each layer in `layer_names` over all of `inputs` (see module doc).
+
+    Under torchrun (`group`), each rank ablates its share of whole batches and rank 0 merges the
+    sums (the result; None on the other ranks).
 
     Call in eval mode under `torch.inference_mode()`. `baseline`: the unablated model's targets,
     metrics and first clean logits, from the main pass (`collectors/ablation_baseline.py`; for a
@@ -324,16 +329,18 @@ def run_ablation(
     num_classes = baseline.num_classes
     states: list[_LayerState] = []
     skipped: list[tuple[str, str]] = []
+    share = group.share(len(inputs), batch_size) if group is not None else (0, len(inputs))
 
     def step(batch: Batch) -> None:
         nonlocal states
         rows = batch.size
         targets = torch.from_numpy(baseline.targets[batch.start:batch.stop]).to(device)
         weight = torch.from_numpy(baseline.valid[batch.start:batch.stop]).to(device).double()
-        first = batch.start == 0
+        first = batch.start == share[0]
         if first:
             states = _layer_states(model, modules, layer_names, batch.tensor, options, skipped, forward_args)
-        clean = torch.from_numpy(baseline.verify[batch.start:batch.stop]).to(device) if first else None
+        clean = torch.from_numpy(np.stack([baseline.verify[i] for i in range(batch.start, batch.stop)])).to(device) \
+            if first else None
         # First batch: each layer on its own, choosing (and checking) where to expand.
         for state in [s for s in states if s.skipped is None and s.expanded_at is None]:
             layer_started = time.perf_counter()
@@ -364,7 +371,21 @@ def run_ablation(
             if progress is not None:
                 progress(rows * len(members))
 
-    run_batches(inputs, step, device=device, dtype=dtype, batch_size=batch_size)
+    if group is None:
+        run_batches(inputs, step, device=device, dtype=dtype, batch_size=batch_size)
+    else:
+        error: BaseException | None = None
+        try:
+            run_batches(inputs, step, device=device, dtype=dtype, batch_size=batch_size, first=share[0],
+                        count=share[1])
+        except Exception as exc:
+            error = exc
+        group.agree(error)
+        shares = group.gather([(state.name, state.expanded_at, state.sums, state.rows, state.seconds, state.skipped,
+                                state.channels, state.channels_total) for state in states])
+        if shares is None:
+            return None
+        states, skipped = _merged_states(model, modules, layer_names, options, shares, skipped, device)
     present = np.array(baseline.classes, dtype=np.int64)
     counts = np.array(baseline.class_counts, dtype=np.int64)
     layers = tuple(
@@ -394,6 +415,32 @@ def run_ablation(
         forward_rows=len(inputs) + sum(state.rows for state in states),
         seconds=time.perf_counter() - started,
     )
+
+
+def _merged_states(model: nn.Module, modules: dict[str, nn.Module], layer_names: Sequence[str],
+                   options: AblationOptions, shares: list[Any], skipped: list[tuple[str, str]],
+                   device: torch.device) -> tuple[list[_LayerState], list[tuple[str, str]]]:
+    """Every rank's per-layer sums added up (rank 0). A layer skipped on any rank is skipped."""
+    merged: dict[str, _LayerState] = {}
+    reasons = dict(skipped)
+    for part in shares:
+        for name, expanded_at, sums, rows, seconds, reason, channels, channels_total in part:
+            if reason is not None:
+                reasons.setdefault(name, reason)
+                continue
+            state = merged.get(name)
+            if state is None:
+                module = modules[name]
+                merged[name] = _LayerState(name=name, module=module, channels=list(channels),
+                                           channels_total=channels_total, candidates=[],
+                                           expanded_at=expanded_at, sums=move(sums, device), rows=rows,
+                                           seconds=seconds)
+            else:
+                state.sums.merge(move(sums, device))  # type: ignore[union-attr]
+                state.rows += rows
+                state.seconds += seconds
+    ordered = [merged[name] for name in layer_names if name in merged and name not in reasons]
+    return ordered, list(reasons.items())
 
 
 def _layer_states(

@@ -16,17 +16,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from reportgen import distributed
 from reportgen import insight as insight_stage
 from reportgen import thumbnails
 from reportgen.analysis import Analysis, InsightOptions, LayerWeights
 from reportgen.collectors import PassWants, main_collectors
 from reportgen.devices import model_dtype
+from reportgen.engine.collector import Batch, Collector
 from reportgen.engine.loop import load_batch
 from reportgen.engine.main_pass import MainPass
 from reportgen.errors import ReportError, one_line
 from reportgen.inputs import InputSet, call_model
 from reportgen.model_state import on_device, preserved_modes
 from reportgen.sites import RAW_BY_REQUEST, Plan, call_key, learn_sites
+from reportgen.summary import fallback_summary
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd,)
 TAPS = ("activation", "conv")  # where a conv is observed: its activation site, or its raw output
@@ -48,6 +51,7 @@ class AnalysisOptions:
     insight: InsightOptions = InsightOptions()  # statistics, Grad-CAM, top-k
     misfiring: bool = False  # misfiring filters, collected in the main pass (needs labels)
     ablation_baseline: bool = False  # the unablated side of ablation, collected in the main pass
+    workers: int = 0  # threads decoding the next batches while the model runs (engine/prefetch.py)
 
     def wants(self) -> PassWants:
         return PassWants(max_channels=self.max_channels, tile_size=self.tile_size, keep_inputs=self.keep_inputs,
@@ -124,24 +128,47 @@ def analyze(
         notes.append(_scripted_note(options.layers))
     dtype = model_dtype(model)
     batch_size = max(1, options.batch_size)
+    group = distributed.current()
+    share = group.share(len(inputs), batch_size) if group is not None else (0, len(inputs))
+    if group is not None and inputs.skippable:
+        inputs.skippable = []  # leaving a file out would shift every later rank's share
+        notes.append("Under torchrun an unreadable input file is an error (as with --strict): leaving it out "
+                     "would move every later input to another rank's share.")
     # the first batch is loaded once: its first input also learns the activation sites
-    first = load_batch(inputs, 0, min(batch_size, len(inputs)), device, dtype)
+    first = load_batch(inputs, share[0], min(share[0] + batch_size, share[1]), device, dtype) \
+        if share[1] > share[0] else None
     plan, raw_reason = _learn_sites(model, first.tensor[:1], selected, device, options) \
-        if hookable else (None, "")
+        if hookable and first is not None else (None, "")
 
     with preserved_modes(model), on_device(model, device), torch.inference_mode():
         model.eval()
         main: MainPass | None = None
         collectors = main_collectors(model, inputs, options.wants(), selected=selected, hookable=hookable,
                                      summary_rows=lambda: main.summary.rows if main and main.summary else (),
-                                     check_labels=check_labels)
+                                     check_labels=check_labels,
+                                     verify_starts=tuple(start for start, _ in group.shares(len(inputs), batch_size))
+                                     if group is not None else (0,))
         main = MainPass(model, collectors.all(), observed=selected, plan=plan, raw_reason=raw_reason,
                         forward_args=options.forward_args, hookable=hookable)
-        main.run(inputs, device=device, dtype=dtype, batch_size=batch_size, progress=progress, preloaded=first)
+        if group is None:
+            main.run(inputs, device=device, dtype=dtype, batch_size=batch_size, progress=progress, preloaded=first,
+                     workers=options.workers)
+            order = main.layer_order()
+        else:
+            order = _run_share(group, main, collectors.all(), inputs, device=device, dtype=dtype,
+                               batch_size=batch_size, share=share, progress=progress, preloaded=first,
+                               workers=options.workers)
+            baseline = collectors.ablation_baseline.result() \
+                if group.main and collectors.ablation_baseline is not None else None
+            if options.ablation_baseline:  # every rank ablates its share against the merged baseline
+                baseline = group.broadcast(baseline)
+            if not group.main:
+                return _worker_analysis(model, device, main, selected, baseline)
+            notes.append(group.describe())
         summary = main.summary
         assert summary is not None
         notes.extend(main.notes)
-        layers = collectors.activations.results(main.layer_order())
+        layers = collectors.activations.results(order)
         modules = dict(model.named_modules())
         weights = {
             name: found
@@ -177,6 +204,38 @@ def analyze(
         misfiring=collectors.misfiring.result() if collectors.misfiring is not None else None,
         ablation_baseline=collectors.ablation_baseline.result() if collectors.ablation_baseline is not None else None,
     )
+
+
+def _run_share(group: distributed.Group, main: MainPass, collectors: Sequence[Collector[Any]], inputs: InputSet, *,
+               device: torch.device, dtype: torch.dtype, batch_size: int, share: tuple[int, int],
+               progress: Callable[[int], None] | None, preloaded: Batch | None, workers: int) -> dict[str, int]:
+    """This rank's share of the main pass; then every rank's collector states merged into rank
+    0's (`distributed.py`). Returns the merged order of the observed layer calls."""
+    error: BaseException | None = None
+    try:
+        main.run(inputs, device=device, dtype=dtype, batch_size=batch_size, progress=progress, preloaded=preloaded,
+                 first=share[0], count=share[1], workers=workers)
+    except Exception as exc:  # told to every rank before anything else is exchanged
+        error = exc
+    group.agree(error)
+    shares = group.gather(([c.state for c in collectors], sorted(main.fired), main.layer_order(), main.notes))
+    if shares is None:
+        return main.layer_order()
+    for rank, (states, fired, _, notes) in enumerate(shares[1:], start=1):
+        for collector, state in zip(collectors, states):
+            collector.merge_state(distributed.move(state, device))
+        main.fired.update(fired)
+        main.notes.extend(f"On rank {rank}: {note}" for note in notes)
+    return distributed.merged_order([order for _, _, order, _ in shares])
+
+
+def _worker_analysis(model: nn.Module, device: torch.device, main: MainPass, selected: Sequence[str],
+                     baseline: Any) -> Analysis:
+    """What a rank other than 0 hands on: nothing to draw (rank 0 has the merged states), only
+    the merged ablation baseline its share of the ablation needs."""
+    return Analysis(model_type=type(model).__name__, summary=main.summary or fallback_summary(model, "not rank 0"),
+                    layers=(), weights={}, selected=tuple(selected), inputs=(), predictions=(), num_classes=None,
+                    device=str(device), notes=(), ablation_baseline=baseline)
 
 
 def _learn_sites(model: nn.Module, sample: torch.Tensor, selected: Sequence[str], device: torch.device,

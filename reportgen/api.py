@@ -15,7 +15,9 @@ from torch import nn
 
 from reportgen._version import __version__
 from reportgen.alerts import AlertThresholds
+from reportgen import distributed
 from reportgen.analyze import TAPS, AnalysisOptions, analyze
+from reportgen.engine.prefetch import default_workers
 from reportgen.insight import InsightOptions
 from reportgen.devices import resolve_device
 from reportgen.errors import ReportError
@@ -55,6 +57,7 @@ class ReportOptions:
     layers: tuple[str, ...] = ()
     device: str = "auto"
     batch_size: int = 16
+    workers: int | None = None  # decoding threads (None: engine.prefetch.default_workers(); 0: none)
     max_channels: int = 64
     tile_size: int = 32
     max_inputs_shown: int = 8
@@ -142,7 +145,7 @@ def coerce_inputs(inputs: Any, preprocessing: Preprocessing | None, names: Seque
 
 
 def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
-                 class_names: Sequence[str] | None = None) -> Report:
+                 class_names: Sequence[str] | None = None) -> Report | None:
     """Analyze -> render; the returned Report renders HTML and JSON when asked.
 
     Runs with torch's RNG seeded from `options.seed` (put back afterwards), so anything random
@@ -154,7 +157,7 @@ def build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
 
 
 def _build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
-                  class_names: Sequence[str] | None) -> Report:
+                  class_names: Sequence[str] | None) -> Report | None:
     import torchvision
 
     if options.batch_size < 1:
@@ -169,7 +172,8 @@ def _build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         from reportgen.impact import validate_impact
 
         validate_impact(loaded.module, options.impact)
-    device = resolve_device(options.device)
+    device = distributed.device_for(resolve_device(options.device))
+    group = distributed.start(device)  # under torchrun: this process's rank in the group
     loaded = copy_if_lazy(loaded)  # a forward pass would initialise (and so change) lazy layers
     analysis_options = AnalysisOptions(
         layers=options.layers,
@@ -183,15 +187,25 @@ def _build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         # misfiring and ablation's unablated side ride the main pass: no clean pass of their own
         misfiring=options.impact is not None and (options.impact.misfiring or options.impact.ablation),
         ablation_baseline=options.impact is not None and options.impact.ablation,
+        workers=default_workers() if options.workers is None else options.workers,
     )
     inputs.check_tail(options.batch_size)  # unreadable files at the end are left out before the pass
     if class_names is not None:  # a --labels file says how many classes there are: check now
         inputs.check_labels(len(class_names), f"named by {getattr(class_names, 'source', 'labels=')}")
-    with progress_bar(len(inputs), "forward", options.show_progress) as advance:
+    show_progress = options.show_progress and (group is None or group.main)
+    with progress_bar(len(inputs), "forward", show_progress) as advance:
         # the true classes are checked against the output width after the first batch, so a
         # wrong label stops a long run at its start
         analysis = analyze(loaded.module, inputs, device, analysis_options, progress=advance,
                            check_labels=lambda width: inputs.check_labels(width, "the model outputs"))
+    if group is not None and not group.main:  # rank 0 renders and writes; this rank ablates its share
+        if options.impact is not None and options.impact.ablation:
+            from reportgen.impact_passes import run_impact
+
+            run_impact(loaded.module, inputs, device, options.impact, selected=analysis.selected,
+                       baseline=analysis.ablation_baseline, batch_size=options.batch_size,
+                       max_inputs_shown=options.max_inputs_shown, forward_args=options.forward_args, seed=options.seed)
+        return None
     if analysis.num_classes is not None:  # models without hooks (TorchScript) get here unchecked
         inputs.check_labels(analysis.num_classes, "the model outputs")
     names = list(class_names) if class_names is not None else loaded.class_names
@@ -309,7 +323,7 @@ def generate_report(
     thresholds: AlertThresholds | None = None,
     strict: bool = False,
     seed: int = DEFAULT_SEED,
-) -> Report:
+) -> Report | None:
     """Analyse `model` on `inputs` and return a Report (`.save(path)`, `.to_html()`, `.to_dict()`).
 
     `inputs`: a (N, C, ...) tensor, a list of tensors, PIL images or image paths. Tensors are used

@@ -65,7 +65,7 @@ def _int_at_least(lowest: int, wanted: str) -> Any:
 
 
 _positive = _int_at_least(1, "a positive integer")
-_non_negative = _int_at_least(0, "an integer >= 0")
+_non_negative = _int_at_least(0, "0 or a positive integer")
 
 
 DEFAULT_MAX_SIZE_MB = 6.0  # = size_budget.DEFAULT_MAX_SIZE_MB (not imported: it pulls in torch)
@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tap", choices=("activation", "conv"), default="activation",
                      help="where each conv is observed for maps, statistics and alerts: after the activation that acts on it (default; e.g. after BN, the residual add and ReLU, named per layer) or its raw output")
     run.add_argument("--batch-size", metavar="N", type=_positive, default=16, help="inputs per forward pass (default 16)")
+    run.add_argument("--workers", metavar="N", type=_non_negative, default=None,
+                     help="threads that decode the next inputs while the model runs (default: one per core beyond "
+                          "the first, at most 4; 0: decode between forward passes); the report is the same")
     run.add_argument("--device", metavar="D", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     run.add_argument("--seed", metavar="N", type=_seed, default=DEFAULT_SEED,
                      help=f"seeds the random init of models built without weights, probe noise and synthetic "
@@ -293,10 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args.debug
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm) if _main_thread() else None
     try:
-        from reportgen.errors import ReportError
+        from reportgen.errors import RankFailed, ReportError
 
         try:
             return _run(args, args_list)
+        except RankFailed as exc:  # under torchrun another rank failed: rank 0 prints the one line
+            return exc.code
         except ReportError as exc:
             if debug:
                 raise

@@ -31,22 +31,38 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
     tensorboard_dir = Path(args.tensorboard) if getattr(args, "tensorboard", None) else None
     _check_exports(images_dir, tensorboard_dir)
 
-    if _is_demo(args):
-        loaded, inputs = _demo_sources()
-    else:
-        loaded, inputs = _user_sources(args)
-    _check_not_overwriting(args, output, json_path, inputs)
+    from reportgen import distributed
 
-    class_names = None
-    if args.labels:
-        from reportgen.labels import read_labels
+    group = None
+    if distributed.under_torchrun():  # joined first, so that a failure anywhere is said once, by rank 0
+        from reportgen.devices import resolve_device
 
-        class_names = read_labels(args.labels)
+        group = distributed.start(distributed.device_for(resolve_device(args.device)))
+    error: Exception | None = None
+    try:
+        if _is_demo(args):
+            loaded, inputs = _demo_sources()
+        else:
+            loaded, inputs = _user_sources(args)
+        _check_not_overwriting(args, output, json_path, inputs)
+
+        class_names = None
+        if args.labels:
+            from reportgen.labels import read_labels
+
+            class_names = read_labels(args.labels)
+    except Exception as exc:
+        if group is None:
+            raise
+        error = exc
+    if group is not None:
+        group.agree(error)
 
     options = ReportOptions(
         layers=tuple(args.layers),
         device=args.device,
         batch_size=loaded.batch_size or args.batch_size,  # an exported program fixes its batch
+        workers=getattr(args, "workers", None),
         max_channels=args.max_channels,
         tile_size=args.tile_size,
         max_inputs_shown=args.max_inputs_shown,
@@ -60,7 +76,14 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
         seed=getattr(args, "seed", ReportOptions.seed),
         **insight_options(args),
     )
-    report = build_report(loaded, inputs, options, class_names=class_names)
+    try:
+        report = build_report(loaded, inputs, options, class_names=class_names)
+    finally:
+        from reportgen import distributed
+
+        distributed.stop()  # under torchrun: every rank leaves the group once the passes are done
+    if report is None:  # a rank other than 0 under torchrun: rank 0 writes and prints
+        return 0
     _save_with_exports(report, output, json_path, images_dir, tensorboard_dir)
     size = output.stat().st_size
     if not args.quiet:

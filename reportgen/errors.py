@@ -18,3 +18,12 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     if len(first) > limit:
         first = first[: limit - 1] + "…"
     return f"{type(exc).__name__}: {first}" if not isinstance(exc, ReportError) else first
+
+
+class RankFailed(Exception):
+    """Under torchrun, another rank failed: this one stops quietly with `code`; rank 0 prints
+    the one error line (distributed.py)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"another rank failed (exit {code})")
+        self.code = code

@@ -39,6 +39,8 @@ from reportgen.collectors.misfiring import MisfiringCollector
 from reportgen.devices import model_dtype
 from reportgen.engine.loop import load_batch
 from reportgen.engine.main_pass import MainPass
+from reportgen import distributed
+from reportgen.distributed import Group
 from reportgen.errors import ReportError
 from reportgen.inputs import InputSet, call_model
 from reportgen.misfiring import MisfiringResult
@@ -106,13 +108,16 @@ def run_impact(
     show_progress: bool = False,
     thumbnail: Callable[[torch.Tensor], np.ndarray | None] | None = None,
     seed: int = 0,
+    group: Group | None = None,
 ) -> ImpactRun:
     """Run what `options` asks for (see the module docstring); `seed`: probe noise.
 
     `baseline` and `misfiring` come from the main pass (`AnalysisOptions.ablation_baseline`,
-    `.misfiring`), which collected them: no clean pass runs here.
+    `.misfiring`), which collected them: no clean pass runs here. Under torchrun (`group`) every
+    rank ablates its share and rank 0 gets the merged result; probes run on rank 0.
     """
     options.check()
+    group = group if group is not None else distributed.current()
     if isinstance(model, torch.jit.ScriptModule):
         return ImpactRun(ablation=None, misfiring=None, probes=None, notes=(
             "Ablation, misfiring filters and probes need forward hooks, which TorchScript modules do not "
@@ -123,7 +128,7 @@ def run_impact(
     probe_run: ProbeRun | None = None
     want_misfiring = options.misfiring or options.ablation
 
-    if (options.ablation and baseline is None) or (want_misfiring and labelled and misfiring is None):
+    if group is None and ((options.ablation and baseline is None) or (want_misfiring and labelled and misfiring is None)):
         # called on its own (not after `analyze`, which collects them): a clean pass of their own
         found_baseline, found_misfiring = clean_pass(model, inputs, device, selected=selected, batch_size=batch_size,
                                                      misfiring=want_misfiring and labelled and misfiring is None,
@@ -142,9 +147,9 @@ def run_impact(
                     model, inputs, device, ablation_names,
                     AblationOptions(layers=options.ablation_layers, max_channels=options.ablation_max_channels,
                                     batch_size=batch_size, max_rows=options.ablation_max_rows),
-                    baseline=baseline, forward_args=forward_args, progress=advance,
+                    baseline=baseline, forward_args=forward_args, progress=advance, group=group,
                 )
-        if options.probes:
+        if options.probes and (group is None or group.main):  # the shown inputs only: rank 0's work
             probe_options = ProbeOptions(kinds=tuple(options.probes), strength=tuple(options.probe_strength),
                                          fgsm_epsilon=options.fgsm_epsilon, seed=seed)
             probe_run = run_probes(model, inputs, device, selected, probe_options,

@@ -63,7 +63,9 @@ class MainCollectors:
 
 def main_collectors(model: nn.Module, inputs: InputSet, wants: PassWants, *, selected: Sequence[str],
                     hookable: bool, summary_rows: Callable[[], Sequence[SummaryRow]],
-                    check_labels: Callable[[int], None] | None = None) -> MainCollectors:
+                    check_labels: Callable[[int], None] | None = None,
+                    verify_starts: Sequence[int] = (0,)) -> MainCollectors:
+    """`verify_starts`: where each rank's share begins (ablation checks its first batch there)."""
     insight = wants.insight
     labelled = any(inputs.label(i) is not None for i in range(len(inputs)))
     activations = ActivationCollector(max_channels=wants.max_channels, tile_size=wants.tile_size,
@@ -81,7 +83,8 @@ def main_collectors(model: nn.Module, inputs: InputSet, wants: PassWants, *, sel
     if wants.ablation_baseline:
         from reportgen.collectors.ablation_baseline import AblationBaselineCollector
 
-        baseline = AblationBaselineCollector(labelled=labelled, verify_count=wants.ablation_batch_size)
+        baseline = AblationBaselineCollector(labelled=labelled, verify_count=wants.ablation_batch_size,
+                                             verify_starts=tuple(verify_starts))
     return MainCollectors(
         records=InputRecordCollector(inputs, keep_inputs=wants.keep_inputs),
         predictions=PredictionCollector(check_labels),

@@ -40,12 +40,14 @@ class BaselineState:
 
 class AblationBaselineCollector(Collector[BaselineState]):
     """`labelled`: whether any input has a true class (then unlabelled inputs do not count);
-    `verify_count`: inputs whose clean logits are kept (ablation's batch size)."""
+    `verify_count` inputs from each of `verify_starts` (where each rank's share begins) keep their
+    clean logits: ablation checks its first batch against them."""
 
-    def __init__(self, *, labelled: bool, verify_count: int) -> None:
+    def __init__(self, *, labelled: bool, verify_count: int, verify_starts: tuple[int, ...] = (0,)) -> None:
         super().__init__()
         self.labelled = labelled
         self.verify_count = verify_count
+        self.verify_starts = verify_starts
 
     def empty(self) -> BaselineState:
         return BaselineState()
@@ -73,9 +75,11 @@ class AblationBaselineCollector(Collector[BaselineState]):
         staged.sums.add(slice(0, 1), logits[:, None, :], targets, valid.double())
         for row, (target, counts) in enumerate(zip(targets.tolist(), valid.tolist())):
             staged.targets[batch.start + row] = (int(target), bool(counts))
-        if batch.start < self.verify_count:
-            kept = logits[: self.verify_count - batch.start].float().cpu().numpy()
-            staged.verify.update((batch.start + row, kept[row]) for row in range(len(kept)))
+        rows = [row for row in range(batch.size)
+                if any(0 <= batch.start + row - start < self.verify_count for start in self.verify_starts)]
+        if rows:
+            kept = logits[rows].float().cpu().numpy()
+            staged.verify.update((batch.start + row, kept[i]) for i, row in enumerate(rows))
 
     def result(self) -> Baseline | None:
         """None when the output held no logits (ablation then says it needs a classifier)."""
@@ -90,8 +94,7 @@ class AblationBaselineCollector(Collector[BaselineState]):
         present = np.flatnonzero(class_counts)
         counted = int(valid.sum())
         scores = state.sums.scores(counted, class_counts[present], present)
-        verify = np.stack([state.verify[i] for i in sorted(state.verify)]) if state.verify else \
-            np.zeros((0, num_classes), dtype=np.float32)
+        verify = {index: logits for index, logits in sorted(state.verify.items())}
         return Baseline(
             targets=targets, valid=valid, labelled=self.labelled, num_classes=num_classes, verify=verify,
             scores=type(scores)(accuracy=scores.accuracy[0], probability=scores.probability[0],

@@ -58,8 +58,8 @@ class FeatureCollector(Collector[FeatureState]):
             values = values.float().flatten(2).mean(dim=2) if values.dim() > 2 else values
         staged.chunks[offset] = values.float().cpu().numpy()
 
-    def merge(self, other: Collector[FeatureState]) -> None:
-        super().merge(other)  # then the first max_points by input index stay
+    def merge_state(self, state: FeatureState) -> None:
+        super().merge_state(state)  # then the first max_points by input index stay
         room, kept = self.max_points, {}
         for offset in sorted(self.state.chunks):
             rows = self.state.chunks[offset][:max(room, 0)]

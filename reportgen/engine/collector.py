@@ -165,7 +165,11 @@ class Collector(Generic[S]):
     # -- after the pass --
     def merge(self, other: Collector[S]) -> None:
         """Add another instance's committed state (another process's share of the pass)."""
-        self.state.merge(other.state)
+        self.merge_state(other.state)
+
+    def merge_state(self, state: S) -> None:
+        """Add a committed state (another rank's, received by rank 0)."""
+        self.state.merge(state)
 
     def notes(self) -> tuple[str, ...]:
         """Sentences the report should carry about this collector's pass."""

@@ -17,6 +17,7 @@ from typing import Protocol
 import torch
 
 from reportgen.engine.collector import Batch
+from reportgen.engine.prefetch import prefetching
 from reportgen.errors import ReportError
 from reportgen.faults import is_out_of_memory, release_cached_memory
 from reportgen.inputs import InputSet
@@ -57,21 +58,33 @@ def run_batches(
     progress: Callable[[int], None] | None = None,
     notes: list[str] | None = None,
     preloaded: Batch | None = None,
+    workers: int = 0,
 ) -> None:
     """Run `step` over inputs first..count-1 (count: all by default) in batches of `batch_size`.
 
     `first`: where a share of the inputs starts (a process's shard; indices stay global).
     `preloaded`: the first batch, already loaded (used when it has the same bounds).
+    `workers`: threads that decode the next batches while this one runs (engine/prefetch.py).
     """
-    total = len(inputs) if count is None else min(count, len(inputs))
+    with prefetching(inputs, workers, lookahead=2 * max(1, batch_size)) as ahead:
+        _run(inputs, step, device=device, dtype=dtype, batch_size=batch_size, first=first, count=count,
+             transaction=transaction, progress=progress, notes=notes, preloaded=preloaded, ahead=ahead)
+
+
+def _run(inputs: InputSet, step: Step, *, device: torch.device, dtype: torch.dtype, batch_size: int, first: int,
+         count: int | None, transaction: Transaction | None, progress: Callable[[int], None] | None,
+         notes: list[str] | None, preloaded: Batch | None, ahead: Callable[[int, int], None] | None) -> None:
     size = max(1, batch_size)
     start = first
-    while start < total:
+    # the end is asked again each batch: an unreadable file left out (inputs.py) shortens the set
+    while start < (total := len(inputs) if count is None else min(count, len(inputs))):
         stop = min(start + size, total)
         if preloaded is not None and (preloaded.start, preloaded.stop) == (start, stop):
             batch = preloaded
         else:
             batch = load_batch(inputs, start, stop, device, dtype)
+        if ahead is not None:  # the next two batches decode while this one runs
+            ahead(stop, min(stop + 2 * size, total))
         if transaction is not None:
             transaction.begin(batch)
         try:

@@ -65,8 +65,9 @@ class MainPass:
     # -- the pass --
     def run(self, inputs: InputSet, *, device: torch.device, dtype: torch.dtype, batch_size: int,
             progress: Callable[[int], None] | None = None, preloaded: Batch | None = None,
-            first: int = 0, count: int | None = None) -> None:
-        """Inputs first..count-1 (all by default; a share of them keeps its global indices)."""
+            first: int = 0, count: int | None = None, workers: int = 0) -> None:
+        """Inputs first..count-1 (all by default; a share of them keeps its global indices);
+        `workers`: threads decoding the next batches meanwhile (engine/prefetch.py)."""
         with ExitStack() as stack:
             if self.hookable:
                 self._attach(stack.enter_context(HookSet()))
@@ -75,7 +76,7 @@ class MainPass:
             stack.callback(self._scratch.release)
             run_batches(inputs, lambda batch: self._step(batch, inputs), device=device, dtype=dtype,
                         batch_size=batch_size, first=first, count=count, transaction=self, progress=progress,
-                        notes=self.notes, preloaded=preloaded)
+                        notes=self.notes, preloaded=preloaded, workers=workers)
         self._tracker = None
         if self.summary is None:  # no batch ran (cannot happen with inputs, kept for clarity)
             self.summary = fallback_summary(self.model, "no input was run")
