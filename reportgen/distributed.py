@@ -44,10 +44,11 @@ class Group:
 
     def shares(self, total: int, batch_size: int) -> list[tuple[int, int]]:
         """(first, stop) input indices of every rank: contiguous whole batches, as even as the
-        batch count allows (a rank may get none when there are fewer batches than ranks)."""
+        batch count allows, the larger shares first (rank 0, which draws the summary and the
+        shown inputs, always has the first batch; a last rank may get none)."""
         size = max(1, batch_size)
         batches = -(-total // size)
-        bounds = [batches * r // self.world for r in range(self.world + 1)]
+        bounds = [-(-batches * r // self.world) for r in range(self.world + 1)]
         return [(min(bounds[r] * size, total), min(bounds[r + 1] * size, total)) for r in range(self.world)]
 
     def share(self, total: int, batch_size: int) -> tuple[int, int]:
@@ -58,16 +59,15 @@ class Group:
         the first failure (a ReportError keeps its one line), the others `RankFailed`."""
         message = None
         if error is not None:
-            message = (isinstance(error, ReportError), str(error) or type(error).__name__)
+            text = str(error) if isinstance(error, ReportError) else f"{type(error).__name__}: {error}"
+            message = (isinstance(error, ReportError), text)
         statuses: list[Any] = [None] * self.world
         torch.distributed.all_gather_object(statuses, message)
         failed = [(rank, status) for rank, status in enumerate(statuses) if status is not None]
         if not failed:
             return
         rank, (user_error, text) = failed[0]
-        if not self.main:
-            if error is not None and not isinstance(error, ReportError):
-                raise error  # this rank's own bug, for --debug; the CLI prints it as rank N's
+        if not self.main:  # rank 0 says what failed, with the type of a bug
             raise RankFailed(2 if user_error else 1)
         if error is not None and rank == 0:
             raise error

@@ -198,3 +198,16 @@ def test_decoding_threads_give_the_same_report_bytes(tmp_path: Path, monkeypatch
     assert json0 == json2
     # the page differs only in the command it prints (--workers N and the output folder)
     assert html0.replace(b"--workers 0", b"--workers 2").replace(folders["0"].encode(), folders["2"].encode()) == html2
+
+
+def test_rank_shares_are_whole_batches_covering_every_input_once() -> None:
+    from reportgen.distributed import Group
+
+    for world in (1, 2, 3, 5):
+        for total in (1, 3, 16, 17, 40, 101):
+            for batch in (1, 4, 16):
+                shares = Group(0, world, world, "gloo").shares(total, batch)
+                covered = [i for first, stop in shares for i in range(first, stop)]
+                assert covered == list(range(total))  # in order, none twice, none dropped
+                assert all(first % batch == 0 for first, stop in shares if stop > first)  # whole batches
+                assert shares[0][1] > 0  # rank 0 (the summary, the shown inputs) has the first batch
