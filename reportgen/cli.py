@@ -292,6 +292,9 @@ def _raise_on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0":
+        # under torchrun every rank parses the same line: rank 0 alone says what is wrong with it
+        parser.error = lambda message: sys.exit(2)  # type: ignore[method-assign]
     args = parser.parse_intermixed_args(args_list)
     debug = args.debug
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm) if _main_thread() else None

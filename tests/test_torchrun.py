@@ -143,3 +143,17 @@ def test_a_rank_that_fails_ends_the_run_with_one_line_and_no_output(tmp_path: Pa
     ours = [line for line in two.stderr.splitlines() if line.startswith("reportgen:")]
     assert two.returncode != 0 and len(ours) == 1 and "c6.png" in ours[0], two.stderr
     assert not out.exists()
+
+
+def test_a_rank_with_no_batch_still_takes_part(tmp_path: Path) -> None:
+    """3 inputs in one batch of 16: rank 1's share is empty; the report is the one-process one."""
+    import torch
+
+    torch.save(torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(0)), tmp_path / "x.pt")
+    args = [MODEL, str(tmp_path / "x.pt"), "--ablation", "--device", "cpu", "-q"]
+    one = single([*args, "-o", str(tmp_path / "one.html"), "--json", str(tmp_path / "one.json")])
+    two = torchrun([*args, "-o", str(tmp_path / "two.html"), "--json", str(tmp_path / "two.json")],
+                   "--standalone", "--nproc-per-node", "2")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    first, second = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert_equal(comparable(first), comparable(second))
