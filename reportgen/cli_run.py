@@ -247,12 +247,14 @@ def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
     sets = []
     if dataset:
         labelled = load_dataset(dataset, prep, class_names=given_names or loaded.class_names,
-                                names_given=given_names is not None, strict=getattr(args, "strict", False))
+                                names_given=given_names is not None, strict=getattr(args, "strict", False),
+                                layout=layout, sample_rate=getattr(args, "sample_rate", None))
         if labelled.class_names and given_names is None:
             loaded.class_names = labelled.class_names
         sets.append(labelled)
     if args.inputs:
-        sets.append(load_paths(args.inputs, prep, layout, strict=getattr(args, "strict", False)))
+        sets.append(load_paths(args.inputs, prep, layout, strict=getattr(args, "strict", False),
+                               sample_rate=getattr(args, "sample_rate", None)))
     if sets:
         inputs = concatenate(sets)
     else:
