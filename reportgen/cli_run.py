@@ -215,9 +215,11 @@ def _normalise_batch(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 
 def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
+    from reportgen.clips import clip_length
     from reportgen.inputs import (
         apply_label_pattern,
         concatenate,
+        from_clips,
         layout_of,
         load_dataset,
         load_paths,
@@ -252,9 +254,14 @@ def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
         if labelled.class_names and given_names is None:
             loaded.class_names = labelled.class_names
         sets.append(labelled)
+    frames = clip_length(args.input_shape or loaded.input_shape)
     if args.inputs:
         sets.append(load_paths(args.inputs, prep, layout, strict=getattr(args, "strict", False),
-                               sample_rate=getattr(args, "sample_rate", None)))
+                               sample_rate=getattr(args, "sample_rate", None), frames=frames))
+    if getattr(args, "clip", None):
+        if layout.sample_rank not in (None, 4):
+            raise ReportError(f"--clip gives (C, T, H, W) video clips; {layout.layer} does not take them")
+        sets.append(from_clips([Path(folder) for folder in args.clip], prep, frames=frames))
     if sets:
         inputs = concatenate(sets)
     else:

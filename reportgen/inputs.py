@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from reportgen.audio import WAV_SUFFIXES, from_wav_files, load_wav
+from reportgen.clips import DEFAULT_FRAMES, animated_frames, folder_frames, frame_indices, sampling_note
 from reportgen.errors import ReportError, one_line
 from reportgen.preprocess import IMAGE_CHANNELS, Preprocessing
 from reportgen.untrusted import check_archive, refuse_huge_images
@@ -628,7 +629,7 @@ def from_tensor_files(paths: Sequence[Path], layout: InputLayout, *, skippable: 
 
 
 def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout: InputLayout, *,
-               strict: bool = False, sample_rate: int | None = None) -> InputSet:
+               strict: bool = False, sample_rate: int | None = None, frames: int | None = None) -> InputSet:
     """INPUT arguments (files, folders, globs; images, .wav files and tensor files) -> one
     InputSet, in order. An unreadable file found in a folder or by a glob is skipped and listed,
     unless `strict`; a file named on its own must be readable."""
@@ -651,7 +652,8 @@ def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout
         skippable = [not strict and p in found.in_bulk for p in group]
         sets.append(from_tensor_files(group, layout, skippable=skippable) if kind == "tensor"
                     else from_audio_files(group, layout, sample_rate=sample_rate, skippable=skippable)
-                    if kind == "wav" else from_image_files(group, preprocessing, skippable=skippable))
+                    if kind == "wav" else from_clips(group, preprocessing, frames=frames)
+                    if layout.sample_rank == 4 else from_image_files(group, preprocessing, skippable=skippable))
     inputs = concatenate(sets)
     note = found.left_out_note()
     if note:
@@ -679,11 +681,50 @@ def from_audio_files(paths: Sequence[Path], layout: InputLayout, *, sample_rate:
     )
 
 
+def from_clips(sources: Sequence[Path], preprocessing: Preprocessing, *, frames: int | None) -> InputSet:
+    """Animated image files, or folders of frame images (`--clip`), as (C, T, H, W) clips of
+    `frames` frames each (clips.py: sampled evenly, first and last always; without `frames`, all
+    of them up to clips.DEFAULT_FRAMES); each frame preprocessed like an image."""
+    counts, item_notes = [], []
+    for source in sources:
+        count = len(folder_frames(source, image_suffixes())) if source.is_dir() else len(animated_frames(source))
+        length = frames or min(count, DEFAULT_FRAMES)
+        how = "the model's clip length" if frames else f"every frame, at most {DEFAULT_FRAMES}"
+        counts.append(count)
+        item_notes.append((sampling_note(count, length, how),) if count != length or frames else ())
+
+    def load(index: int) -> torch.Tensor:
+        source = sources[index]
+        length = frames or min(counts[index], DEFAULT_FRAMES)
+        if source.is_dir():
+            paths = folder_frames(source, image_suffixes())
+            chosen = [open_image(paths[i]) for i in frame_indices(len(paths), length)]
+        else:
+            every = animated_frames(source)
+            chosen = [every[i] for i in frame_indices(len(every), length)]
+        return torch.stack([preprocessing.to_tensor(frame) for frame in chosen], dim=1)
+
+    return InputSet(
+        names=[source.name for source in sources],
+        loader=load,
+        paths=[str(source) for source in sources],
+        preprocessing=preprocessing,
+        item_notes=item_notes,
+        notes=[f"Clips ({len(sources)}): frames sampled evenly to "
+               + (f"{frames} (the model's clip length)" if frames else
+                  f"all of each clip's frames, at most {DEFAULT_FRAMES} (no clip length was given: "
+                  "--input-shape C,T,H,W)")
+               + ", each frame preprocessed like an image, stacked as (C, T, H, W)."],
+    )
+
+
 def check_image_channels(preprocessing: Preprocessing, layout: InputLayout) -> None:
     if layout.channels is not None and layout.channels not in IMAGE_CHANNELS:
         raise ReportError(f"{layout.layer} takes {layout.channels} channels, which images cannot provide "
                           "(1, 3 or 4); give the inputs as .pt/.npy/.npz tensors")
-    if layout.sample_rank is not None and layout.sample_rank != 3:  # Conv1d/Conv3d
+    if layout.sample_rank == 2:  # Conv1d (a Conv3d takes image files as clips: from_clips)
+        raise ReportError(f"{layout.layer} does not take 2D images; give .wav files or .pt/.npy/.npz tensors")
+    if layout.sample_rank is not None and layout.sample_rank not in (3, 4):
         raise ReportError(f"{layout.layer} does not take 2D images; give the inputs as .pt/.npy/.npz tensors")
 
 
