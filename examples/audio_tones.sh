@@ -9,10 +9,4 @@ printf 'low\nmid\nhigh\n' > "$OUT/labels.txt"
 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} python3 -m reportgen examples/audio_tones.py:tone_net \
     --weights "$OUT/tones.pt" --dataset "$OUT/wav" --labels "$OUT/labels.txt" --sample-rate 8000 \
     -o "$OUT/report.html" --json "$OUT/report.json" --quiet
-python3 -c '
-import json, sys
-predictions = json.load(open(sys.argv[1]))["predictions"]
-right = sum(bool(p["correct"]) for p in predictions)
-print(f"{right}/{len(predictions)} correct")
-sys.exit(0 if right == len(predictions) else 1)
-' "$OUT/report.json"
+python3 examples/accuracy.py "$OUT/report.json"

@@ -36,10 +36,4 @@ PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} python3 -m reportgen examples/resnet20_c
     -o "$OUT.html" --json "$OUT.json" --quiet
 
 # Accuracy, straight from the report's JSON.
-python3 -c '
-import json, sys
-predictions = json.load(open(sys.argv[1]))["predictions"]
-right = sum(bool(p["correct"]) for p in predictions)
-print(f"{right}/{len(predictions)} correct")
-sys.exit(0 if right == len(predictions) else 1)
-' "$OUT.json"
+python3 examples/accuracy.py "$OUT.json"
