@@ -159,10 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     prep = parser.add_argument_group("inputs and preprocessing")
     prep.add_argument("--input-shape", metavar="C,H,W", type=lambda t: _int_list(t, None, "--input-shape"),
                       help="shape of synthetic probe inputs when no INPUT is given")
-    prep.add_argument("--clip", metavar="DIR", action="append", default=[],
-                      help="a folder of frame images (sorted by name) as one video clip for a Conv3d model; repeatable")
-    prep.add_argument("--sample-rate", metavar="HZ", type=_positive,
-                      help="the rate .wav inputs must have (a file at another rate is refused; nothing is resampled)")
     prep.add_argument("--resize", metavar="H,W", type=lambda t: _int_list(t, None, "--resize"),
                       help="resize images to H,W (or one number: the shorter side)")
     prep.add_argument("--center-crop", metavar="H,W", type=lambda t: _int_list(t, None, "--center-crop"),

@@ -215,11 +215,9 @@ def _normalise_batch(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 
 def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
-    from reportgen.clips import clip_length
     from reportgen.inputs import (
         apply_label_pattern,
         concatenate,
-        from_clips,
         layout_of,
         load_dataset,
         load_paths,
@@ -249,19 +247,12 @@ def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
     sets = []
     if dataset:
         labelled = load_dataset(dataset, prep, class_names=given_names or loaded.class_names,
-                                names_given=given_names is not None, strict=getattr(args, "strict", False),
-                                layout=layout, sample_rate=getattr(args, "sample_rate", None))
+                                names_given=given_names is not None, strict=getattr(args, "strict", False))
         if labelled.class_names and given_names is None:
             loaded.class_names = labelled.class_names
         sets.append(labelled)
-    frames = clip_length(args.input_shape or loaded.input_shape)
     if args.inputs:
-        sets.append(load_paths(args.inputs, prep, layout, strict=getattr(args, "strict", False),
-                               sample_rate=getattr(args, "sample_rate", None), frames=frames))
-    if getattr(args, "clip", None):
-        if layout.sample_rank not in (None, 4):
-            raise ReportError(f"--clip gives (C, T, H, W) video clips; {layout.layer} does not take them")
-        sets.append(from_clips([Path(folder) for folder in args.clip], prep, frames=frames))
+        sets.append(load_paths(args.inputs, prep, layout, strict=getattr(args, "strict", False)))
     if sets:
         inputs = concatenate(sets)
     else:

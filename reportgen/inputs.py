@@ -20,8 +20,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from reportgen.audio import WAV_SUFFIXES, from_wav_files, load_wav
-from reportgen.clips import DEFAULT_FRAMES, animated_frames, folder_frames, frame_indices, sampling_note
 from reportgen.errors import ReportError, one_line
 from reportgen.preprocess import IMAGE_CHANNELS, Preprocessing
 from reportgen.untrusted import check_archive, refuse_huge_images
@@ -209,16 +207,14 @@ def folder_files(folder: Path) -> list[Path]:
 
 
 def scan_folder(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(used, left out): a folder's images, recursively and sorted, or its .wav files if it holds
-    no image, or its tensor files if it holds neither; and its other visible files (hidden files
-    and folders are not looked at)."""
+    """(used, left out): a folder's images, recursively and sorted, or its tensor files if it
+    holds no image; and its other visible files (hidden files and folders are not looked at)."""
     images_ok = image_suffixes()
     files = sorted(p for p in folder.rglob("*") if p.is_file() and _visible(p, folder))
     images = [p for p in files if p.suffix.lower() in images_ok]
-    used = images or [p for p in files if p.suffix.lower() in WAV_SUFFIXES] \
-        or [p for p in files if p.suffix.lower() in TENSOR_SUFFIXES]
+    used = images or [p for p in files if p.suffix.lower() in TENSOR_SUFFIXES]
     if not used:
-        raise ReportError(f"no images (or .wav files, or .pt/.npy/.npz tensors) found in folder {folder}")
+        raise ReportError(f"no images (or .pt/.npy/.npz tensors) found in folder {folder}")
     chosen = set(used)
     return used, [p for p in files if p not in chosen]
 
@@ -629,31 +625,26 @@ def from_tensor_files(paths: Sequence[Path], layout: InputLayout, *, skippable: 
 
 
 def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout: InputLayout, *,
-               strict: bool = False, sample_rate: int | None = None, frames: int | None = None) -> InputSet:
-    """INPUT arguments (files, folders, globs; images, .wav files and tensor files) -> one
-    InputSet, in order. An unreadable file found in a folder or by a glob is skipped and listed,
-    unless `strict`; a file named on its own must be readable."""
+               strict: bool = False) -> InputSet:
+    """INPUT arguments (files, folders, globs; images and tensor files) -> one InputSet, in order.
+    An unreadable file found in a folder or by a glob is skipped and listed, unless `strict`;
+    a file named on its own must be readable."""
     found = find_inputs(specs)
     paths = found.paths
-    groups: list[tuple[str, list[Path]]] = []
+    groups: list[tuple[bool, list[Path]]] = []
     for path in paths:
-        suffix = path.suffix.lower()
-        kind = "tensor" if suffix in TENSOR_SUFFIXES else "wav" if suffix in WAV_SUFFIXES else "image"
-        if groups and groups[-1][0] == kind:
+        is_tensor = path.suffix.lower() in TENSOR_SUFFIXES
+        if groups and groups[-1][0] == is_tensor:
             groups[-1][1].append(path)
         else:
-            groups.append((kind, [path]))
-    if any(kind == "image" for kind, _ in groups):
+            groups.append((is_tensor, [path]))
+    if any(not is_tensor for is_tensor, _ in groups):
         check_image_channels(preprocessing, layout)
-    if any(kind == "wav" for kind, _ in groups) and layout.sample_rank not in (None, 2):
-        raise ReportError(f"{layout.layer} does not take 1D signals; a .wav file gives (channels, length) samples")
     sets = []
-    for kind, group in groups:
+    for is_tensor, group in groups:
         skippable = [not strict and p in found.in_bulk for p in group]
-        sets.append(from_tensor_files(group, layout, skippable=skippable) if kind == "tensor"
-                    else from_audio_files(group, layout, sample_rate=sample_rate, skippable=skippable)
-                    if kind == "wav" else from_clips(group, preprocessing, frames=frames)
-                    if layout.sample_rank == 4 else from_image_files(group, preprocessing, skippable=skippable))
+        sets.append(from_tensor_files(group, layout, skippable=skippable) if is_tensor
+                    else from_image_files(group, preprocessing, skippable=skippable))
     inputs = concatenate(sets)
     note = found.left_out_note()
     if note:
@@ -661,70 +652,11 @@ def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout
     return inputs
 
 
-def from_audio_files(paths: Sequence[Path], layout: InputLayout, *, sample_rate: int | None,
-                     skippable: Sequence[bool] | None = None) -> InputSet:
-    """.wav files -> InputSet of (channels, length) float32 signals (audio.py)."""
-    kept, notes, skipped, rate = from_wav_files(paths, channels=layout.channels, sample_rate=sample_rate,
-                                                skippable=skippable)
-    mixed = [path.name for path, note in zip(kept, notes) if note]
-    return InputSet(
-        names=[path.name for path in kept],
-        loader=lambda index: load_wav(kept[index], layout.channels),
-        paths=[str(path) for path in kept],
-        item_notes=[(note,) if note else () for note in notes],
-        skippable=[skippable[paths.index(path)] for path in kept] if skippable else [],
-        skipped=skipped,
-        notes=[f"Audio inputs ({len(kept)} .wav file(s), {rate} Hz): PCM samples scaled to [-1, 1) by "
-               "2^(bits-1), as stored otherwise (no resampling, no normalisation)."]
-        + ([f"{len(mixed)} stereo file(s) mixed down to the model's one channel ({_examples(mixed)})."]
-           if mixed else []),
-    )
-
-
-def from_clips(sources: Sequence[Path], preprocessing: Preprocessing, *, frames: int | None) -> InputSet:
-    """Animated image files, or folders of frame images (`--clip`), as (C, T, H, W) clips of
-    `frames` frames each (clips.py: sampled evenly, first and last always; without `frames`, all
-    of them up to clips.DEFAULT_FRAMES); each frame preprocessed like an image."""
-    counts, item_notes = [], []
-    for source in sources:
-        count = len(folder_frames(source, image_suffixes())) if source.is_dir() else len(animated_frames(source))
-        length = frames or min(count, DEFAULT_FRAMES)
-        how = "the model's clip length" if frames else f"every frame, at most {DEFAULT_FRAMES}"
-        counts.append(count)
-        item_notes.append((sampling_note(count, length, how),) if count != length or frames else ())
-
-    def load(index: int) -> torch.Tensor:
-        source = sources[index]
-        length = frames or min(counts[index], DEFAULT_FRAMES)
-        if source.is_dir():
-            paths = folder_frames(source, image_suffixes())
-            chosen = [open_image(paths[i]) for i in frame_indices(len(paths), length)]
-        else:
-            every = animated_frames(source)
-            chosen = [every[i] for i in frame_indices(len(every), length)]
-        return torch.stack([preprocessing.to_tensor(frame) for frame in chosen], dim=1)
-
-    return InputSet(
-        names=[source.name for source in sources],
-        loader=load,
-        paths=[str(source) for source in sources],
-        preprocessing=preprocessing,
-        item_notes=item_notes,
-        notes=[f"Clips ({len(sources)}): frames sampled evenly to "
-               + (f"{frames} (the model's clip length)" if frames else
-                  f"all of each clip's frames, at most {DEFAULT_FRAMES} (no clip length was given: "
-                  "--input-shape C,T,H,W)")
-               + ", each frame preprocessed like an image, stacked as (C, T, H, W)."],
-    )
-
-
 def check_image_channels(preprocessing: Preprocessing, layout: InputLayout) -> None:
     if layout.channels is not None and layout.channels not in IMAGE_CHANNELS:
         raise ReportError(f"{layout.layer} takes {layout.channels} channels, which images cannot provide "
                           "(1, 3 or 4); give the inputs as .pt/.npy/.npz tensors")
-    if layout.sample_rank == 2:  # Conv1d (a Conv3d takes image files as clips: from_clips)
-        raise ReportError(f"{layout.layer} does not take 2D images; give .wav files or .pt/.npy/.npz tensors")
-    if layout.sample_rank is not None and layout.sample_rank not in (3, 4):
+    if layout.sample_rank is not None and layout.sample_rank != 3:  # Conv1d/Conv3d
         raise ReportError(f"{layout.layer} does not take 2D images; give the inputs as .pt/.npy/.npz tensors")
 
 
@@ -744,10 +676,8 @@ def class_index(text: str, class_names: Sequence[str] | None) -> int | None:
 
 
 def load_dataset(root: str | Path, preprocessing: Preprocessing, *, class_names: Sequence[str] | None = None,
-                 names_given: bool = False, strict: bool = False, layout: InputLayout | None = None,
-                 sample_rate: int | None = None) -> InputSet:
-    """An ImageFolder-style folder: one subfolder per class, images (or, in a folder that holds
-    no image, .wav files) anywhere below it.
+                 names_given: bool = False, strict: bool = False) -> InputSet:
+    """An ImageFolder-style folder: one subfolder per class, images anywhere below it.
 
     Classes are numbered in sorted folder order (as torchvision's ImageFolder does) and named
     after their folders, unless `class_names` is given: then every folder must be one of those
@@ -777,31 +707,22 @@ def load_dataset(root: str | Path, preprocessing: Preprocessing, *, class_names:
     paths: list[Path] = []
     labels: list[int | None] = []
     left_out = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
-    listed = {c: sorted(p for p in c.rglob("*") if p.is_file() and _visible(p, c)) for c in classes}
-    audio = not any(p.suffix.lower() in image_suffixes() for files in listed.values() for p in files) \
-        and any(p.suffix.lower() in WAV_SUFFIXES for files in listed.values() for p in files)
-    suffixes, what = (WAV_SUFFIXES, ".wav files") if audio else (image_suffixes(), "images")
     for class_dir, index in zip(classes, indices):
-        files = listed[class_dir]
-        used = [p for p in files if p.suffix.lower() in suffixes]
-        if not used:
-            raise ReportError(f"--dataset class folder {class_dir} holds no {what}")
-        paths.extend(used)
-        labels.extend([index] * len(used))
-        left_out.extend(p for p in files if p.suffix.lower() not in suffixes)
-    if audio:
-        inputs = from_audio_files(paths, layout or InputLayout(None, None), sample_rate=sample_rate,
-                                  skippable=[not strict] * len(paths))
-        inputs.labels = [labels[paths.index(Path(p))] for p in inputs.paths]
-    else:
-        check_image_channels(preprocessing, InputLayout(3, preprocessing.channels))
-        inputs = from_image_files(paths, preprocessing, labels=labels, skippable=[not strict] * len(paths))
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and _visible(p, class_dir))
+        images = [p for p in files if p.suffix.lower() in image_suffixes()]
+        if not images:
+            raise ReportError(f"--dataset class folder {class_dir} holds no images")
+        paths.extend(images)
+        labels.extend([index] * len(images))
+        left_out.extend(p for p in files if p.suffix.lower() not in image_suffixes())
+    check_image_channels(preprocessing, InputLayout(3, preprocessing.channels))
+    inputs = from_image_files(paths, preprocessing, labels=labels, skippable=[not strict] * len(paths))
     inputs.class_names = names
     inputs.label_source = f"the class folders of --dataset {folder}"
-    inputs.notes.insert(0, f"Labelled inputs from --dataset {folder.name}: {len(inputs.paths)} {what} in "
+    inputs.notes.insert(0, f"Labelled inputs from --dataset {folder.name}: {len(paths)} images in "
                            f"{len(classes)} class folders ({how}).")
     if left_out:
-        inputs.notes.append(f"{len(left_out)} file(s) in --dataset {folder.name} are not {what} and were not used: "
+        inputs.notes.append(f"{len(left_out)} file(s) in --dataset {folder.name} are not images and were not used: "
                             f"{_examples([str(p.relative_to(folder)) for p in left_out])}.")
     return inputs
 

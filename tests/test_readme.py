@@ -27,7 +27,6 @@ SKIPPED = (
     (r"\bexamples/cifar10_resnet20(_lightning)?\.sh\b", "needs ../shared/data, third-party files beside the "
                                                          "checkout (test_cifar_example_without_data_says_why)"),
     (r"--weights DEFAULT\b", "downloads torchvision's pretrained weights"),
-    (r"\bexamples/audio_tones\.sh\b", "run with its own output folder by tests/test_audio.py::test_the_audio_example"),
     (r"\bmy_models\.py:", "needs the reader's own model file, checkpoint and labelled folder"),
 )
 
