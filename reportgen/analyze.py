@@ -126,7 +126,7 @@ def analyze(
     batch_size = max(1, options.batch_size)
     # the first batch is loaded once: its first input also learns the activation sites
     first = load_batch(inputs, 0, min(batch_size, len(inputs)), device, dtype)
-    plan, raw_reason = _learn_sites(model, first.tensor[:1], selected, device, options) \
+    plan, raw_reason = learn_plan(model, first.tensor[:1], selected, device, options) \
         if hookable else (None, "")
 
     with preserved_modes(model), on_device(model, device), torch.inference_mode():
@@ -179,7 +179,7 @@ def analyze(
     )
 
 
-def _learn_sites(model: nn.Module, sample: torch.Tensor, selected: Sequence[str], device: torch.device,
+def learn_plan(model: nn.Module, sample: torch.Tensor, selected: Sequence[str], device: torch.device,
                  options: AnalysisOptions) -> tuple[Plan | None, str]:
     """Where each selected conv's activation acts on it, learnt from a forward of the first input
     alone, before the pass; and why raw outputs are observed where there is no plan (`--tap
