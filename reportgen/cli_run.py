@@ -192,16 +192,6 @@ def _normalise_batch(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 
 def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
-    from reportgen.inputs import (
-        apply_label_pattern,
-        concatenate,
-        layout_of,
-        load_dataset,
-        load_paths,
-        probe_shape,
-        synthetic_probes,
-    )
-    from reportgen.labels import read_labels
     from reportgen.models import load_model, parse_model_args
 
     loaded = load_model(
@@ -214,6 +204,23 @@ def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
         weights_partial=getattr(args, "weights_partial", False),
     )
     refuse_multi_input(loaded)
+    return loaded, load_inputs(args, loaded)
+
+
+def load_inputs(args: argparse.Namespace, loaded: LoadedModel) -> InputSet:
+    """INPUT ..., --dataset, --label-pattern or synthetic probes, preprocessed for `loaded` (its
+    own preprocessing, overridden option by option); may name `loaded`'s classes from --dataset."""
+    from reportgen.inputs import (
+        apply_label_pattern,
+        concatenate,
+        layout_of,
+        load_dataset,
+        load_paths,
+        probe_shape,
+        synthetic_probes,
+    )
+    from reportgen.labels import read_labels
+
     layout = layout_of(loaded.module)
     prep = _preprocessing(args, loaded.preprocessing, layout.channels)
     given_names = read_labels(args.labels) if args.labels else None
@@ -240,7 +247,7 @@ def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
         inputs.notes.append(f"Probe shape {'x'.join(map(str, shape))}: {how}.")
     if label_pattern:
         apply_label_pattern(inputs, label_pattern, given_names or loaded.class_names)
-    return loaded, inputs
+    return inputs
 
 
 def refuse_multi_input(loaded: LoadedModel) -> None:

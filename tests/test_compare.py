@@ -1,0 +1,261 @@
+"""`reportgen compare` / `compare_reports`: the numbers against direct computations, planted
+changes found, the page self-contained and escaped, the JSON valid, the CLI's conventions."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import reportgen
+from reportgen.cli import main
+from reportgen.cli_compare import expand_weights, natural_key
+from tests.fixtures.models import tiny_cnn, tiny_inputs
+
+
+def schema_validator() -> jsonschema.Draft202012Validator:
+    text = resources.files("reportgen.data").joinpath("compare.schema.json").read_text(encoding="utf-8")
+    schema = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def errors(doc: dict[str, Any]) -> list[str]:
+    return [f"{list(e.absolute_path)}: {e.message}" for e in schema_validator().iter_errors(doc)]
+
+
+@pytest.fixture(scope="module")
+def inputs() -> torch.Tensor:
+    return tiny_inputs(20, size=12)
+
+
+def test_a_model_against_itself(inputs: torch.Tensor) -> None:
+    model = tiny_cnn()
+    report = reportgen.compare_reports(model, copy.deepcopy(model), inputs, device="cpu", batch_size=8)
+    doc = report.to_dict()
+    assert errors(doc) == []
+    values = [layer["value"] for layer in doc["cka"]["layers"]]
+    assert [layer["name"] for layer in doc["cka"]["layers"]] == ["0", "2"]
+    assert values == pytest.approx([1.0, 1.0], abs=1e-6)
+    assert (doc["cka"]["inputs_used"], doc["cka"]["inputs_skipped"]) == (20, 0)  # batches of 8, 8 and 4
+    assert doc["cka"]["batch_sizes"] == [{"size": 4, "batches": 1}, {"size": 8, "batches": 2}]
+    uneven = reportgen.compare_reports(model, copy.deepcopy(model), inputs, device="cpu", batch_size=6).to_dict()
+    assert (uneven["cka"]["inputs_used"], uneven["cka"]["inputs_skipped"]) == (18, 2)  # the last batch of 2 is left out
+    for layer in doc["layers"]:
+        assert layer["weight_change"]["relative_l2"] == 0.0
+        assert layer["weight_change"]["cosine"] == pytest.approx(1.0)
+    for layer in doc["channels"]:
+        defined = [c["correlation"] for c in layer["channels"] if c["correlation"] is not None]
+        assert defined == pytest.approx([1.0] * len(defined), abs=1e-6)
+        assert layer["newly_dead"] == [] and layer["revived"] == []
+    assert doc["predictions"]["agreement"] == 1.0 and doc["predictions"]["flips"] == []
+    assert doc["cka"]["matrix"]["rows"] == ["0", "2"] and doc["cka"]["matrix"]["cols"] == ["0", "2"]
+
+
+def test_cka_matches_a_direct_computation_on_the_layer_features(inputs: torch.Tensor) -> None:
+    from tests.test_compare_cka import cka_numpy
+
+    a, b = tiny_cnn(0), tiny_cnn(1)
+    report = reportgen.compare_reports(a, b, inputs, device="cpu", batch_size=5, tap="conv")
+    doc = report.to_dict()
+    with torch.no_grad():
+        features_a = [a[0](inputs), a[2](a[1](a[0](inputs).clone()))]
+        features_b = [b[0](inputs), b[2](b[1](b[0](inputs).clone()))]
+    direct = [[cka_numpy(x.reshape(20, -1).double().numpy(), y.reshape(20, -1).double().numpy(), batch=5)
+               for y in features_b] for x in features_a]
+    assert np.array(doc["cka"]["matrix"]["values"]) == pytest.approx(np.array(direct), abs=1e-9)
+    # the channel correlation of conv 0, directly
+    x, y = features_a[0].transpose(0, 1).reshape(8, -1).double(), features_b[0].transpose(0, 1).reshape(8, -1).double()
+    r = [float(np.corrcoef(x[c].numpy(), y[c].numpy())[0, 1]) for c in range(8)]
+    got = [c["correlation"] for c in doc["channels"][0]["channels"]]
+    assert got == pytest.approx(r, abs=1e-6)
+
+
+def test_per_filter_weight_changes_and_a_planted_filter_ranks_first(inputs: torch.Tensor) -> None:
+    a = tiny_cnn(0)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b[2].weight.mul_(1.01)  # every filter of the second conv moves a little ...
+        b[2].weight[5] = torch.randn_like(b[2].weight[5])  # ... and one is replaced
+    doc = reportgen.compare_reports(a, b, inputs, device="cpu").to_dict()
+    layer = next(item for item in doc["layers"] if item["name"] == "2")
+    assert layer["filters"][0]["channel"] == 5
+    wa, wb = a[2].weight.detach().double(), b[2].weight.detach().double()
+    for row in layer["filters"]:
+        c = row["channel"]
+        assert row["relative_l2"] == pytest.approx(float((wb[c] - wa[c]).norm() / wa[c].norm()), rel=1e-9)
+        assert row["cosine"] == pytest.approx(float((wa[c] * wb[c]).sum() / (wa[c].norm() * wb[c].norm())), rel=1e-9)
+    whole = layer["weight_change"]
+    assert whole["relative_l2"] == pytest.approx(float((wb - wa).norm() / wa.norm()), rel=1e-9)
+    first = next(item for item in doc["layers"] if item["name"] == "0")
+    assert first["weight_change"]["relative_l2"] == 0.0
+    report = reportgen.compare_reports(a, b, inputs, device="cpu")
+    assert (report.model.weights.most_changed[0].layer, report.model.weights.most_changed[0].channel) == ("2", 5)
+
+
+def test_a_planted_flip_is_in_the_gallery(inputs: torch.Tensor) -> None:
+    a = tiny_cnn(0)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        before = a(inputs).argmax(dim=1)
+        target = int((before[0] + 1) % 5)
+        b[6].bias[target] += 100.0  # B now says `target` for every input
+    labels = [int(c) for c in before]  # A is right everywhere
+    report = reportgen.compare_reports(a, b, inputs, device="cpu", targets=labels, batch_size=8)
+    doc = report.to_dict()
+    flipped = [i for i in range(20) if int(before[i]) != target]
+    assert doc["predictions"]["flips_total"] == len(flipped)
+    assert [f["index"] for f in doc["predictions"]["flips"]] == flipped[:16]
+    first = doc["predictions"]["flips"][0]
+    assert first["index"] == 0 and first["top_b"][0]["index"] == target and first["top_a"][0]["index"] == labels[0]
+    assert doc["predictions"]["negative_flip_rate"] == pytest.approx(len(flipped) / 20)
+    assert doc["predictions"]["accuracy_a"] == 1.0
+    assert report.model.predictions.flips[0].thumbnail is not None
+    assert "negative flip: right in A, wrong in B" in report.to_html()
+
+
+def test_training_run_of_three_checkpoints(tmp_path: Path, inputs: torch.Tensor) -> None:
+    model = tiny_cnn(0)
+    states = []
+    for step in range(3):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.05 * step * torch.ones_like(parameter))
+        states.append(copy.deepcopy(model.state_dict()))
+    path = tmp_path / "middle.pt"
+    torch.save(states[1], path)
+    report = reportgen.compare_reports(tiny_cnn(0), inputs=inputs, checkpoints=[states[0], path, states[2]],
+                                       names=["early", "middle", "late"], device="cpu", batch_size=10)
+    doc = report.to_dict()
+    assert errors(doc) == []
+    run = doc["training_run"]
+    assert run["checkpoints"] == ["early", "middle", "late"]
+    assert np.array(run["cka_to_last"]).shape == (2, 2) and np.array(run["weight_step"]).shape == (2, 2)
+    assert doc["checkpoints"][1]["sha256"] is not None and doc["checkpoints"][0]["sha256"] is None
+    html = report.to_html()
+    assert 'id="run"' in html and "early → middle → late" in html
+
+
+def test_page_is_self_contained_and_escaped(inputs: torch.Tensor) -> None:
+    a, b = tiny_cnn(0), tiny_cnn(1)
+    report = reportgen.compare_reports(a, b, inputs, device="cpu", names=["<script>alert(1)</script>", "b&b"],
+                                       title="<b>t</b>")
+    html = report.to_html()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+    assert "<b>t</b>" not in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    for src in re.findall(r'src="([^"]+)"', html):
+        assert src.startswith("data:image/")
+    assert "<script" not in html  # the compare page needs no script at all
+    assert report._repr_html_().startswith("<iframe")
+
+
+def test_save_writes_both_atomically(tmp_path: Path, inputs: torch.Tensor) -> None:
+    report = reportgen.compare_reports(tiny_cnn(0), tiny_cnn(1), inputs[:8], device="cpu")
+    html, data = tmp_path / "c.html", tmp_path / "c.json"
+    report.save(html, json_path=data)
+    assert html.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert json.loads(data.read_text(encoding="utf-8"))["kind"] == "compare"
+
+
+def test_models_left_untouched(inputs: torch.Tensor) -> None:
+    a, b = tiny_cnn(0), tiny_cnn(1)
+    a.train()
+    state = copy.deepcopy(a.state_dict())
+    reportgen.compare_reports(a, b, inputs, device="cpu")
+    assert a.training and b.training  # both were in training mode, and are again
+    assert all(torch.equal(state[k], v) for k, v in a.state_dict().items())
+    assert not a[0]._forward_hooks and not a[0]._forward_pre_hooks and not a._forward_hooks
+
+
+def test_different_architectures_skip_what_has_no_counterpart(inputs: torch.Tensor) -> None:
+    a = tiny_cnn(0)
+    torch.manual_seed(5)
+    b = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5))
+    doc = reportgen.compare_reports(a, b, inputs, device="cpu").to_dict()
+    assert errors(doc) == []
+    assert np.array(doc["cka"]["matrix"]["values"]).shape == (2, 1)
+    assert doc["unmatched_layers"] == ["0", "2"]
+    assert doc["layers"] == []
+
+
+def test_natural_sort_and_globs(tmp_path: Path) -> None:
+    for n in (10, 2, 1):
+        (tmp_path / f"epoch_{n}.pt").write_bytes(b"")
+    found = expand_weights([str(tmp_path / "epoch_*.pt")])
+    assert [Path(p).name for p in found] == ["epoch_1.pt", "epoch_2.pt", "epoch_10.pt"]
+    assert sorted(["b10", "b9", "a"], key=natural_key) == ["a", "b9", "b10"]
+
+
+@pytest.fixture()
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for seed in range(3):
+        torch.save(tiny_cnn(seed).state_dict(), tmp_path / f"ckpt_{seed * 5}.pt")
+    torch.save(tiny_inputs(12, size=12), tmp_path / "inputs.pt")
+    return tmp_path
+
+
+def test_cli_compares_checkpoints(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["compare", "tests.fixtures.models:tiny_cnn", "--weights", "ckpt_0.pt", "inputs.pt",
+                 "--weights", "ckpt_5.pt", "-o", "c.html", "--json", "c.json", "--device", "cpu", "-q"])
+    assert code == 0
+    doc = json.loads((workspace / "c.json").read_text())
+    assert errors(doc) == []
+    assert [c["name"] for c in doc["checkpoints"]] == ["ckpt_0.pt", "ckpt_5.pt"]
+    assert doc["training_run"] is None
+    assert capsys.readouterr().out.split() == ["c.html", "c.json"]
+
+
+def test_cli_glob_makes_a_training_run(workspace: Path) -> None:
+    code = main(["compare", "tests.fixtures.models:tiny_cnn", "--weights", "ckpt_*.pt", "inputs.pt",
+                 "-o", "run.html", "--json", "run.json", "--device", "cpu", "-q"])
+    assert code == 0
+    doc = json.loads((workspace / "run.json").read_text())
+    assert [c["name"] for c in doc["checkpoints"]] == ["ckpt_0.pt", "ckpt_5.pt", "ckpt_10.pt"]
+    assert doc["training_run"]["checkpoints"] == ["ckpt_0.pt", "ckpt_5.pt", "ckpt_10.pt"]
+
+
+def test_cli_against_a_second_model(workspace: Path) -> None:
+    code = main(["compare", "tests.fixtures.models:tiny_cnn", "--against", "tests.fixtures.models:tiny_cnn",
+                 "--against-weights", "ckpt_5.pt", "inputs.pt", "-o", "ab.html", "--device", "cpu", "-q"])
+    assert code == 0
+    assert (workspace / "ab.html").is_file()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--weights", "ckpt_0.pt"], "compare needs two checkpoints or more"),
+    (["--weights", "nothing_*.pt", "--weights", "ckpt_0.pt"], "--weights nothing_*.pt matches no file"),
+    (["--weights", "ckpt_0.pt", "--weights", "missing.pt"], "checkpoint not found: missing.pt"),
+    (["--against-weights", "ckpt_0.pt", "--weights", "a", "--weights", "b"], "--against-weights goes with --against"),
+    (["--weights", "ckpt_0.pt", "--weights", "ckpt_5.pt", "-o", "inputs.pt"], "would overwrite the input file"),
+])
+def test_cli_errors_are_one_line(workspace: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                 message: str) -> None:
+    code = main(["compare", "tests.fixtures.models:tiny_cnn", "inputs.pt", "--device", "cpu", "-q", *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("reportgen: error: ") and message in err and err.count("\n") == 1
+    assert not (workspace / "compare.html").exists()
+
+
+def test_max_size_draws_less(inputs: torch.Tensor) -> None:
+    a = tiny_cnn(0)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b[6].bias[0] += 100.0
+    full = reportgen.compare_reports(a, b, inputs, device="cpu", max_size_mb=0)
+    size = len(full.to_html().encode())
+    small = reportgen.compare_reports(a, b, inputs, device="cpu", max_size_mb=(size - 1000) / 1e6)
+    assert len(small.to_html().encode()) <= size - 1000
+    assert small.model.budget is not None
+    assert small.to_dict()["predictions"]["flips_total"] == full.to_dict()["predictions"]["flips_total"]
