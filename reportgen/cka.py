@@ -31,10 +31,25 @@ MIN_BATCH = 4  # HSIC_1 divides by n (n - 3)
 ESTIMATOR = "minibatch linear CKA, unbiased HSIC_1 (Nguyen, Raghu & Kornblith 2021)"
 
 
+CHUNK = 1 << 20  # elements of a float64 temporary: float32 features are widened a slice at a time
+
+
 def gram(features: torch.Tensor) -> torch.Tensor:
-    """(n, ...) features -> the (n, n) float64 linear Gram matrix of the flattened rows."""
-    rows = features.detach().reshape(features.shape[0], -1).double()
-    return rows @ rows.T
+    """(n, ...) features -> the (n, n) float64 linear Gram matrix of the flattened rows.
+
+    Summed in float64 over slices of at most CHUNK elements, so a large layer's features are
+    never copied whole to float64 (a transient that would be twice the layer's output)."""
+    rows = features.detach().reshape(features.shape[0], -1)
+    n, width = rows.shape
+    if rows.dtype == torch.float64 or n * width <= CHUNK:
+        wide = rows.double()
+        return wide @ wide.T
+    result = torch.zeros((n, n), dtype=torch.float64, device=rows.device)
+    step = max(1, CHUNK // max(n, 1))
+    for start in range(0, width, step):
+        part = rows[:, start:start + step].double()
+        result.addmm_(part, part.T)
+    return result
 
 
 def _zero_diagonal(grams: torch.Tensor) -> torch.Tensor:
@@ -141,4 +156,4 @@ class CkaSums:
         return np.asarray(result, dtype=np.float64)
 
 
-__all__ = ["ESTIMATOR", "MIN_BATCH", "CkaSums", "biased_cka", "gram", "hsic0", "hsic1"]
+__all__ = ["CHUNK", "ESTIMATOR", "MIN_BATCH", "CkaSums", "biased_cka", "gram", "hsic0", "hsic1"]

@@ -32,7 +32,7 @@ from torch import nn
 
 from reportgen import thumbnails
 from reportgen.analyze import AnalysisOptions, learn_plan, select_layers
-from reportgen.cka import MIN_BATCH, CkaSums, gram
+from reportgen.cka import CHUNK, MIN_BATCH, CkaSums, gram
 from reportgen.collectors.activations import ActivationCollector
 from reportgen.collectors.predictions import PredictionCollector
 from reportgen.compare_data import (
@@ -89,6 +89,9 @@ class GramCollector(Collector[GramState]):
     def __init__(self, *, hold: bool) -> None:
         super().__init__()
         self.hold = hold
+        # one buffer per layer call for the held values, reused batch after batch: a fresh
+        # copy per batch would leave the allocator's high-water mark growing with the pass
+        self._buffers: dict[str, torch.Tensor] = {}
 
     def empty(self) -> GramState:
         return GramState()
@@ -99,7 +102,13 @@ class GramCollector(Collector[GramState]):
         staged.grams[observation.key] = gram(values)
         if self.hold:
             # a later in-place op of the forward could change the observed tensor: a copy, for this batch
-            staged.held[observation.key] = flat.clone()
+            buffer = self._buffers.get(observation.key)
+            if buffer is None or buffer.shape[1:] != flat.shape[1:] or buffer.shape[0] < flat.shape[0]:
+                buffer = torch.empty_like(flat)
+                self._buffers[observation.key] = buffer
+            held = buffer[:flat.shape[0]]
+            held.copy_(flat)
+            staged.held[observation.key] = held
         if observation.key not in self.state.layers:
             staged.layers[observation.key] = ObservedLayer(
                 key=observation.key, name=observation.name, type=observation.module_type,
@@ -127,11 +136,17 @@ class CorrelationSums:
 
     @classmethod
     def of(cls, a: torch.Tensor, b: torch.Tensor) -> CorrelationSums:
-        def total(x: torch.Tensor) -> torch.Tensor:
-            return torch.sum(x, dim=(0, 2), dtype=torch.float64)
-
-        return cls(count=a.shape[0] * a.shape[2], a=total(a), b=total(b), aa=total(a * a), bb=total(b * b),
-                   ab=total(a * b))
+        """Sums of (N, C, S) values, in float64, a block of channels at a time (the float64
+        temporaries stay under cka.CHUNK elements whatever the layer's size)."""
+        n, channels, positions = a.shape
+        step = max(1, CHUNK // max(n * positions, 1))
+        parts: list[list[torch.Tensor]] = [[], [], [], [], []]
+        for start in range(0, channels, step):
+            x, y = a[:, start:start + step].double(), b[:, start:start + step].double()
+            for found, value in zip(parts, (x, y, x * x, y * y, x * y)):
+                found.append(value.sum(dim=(0, 2)))
+        sa, sb, saa, sbb, sab = (torch.cat(found) for found in parts)
+        return cls(count=n * positions, a=sa, b=sb, aa=saa, bb=sbb, ab=sab)
 
     def merge(self, other: CorrelationSums) -> None:
         self.count += other.count

@@ -137,3 +137,25 @@ def test_batch_sizes_agree_within_the_estimators_spread() -> None:
     values = [cka(x, y, batch=b) for b in (8, 16, 32, 64)]
     assert max(values) - min(values) < 0.05
     assert cka(x, y, batch=512) == pytest.approx(values[-1], abs=0.05)
+
+
+def test_gram_of_a_large_layer_is_summed_in_slices_exactly() -> None:
+    # more than cka.CHUNK elements: widened to float64 a slice at a time, same numbers
+    from reportgen.cka import CHUNK
+
+    features = torch.from_numpy(np.random.default_rng(9).normal(size=(6, 3, 300, 300)).astype(np.float32))
+    assert features.numel() > CHUNK
+    rows = features.reshape(6, -1).double().numpy()
+    assert gram(features).numpy() == pytest.approx(rows @ rows.T, rel=1e-12)
+
+
+def test_channel_correlation_sums_in_blocks_match_numpy() -> None:
+    from reportgen.compare_pass import CorrelationSums
+
+    rng = np.random.default_rng(10)
+    a = rng.normal(size=(4, 40, 9000)).astype(np.float32)  # blocks of channels under cka.CHUNK
+    b = (0.5 * a + rng.normal(size=a.shape)).astype(np.float32)
+    got = CorrelationSums.of(torch.from_numpy(a), torch.from_numpy(b)).correlation()
+    want = [np.corrcoef(a[:, c].ravel().astype(np.float64), b[:, c].ravel().astype(np.float64))[0, 1]
+            for c in range(40)]
+    assert got == pytest.approx(want, abs=1e-9)
