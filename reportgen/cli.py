@@ -297,6 +297,8 @@ def build_compare_parser() -> argparse.ArgumentParser:
                      help="inputs per channel whose overlap between A and B is measured (default 5; 0: off)")
     run.add_argument("--max-channels", metavar="N", type=_positive, default=64,
                      help="channels per layer whose top-K inputs are kept (default 64)")
+    run.add_argument("--no-cam", dest="cam", action="store_false",
+                     help="skip the Grad-CAM of the flipped inputs in both models")
     run.add_argument("--batch-size", metavar="N", type=_positive, default=16,
                      help="inputs per forward pass and per CKA batch (default 16; CKA needs 4 or more)")
     run.add_argument("--device", metavar="D", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")

@@ -87,7 +87,7 @@ def run_compare(args: argparse.Namespace, command: str) -> int:
 
         class_names = read_labels(args.labels)
     options = CompareReportOptions(layers=tuple(args.layers), device=args.device, batch_size=args.batch_size,
-                                   max_channels=args.max_channels, tap=args.tap, top_k=args.top_k,
+                                   max_channels=args.max_channels, tap=args.tap, top_k=args.top_k, cam=args.cam,
                                    title=args.title, command=command, show_progress=not args.quiet,
                                    max_size_mb=args.max_size, seed=args.seed)
     report = build_compare(loaded, inputs, options, class_names=class_names)

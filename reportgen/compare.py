@@ -48,6 +48,7 @@ class CompareReportOptions:
     max_channels: int = 64  # channels whose top-k inputs are kept for the overlap
     tap: str = "activation"
     top_k: int = 5
+    cam: bool = True  # Grad-CAM of the drawn flips in A and B
     title: str | None = None
     command: str | None = None
     show_progress: bool = False
@@ -89,7 +90,8 @@ def build_compare(loaded: Sequence[LoadedModel], inputs: InputSet, options: Comp
                                        tap=options.tap)
     with seeded(options.seed), progress_bar(len(inputs), "compare", options.show_progress) as advance:
         analysis = compare([item.module for item in loaded], [_info(item) for item in loaded], inputs, device,
-                           CompareOptions(analysis=analysis_options, top_k=options.top_k), progress=advance)
+                           CompareOptions(analysis=analysis_options, top_k=options.top_k, cam=options.cam),
+                           progress=advance)
     if analysis.num_classes is not None:
         inputs.check_labels(analysis.num_classes, "the model outputs")
     label_names = list(class_names) if class_names is not None else loaded[0].class_names
@@ -161,6 +163,7 @@ def compare_reports(
     batch_size: int = 16,
     tap: str = "activation",
     top_k: int = 5,
+    cam: bool = True,
     preprocessing: Preprocessing | None = None,
     input_names: Sequence[str] | None = None,
     title: str | None = None,
@@ -173,7 +176,8 @@ def compare_reports(
     """Compare two models on the same inputs, or checkpoints of one (`checkpoints`: state_dicts,
     checkpoint paths or modules, each loaded into a copy of `model_a`; three or more make a
     training run). Returns a `CompareReport` (`.save(path, json_path=...)`, `.to_html()`,
-    `.to_dict()`). `names`: one per model (default A, B or checkpoint 0, 1, ...). `inputs`,
+    `.to_dict()`). `names`: one per model (default A, B or checkpoint 0, 1, ...). `cam`:
+    Grad-CAM of the drawn flips in both models. `inputs`,
     `labels`, `targets`, `preprocessing`, `tap`, `forward_args`, `seed` as in
     `generate_report`. The models are left as they were."""
     check_seed(seed)
@@ -199,7 +203,7 @@ def compare_reports(
     input_set = api_inputs(model_a, inputs, preprocessing=preprocessing, input_names=input_names,
                            forward_args=forward_args, strict=strict, seed=seed, targets=targets)
     options = CompareReportOptions(layers=tuple(layers or ()), device=device, batch_size=batch_size, tap=tap,
-                                   top_k=top_k, title=title, max_size_mb=max_size_mb, seed=seed,
+                                   top_k=top_k, cam=cam, title=title, max_size_mb=max_size_mb, seed=seed,
                                    forward_args=forward_args)
     return build_compare(loaded, input_set, options, class_names=labels)
 

@@ -96,6 +96,9 @@ class Flip:
     top_a: tuple[tuple[int, float], ...]  # (class, probability), best first
     top_b: tuple[tuple[int, float], ...]
     thumbnail: np.ndarray | None
+    cam_a: np.ndarray | None = None  # Grad-CAM of A's top-1 class at A's last conv (gradcam.py), 0..1
+    cam_b: np.ndarray | None = None
+    input_shape: tuple[int, ...] = ()  # the input as the models saw it, no batch dim
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,8 @@ class FlipCard:
     top_a: tuple[TopEntry, ...]
     top_b: tuple[TopEntry, ...]
     thumbnail: EncodedImage | None
+    cam_a: EncodedImage | None = None  # Grad-CAM of A's top-1 class on the thumbnail
+    cam_b: EncodedImage | None = None
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reportgen import thumbnails
+from reportgen import gradcam, thumbnails
 from reportgen.analyze import AnalysisOptions, learn_plan, select_layers
 from reportgen.cka import CHUNK, MIN_BATCH, CkaSums, gram
 from reportgen.collectors.activations import ActivationCollector
@@ -50,7 +50,7 @@ from reportgen.engine.collector import Batch, Collector, Observation
 from reportgen.engine.loop import load_batch, run_batches
 from reportgen.engine.main_pass import MainPass
 from reportgen.errors import ReportError
-from reportgen.inputs import InputSet
+from reportgen.inputs import InputSet, from_tensors
 from reportgen.model_state import on_device, preserved_modes
 from reportgen.sites import Site
 from reportgen.summary import fallback_summary
@@ -64,6 +64,7 @@ class CompareOptions:
     max_flips: int = 16  # flipped inputs shown (all are counted)
     max_filters: int = 12  # most-changed filters drawn
     strip_channels: int = 4  # a training run: channels of the first layer drawn across checkpoints
+    cam: bool = True  # Grad-CAM of the drawn flips in A and in B (a small pass over them after the pass)
 
 
 # -- one model's side of a batch --
@@ -172,6 +173,7 @@ class PairState:
     to_next: list[CkaSums] = field(default_factory=list)
     correlation: dict[str, CorrelationSums] = field(default_factory=dict)
     flip_pictures: dict[int, np.ndarray | None] = field(default_factory=dict)
+    flip_inputs: dict[int, np.ndarray] = field(default_factory=dict)  # the kept flips as the models saw them
     flips_total: int = 0
 
     def merge(self, other: PairState) -> None:
@@ -191,6 +193,7 @@ class PairState:
             else:
                 self.correlation[key] = sums
         self.flip_pictures.update(other.flip_pictures)
+        self.flip_inputs.update(other.flip_inputs)
         self.flips_total += other.flips_total
 
 
@@ -302,6 +305,7 @@ class ComparePass:
                 staged.flips_total += 1
                 if len(self.state.flip_pictures) + len(staged.flip_pictures) < self.max_flips:
                     staged.flip_pictures[index] = thumbnails.draw(batch.host[row], self.inputs.preprocessing).picture
+                    staged.flip_inputs[index] = batch.host[row].cpu().numpy().copy()  # for Grad-CAM after the pass
 
 
 def compare(models: Sequence[nn.Module], infos: Sequence[CheckpointInfo], inputs: InputSet, device: torch.device,
@@ -353,6 +357,7 @@ def compare(models: Sequence[nn.Module], infos: Sequence[CheckpointInfo], inputs
         if joined.state.cka is None or joined.state.cka.batches == 0:
             notes.append(f"No batch had {MIN_BATCH} inputs or more, so there is no CKA (its unbiased HSIC needs "
                          f"n >= {MIN_BATCH}): use --batch-size {MIN_BATCH} or more and at least {MIN_BATCH} inputs.")
+        cams = _flip_cams(joined, [models[0], models[-1]], device, notes) if options.cam else {}
         weights = compare_weights(models[0], models[-1], selected[0], selected[-1], max_filters=options.max_filters)
         run = _training_run(joined, models, selected[0], options) if len(models) > 2 else None
     return CompareAnalysis(
@@ -362,7 +367,7 @@ def compare(models: Sequence[nn.Module], infos: Sequence[CheckpointInfo], inputs
         cka=_matrix(joined),
         channels=_channels(joined),
         weights=weights,
-        predictions=_predictions(joined, inputs),
+        predictions=_predictions(joined, inputs, cams),
         run=run,
         device=str(device),
         batch_size=batch_size,
@@ -415,7 +420,33 @@ def _jaccard(first: np.ndarray, second: np.ndarray) -> float:
     return len(x & y) / len(union) if union else float("nan")
 
 
-def _predictions(joined: ComparePass, inputs: InputSet) -> PredictionComparison | None:
+def _flip_cams(joined: ComparePass, models: Sequence[nn.Module], device: torch.device,
+               notes: list[str]) -> dict[tuple[int, int], np.ndarray]:
+    """Grad-CAM of each kept flip in A and in B, for the class each model predicts (a pass of
+    `gradcam.grad_cam` over those few inputs only): (side 0 or 1, input index) -> the map."""
+    kept = sorted(joined.state.flip_inputs)
+    if not kept:
+        return {}
+    subset = from_tensors([torch.from_numpy(joined.state.flip_inputs[i]) for i in kept],
+                          [joined.inputs.names[i] for i in kept])
+    found: dict[tuple[int, int], np.ndarray] = {}
+    for side, (model, name) in enumerate(zip(models, ("A", "B"))):
+        layer = gradcam.default_cam_layer(model)
+        if layer is None:
+            notes.append(f"No Grad-CAM for model {name}'s flips: it has no convolution.")
+            continue
+        result = gradcam.grad_cam(model, subset, count=len(kept), device=device, dtype=model_dtype(model),
+                                  layer=layer)
+        if result.note:
+            notes.append(f"Grad-CAM of model {name}'s flips: {result.note}")
+        for record in result.records:
+            if record.kind == "predicted":
+                found[side, kept[record.input_index]] = record.cam
+    return found
+
+
+def _predictions(joined: ComparePass, inputs: InputSet,
+                 cams: dict[tuple[int, int], np.ndarray]) -> PredictionComparison | None:
     records_a = joined.sides[0].predictions.records()
     records_b = {r.index: r for r in joined.sides[-1].predictions.records()}
     if not records_a or not records_b:
@@ -444,7 +475,9 @@ def _predictions(joined: ComparePass, inputs: InputSet) -> PredictionComparison 
             flips.append(Flip(index=a.index, name=inputs.names[a.index], label=a.label,
                               top_a=tuple(zip(a.top_indices, a.top_probabilities)),
                               top_b=tuple(zip(b.top_indices, b.top_probabilities)),
-                              thumbnail=joined.state.flip_pictures[a.index]))
+                              thumbnail=joined.state.flip_pictures[a.index], cam_a=cams.get((0, a.index)),
+                              cam_b=cams.get((1, a.index)),
+                              input_shape=tuple(joined.state.flip_inputs[a.index].shape)))
     total = len(records_a)
     return PredictionComparison(
         inputs=total, agreement=same / total if total else float("nan"), flips=tuple(flips),

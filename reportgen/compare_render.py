@@ -8,7 +8,9 @@ Pictures:
   kernel cell drawn as a square of `CELL` pixels;
 - a training run's filter strips: one channel's filter at every checkpoint, the same way, one
   scale per strip;
-- flip thumbnails: the input as the model saw it (thumbnails.py, drawn during the pass).
+- flip thumbnails: the input as the model saw it (thumbnails.py, drawn during the pass), and
+  beside it the Grad-CAM of A's and of B's top-1 class at each model's last conv, laid over it
+  as in the main report (`thumbnails.cam_overlay`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from reportgen.compare_model import (
 from reportgen.encoded_image import EncodedImage
 from reportgen.grids import embed, encode_png, tile_grid
 from reportgen.palettes import LEVELS
+from reportgen.thumbnails import cam_overlay
 
 CELL = 8  # pixels per kernel cell in the filter pictures
 MIN_TILE = 24  # a kernel is drawn at least this many pixels a side
@@ -105,6 +108,13 @@ def _thumbnail(picture: np.ndarray | None) -> EncodedImage | None:
     if picture is None:
         return None
     return embed(encode_png(picture), width=picture.shape[1], height=picture.shape[0])
+
+
+def _cam(thumbnail: np.ndarray | None, cam: np.ndarray | None, shape: tuple[int, ...]) -> EncodedImage | None:
+    """A Grad-CAM map laid over the flip's thumbnail, as in the main report (thumbnails.cam_overlay)."""
+    if thumbnail is None or cam is None:
+        return None
+    return _thumbnail(cam_overlay(thumbnail, cam, shape))
 
 
 def render_compare(analysis: CompareAnalysis, *, run: CompareRun, class_names: Sequence[str] | None,
@@ -191,7 +201,8 @@ def _predictions(found: PredictionComparison, class_names: Sequence[str] | None,
     flips = tuple(
         FlipCard(index=f.index, name=f.name, label=name(f.label) if f.label is not None else None,
                  top_a=tuple(TopEntry(i, name(i), p) for i, p in f.top_a),
-                 top_b=tuple(TopEntry(i, name(i), p) for i, p in f.top_b), thumbnail=_thumbnail(f.thumbnail))
+                 top_b=tuple(TopEntry(i, name(i), p) for i, p in f.top_b), thumbnail=_thumbnail(f.thumbnail),
+                 cam_a=_cam(f.thumbnail, f.cam_a, f.input_shape), cam_b=_cam(f.thumbnail, f.cam_b, f.input_shape))
         for f in found.flips[:drawing.flips])
     labelled = found.labelled
     return PredictionSection(

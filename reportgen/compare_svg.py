@@ -94,7 +94,7 @@ def lines(series: Sequence[tuple[str, Sequence[float | None]]], labels: Sequence
 
 
 def matrix(values: Sequence[Sequence[float | None]], rows: Sequence[str], cols: Sequence[str], *, title: str,
-           row_title: str, col_title: str, maximum: float = 1.0, cell: int = 14) -> EncodedImage | None:
+           row_title: str, col_title: str, maximum: float = 1.0, cell: int = 18) -> EncodedImage | None:
     """Cells coloured on viridis from 0 (dark) to `maximum` (yellow); missing values white with
     a gray outline. Row labels on the left, column labels above."""
     if not rows or not cols:
@@ -102,7 +102,8 @@ def matrix(values: Sequence[Sequence[float | None]], rows: Sequence[str], cols: 
     cell = max(4, min(cell, 720 // max(len(cols), 1)))
     row_margin = 16 + 6 * min(max(len(r) for r in rows), 24)
     col_margin = 16 + 5 * min(max(len(c) for c in cols), 24)
-    width = row_margin + cell * len(cols) + 6
+    axes = f"{row_title} ↓ · {col_title} →"
+    width = max(row_margin + cell * len(cols) + 6, 10 + 6 * len(axes))
     height = col_margin + cell * len(rows) + 6
     body = []
     for r, row in enumerate(values):
@@ -124,6 +125,5 @@ def matrix(values: Sequence[Sequence[float | None]], rows: Sequence[str], cols: 
             centre = row_margin + c * cell + cell / 2 + 3
             body.append(f'<text transform="translate({_f(centre)},{col_margin - 3}) rotate(-90)" fill="#333" '
                         f'font-size="{label_size}">{escape(_short(label, 24))}</text>')
-    body.append(f'<text x="2" y="11" fill="{INK}" font-weight="600">{escape(row_title)} ↓ · '
-                f'{escape(col_title)} →</text>')
+    body.append(f'<text x="2" y="11" fill="{INK}" font-weight="600">{escape(axes)}</text>')
     return _document(width, height, body, title)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from reportgen.compare_model import ChannelRow, CompareModel, FilterRow, FlipCard, RunSection
+from reportgen.encoded_image import EncodedImage
 from reportgen.image_view import image_view
 from reportgen.view import count, number, percent
 
@@ -35,6 +36,11 @@ def _channels(found: tuple[int, ...], limit: int = 16) -> str:
     return shown + (f" and {len(found) - limit} more" if len(found) > limit else "")
 
 
+def _chart(image: EncodedImage | None) -> dict[str, Any] | None:
+    """An SVG chart at its own size (it is drawn for it; scaling would blur its text)."""
+    return image_view(image, image.width) if image is not None else None
+
+
 def _least(rows: tuple[ChannelRow, ...]) -> str:
     """The least correlated channels, or one phrase when even the lowest is (almost) 1."""
     if not rows:
@@ -58,6 +64,9 @@ def _flip(card: FlipCard) -> dict[str, Any]:
 
     return {"name": card.name, "index": str(card.index), "label": card.label or "unknown",
             "thumbnail": image_view(card.thumbnail, 96) if card.thumbnail is not None else None,
+            "cams": [{"image": image_view(image, 96), "alt": f"Grad-CAM of {side}'s top-1 class on {card.name}",
+                      "caption": f"Grad-CAM {side}"}
+                     for side, image in (("A", card.cam_a), ("B", card.cam_b)) if image is not None],
             "top_a": tops(card.top_a), "top_b": tops(card.top_b),
             "verdict": _verdict(card)}
 
@@ -76,8 +85,8 @@ def _verdict(card: FlipCard) -> str:
 def _run(found: RunSection) -> dict[str, Any]:
     return {
         "checkpoints": list(found.checkpoints),
-        "settle": image_view(found.settle_chart, 640) if found.settle_chart else None,
-        "steps": image_view(found.step_chart, 640) if found.step_chart else None,
+        "settle": _chart(found.settle_chart),
+        "steps": _chart(found.step_chart),
         "strips": [{"caption": f"{s.layer}, channel {s.channel}: the filter at each checkpoint, left to right "
                                f"(one scale, ±{s.scale:.3g})", "image": image_view(s.image, 60 * len(found.checkpoints))}
                    for s in found.strips],
@@ -137,8 +146,8 @@ def page(model: CompareModel) -> dict[str, Any]:
                       f"{count(cka.inputs_used)} inputs in batches of {run.batch_size} ({sizes})"
                       + (f"; {count(cka.inputs_skipped)} inputs in a batch under 4 left out" if cka.inputs_skipped
                          else "") + "."),
-            "line": image_view(cka.line, 640) if cka.line else None,
-            "heatmap": image_view(cka.heatmap, 640) if cka.heatmap else None,
+            "line": _chart(cka.line),
+            "heatmap": _chart(cka.heatmap),
             "rows": [{"name": layer.name, "tap": layer.tap, "value": number(layer.value), "css": _cka_css(layer.value)}
                      for layer in cka.layers],
             "unmatched": not cka.layers,

@@ -119,7 +119,12 @@ def test_a_planted_flip_is_in_the_gallery(inputs: torch.Tensor) -> None:
     assert first["index"] == 0 and first["top_b"][0]["index"] == target and first["top_a"][0]["index"] == labels[0]
     assert doc["predictions"]["negative_flip_rate"] == pytest.approx(len(flipped) / 20)
     assert doc["predictions"]["accuracy_a"] == 1.0
+    card = report.model.predictions.flips[0]
+    assert card.thumbnail is not None and card.cam_a is not None and card.cam_b is not None
+    assert 'alt="Grad-CAM of B' in report.to_html()
     assert report.model.predictions.flips[0].thumbnail is not None
+    plain = reportgen.compare_reports(a, b, inputs, device="cpu", targets=labels, batch_size=8, cam=False)
+    assert plain.model.predictions.flips[0].cam_a is None
     assert "negative flip: right in A, wrong in B" in report.to_html()
 
 
@@ -227,7 +232,7 @@ def test_cli_glob_makes_a_training_run(workspace: Path) -> None:
 
 def test_cli_against_a_second_model(workspace: Path) -> None:
     code = main(["compare", "tests.fixtures.models:tiny_cnn", "--against", "tests.fixtures.models:tiny_cnn",
-                 "--against-weights", "ckpt_5.pt", "inputs.pt", "-o", "ab.html", "--device", "cpu", "-q"])
+                 "--against-weights", "ckpt_5.pt", "inputs.pt", "-o", "ab.html", "--device", "cpu", "-q", "--no-cam"])
     assert code == 0
     assert (workspace / "ab.html").is_file()
 
