@@ -116,6 +116,22 @@ class PredictionComparison:
 
 
 @dataclass(frozen=True)
+class AlertFound:
+    """One alert condition of one layer in one model: `kind` as in alerts.py, what it rests on."""
+
+    kind: str
+    layer: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class AlertsDiff:
+    in_b_not_a: tuple[AlertFound, ...]
+    in_a_not_b: tuple[AlertFound, ...]
+    checked: tuple[str, ...]  # the kinds looked for
+
+
+@dataclass(frozen=True)
 class TrainingRun:
     """Three or more checkpoints of one architecture, layer by layer (rows: checkpoints 0..N-2)."""
 
@@ -142,3 +158,4 @@ class CompareAnalysis:
     inputs: int
     num_classes: int | None
     notes: tuple[str, ...] = field(default=())
+    alerts: AlertsDiff | None = None

@@ -165,6 +165,21 @@ class RunSection:
 
 
 @dataclass(frozen=True)
+class AlertChange:
+    kind: str  # as in the main report's alerts (alerts.WHY)
+    layer: str
+    detail: str  # what it rests on, in the model that has it
+    why: str
+
+
+@dataclass(frozen=True)
+class AlertsSection:
+    in_b_not_a: tuple[AlertChange, ...]
+    in_a_not_b: tuple[AlertChange, ...]
+    checked: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class CompareRun:
     title: str
     date: str
@@ -188,3 +203,4 @@ class CompareModel:
     training_run: RunSection | None
     notes: tuple[str, ...]
     budget: str | None = None  # what the size budget left out, when it did
+    alerts: AlertsSection | None = None

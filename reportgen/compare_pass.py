@@ -35,7 +35,9 @@ from reportgen.analyze import AnalysisOptions, learn_plan, select_layers
 from reportgen.cka import CHUNK, MIN_BATCH, CkaSums, gram
 from reportgen.collectors.activations import ActivationCollector
 from reportgen.collectors.predictions import PredictionCollector
+from reportgen.compare_alerts import alerts_diff, layer_alerts
 from reportgen.compare_data import (
+    AlertsDiff,
     ChannelComparison,
     CheckpointInfo,
     CkaMatrix,
@@ -360,6 +362,7 @@ def compare(models: Sequence[nn.Module], infos: Sequence[CheckpointInfo], inputs
         cams = _flip_cams(joined, [models[0], models[-1]], device, notes) if options.cam else {}
         weights = compare_weights(models[0], models[-1], selected[0], selected[-1], max_filters=options.max_filters)
         run = _training_run(joined, models, selected[0], options) if len(models) > 2 else None
+        alerts = _alerts(joined, models, selected)
     return CompareAnalysis(
         checkpoints=tuple(infos),
         layers_a=_layers(joined, 0),
@@ -374,6 +377,7 @@ def compare(models: Sequence[nn.Module], infos: Sequence[CheckpointInfo], inputs
         inputs=len(inputs),
         num_classes=sides[0].predictions.state.num_classes,
         notes=tuple(notes),
+        alerts=alerts,
     )
 
 
@@ -412,6 +416,14 @@ def _channels(joined: ComparePass) -> tuple[ChannelComparison, ...]:
                                        active_b=np.asarray(second.fraction_inputs_active), jaccard=jaccard,
                                        top_k=top_k))
     return tuple(found)
+
+
+def _alerts(joined: ComparePass, models: Sequence[nn.Module], selected: Sequence[Sequence[str]]) -> AlertsDiff:
+    found = []
+    for side, model, names in ((joined.sides[0], models[0], selected[0]), (joined.sides[-1], models[-1], selected[-1])):
+        assert side.activations is not None
+        found.append(layer_alerts(side.activations.results(), model, names))
+    return alerts_diff(found[0], found[1])
 
 
 def _jaccard(first: np.ndarray, second: np.ndarray) -> float:

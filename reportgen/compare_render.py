@@ -22,8 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from reportgen import compare_svg
+from reportgen.alerts import WHY
 from reportgen.cka import ESTIMATOR
 from reportgen.compare_data import (
+    AlertFound,
+    AlertsDiff,
     ChannelComparison,
     CompareAnalysis,
     FilterPicture,
@@ -31,6 +34,8 @@ from reportgen.compare_data import (
     TrainingRun,
 )
 from reportgen.compare_model import (
+    AlertChange,
+    AlertsSection,
     ChannelLayer,
     ChannelRow,
     CheckpointRow,
@@ -130,7 +135,16 @@ def render_compare(analysis: CompareAnalysis, *, run: CompareRun, class_names: S
         predictions=_predictions(analysis.predictions, class_names, drawing) if analysis.predictions else None,
         training_run=_run(analysis.run, analysis, drawing) if analysis.run is not None else None,
         notes=tuple(notes) + analysis.notes,
+        alerts=_alerts(analysis.alerts) if analysis.alerts is not None else None,
     )
+
+
+def _alerts(found: AlertsDiff) -> AlertsSection:
+    def rows(items: Sequence[AlertFound]) -> tuple[AlertChange, ...]:
+        return tuple(AlertChange(kind=a.kind, layer=a.layer, detail=a.detail, why=WHY.get(a.kind, ""))
+                     for a in sorted(items, key=lambda a: (a.kind, a.layer)))
+
+    return AlertsSection(in_b_not_a=rows(found.in_b_not_a), in_a_not_b=rows(found.in_a_not_b), checked=found.checked)
 
 
 def _cka(analysis: CompareAnalysis) -> CkaSection:

@@ -50,6 +50,10 @@ def compare_dict(model: CompareModel) -> dict[str, Any]:
             "cka_to_next": run.cka_to_next, "weight_layers": run.weight_layers, "weight_step": run.weight_step},
         "notes": list(model.notes),
         "size_budget": model.budget,
+        "alerts_diff": None if model.alerts is None else {
+            "in_b_not_a": [{"kind": a.kind, "layer": a.layer, "detail": a.detail} for a in model.alerts.in_b_not_a],
+            "in_a_not_b": [{"kind": a.kind, "layer": a.layer, "detail": a.detail} for a in model.alerts.in_a_not_b],
+            "checked": model.alerts.checked},
     }, images=False)
 
 

@@ -131,7 +131,7 @@ def page(model: CompareModel) -> dict[str, Any]:
         moved = max(weights.layers, key=lambda layer: layer.relative_l2 if layer.relative_l2 is not None else -1.0)
         headline.append(f"largest weight change {number(moved.relative_l2)} (relative L2) at {moved.name}")
     nav = [("#cka", "Representation similarity"), ("#channels", "Channels"), ("#weights", "Weights"),
-           ("#predictions", "Predictions")]
+           ("#predictions", "Predictions"), ("#alerts", "Alerts diff")]
     if model.training_run is not None:
         nav.append(("#run", "Training run"))
     return {
@@ -193,6 +193,14 @@ def page(model: CompareModel) -> dict[str, Any]:
                            "css": "low" if c.accuracy_b < c.accuracy_a else ""} for c in predictions.per_class],
         },
         "run": _run(model.training_run) if model.training_run is not None else None,
+        "alerts": None if model.alerts is None else {
+            "checked": ", ".join(model.alerts.checked),
+            "groups": [{"title": title, "css": css, "empty": empty,
+                        "rows": [{"kind": a.kind, "layer": a.layer, "detail": a.detail, "why": a.why} for a in items]}
+                       for title, css, empty, items in (
+                           (f"In B ({last}), not in A ({first})", "alert-critical", "none", model.alerts.in_b_not_a),
+                           (f"In A ({first}), not in B ({last})", "", "none", model.alerts.in_a_not_b))],
+        },
     }
 
 

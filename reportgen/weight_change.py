@@ -126,3 +126,4 @@ def weight_steps(models: Sequence[nn.Module], selected: Sequence[str], *, strip_
         count = min(strip_channels, first_layer[0].shape[0])
         strips = tuple((names[0], channel, tuple(_plane(w, channel) for w in first_layer)) for channel in range(count))
     return tuple(names), steps, strips
+

@@ -264,3 +264,20 @@ def test_max_size_draws_less(inputs: torch.Tensor) -> None:
     assert len(small.to_html().encode()) <= size - 1000
     assert small.model.budget is not None
     assert small.to_dict()["predictions"]["flips_total"] == full.to_dict()["predictions"]["flips_total"]
+
+
+def test_alerts_diff_and_newly_dead_channels_from_a_planted_change(inputs: torch.Tensor) -> None:
+    a = tiny_cnn(0)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b[0].bias[2] = -1e3  # channel 2 of the first conv never gets past its ReLU in B
+        b[2].weight[3] = 0.0  # filter 3 of the second conv is all zero in B
+    doc = reportgen.compare_reports(a, b, inputs, device="cpu").to_dict()
+    assert errors(doc) == []
+    found = {(item["kind"], item["layer"]) for item in doc["alerts_diff"]["in_b_not_a"]}
+    assert ("dead-filter", "0") in found and ("flat-filter", "2") in found
+    assert not {("dead-filter", "0"), ("flat-filter", "2")} & {
+        (item["kind"], item["layer"]) for item in doc["alerts_diff"]["in_a_not_b"]}
+    first = next(layer for layer in doc["channels"] if layer["name"] == "0")
+    assert 2 in first["newly_dead"] and first["revived"] == []
+    assert first["channels"][2]["correlation"] is None  # constant in B: no correlation
