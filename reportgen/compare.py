@@ -36,8 +36,8 @@ from reportgen.preprocess import Preprocessing
 from reportgen.progress import progress_bar
 from reportgen.size_budget import DEFAULT_MAX_SIZE_MB, MEGABYTE
 
-# drawn less and less until the page fits: (flips, filters, strips)
-LADDER = (Drawing(16, 12, 4), Drawing(8, 6, 4), Drawing(4, 3, 2), Drawing(0, 0, 0))
+# drawn less and less until the page fits: (flips, filters, strips, top-k channels per layer)
+LADDER = (Drawing(16, 12, 4, 2), Drawing(8, 6, 4, 1), Drawing(4, 3, 2, 1), Drawing(0, 0, 0, 0))
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,9 @@ def build_compare(loaded: Sequence[LoadedModel], inputs: InputSet, options: Comp
             from dataclasses import replace
 
             model = replace(model, budget=f"To stay under --max-size {options.max_size_mb:g} MB, at most "
-                                          f"{drawing.flips} flips, {drawing.filters} filters and {drawing.strips} "
-                                          "filter strips are drawn; every number is kept.")
+                                          f"{drawing.flips} flips, {drawing.filters} filters, {drawing.strips} "
+                                          f"filter strips and {drawing.top_sets} top-k channel(s) per layer are "
+                                          "drawn; every number is kept.")
         page = render_html(model)
         if len(page.encode("utf-8")) <= limit:
             return CompareReport(model, html=page)

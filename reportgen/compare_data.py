@@ -55,6 +55,8 @@ class ChannelComparison:
     active_b: np.ndarray
     jaccard: np.ndarray | None  # (shown,) overlap of the top-k input sets; None without top-k
     top_k: int
+    # the least overlapping channels: (channel, A's top-k input indices, B's), best first
+    top_sets: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -159,3 +161,4 @@ class CompareAnalysis:
     num_classes: int | None
     notes: tuple[str, ...] = field(default=())
     alerts: AlertsDiff | None = None
+    pictures: dict[int, np.ndarray] = field(default_factory=dict)  # input index -> thumbnail, for top_sets

@@ -57,6 +57,19 @@ class ChannelRow:
 
 
 @dataclass(frozen=True)
+class TopSets:
+    """One channel's top-k inputs (by max activation) in A and in B, as two thumbnail strips."""
+
+    channel: int
+    jaccard: float | None
+    correlation: float | None
+    inputs_a: tuple[int, ...]
+    inputs_b: tuple[int, ...]
+    strip_a: EncodedImage
+    strip_b: EncodedImage
+
+
+@dataclass(frozen=True)
 class ChannelLayer:
     name: str
     channels: tuple[ChannelRow, ...]
@@ -66,6 +79,7 @@ class ChannelLayer:
     revived: tuple[int, ...]  # on none in A, on some in B
     mean_jaccard: float | None
     top_k: int
+    top_sets: tuple[TopSets, ...] = ()  # the least overlapping channels, drawn
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,9 @@ class CompareOptions:
     cam: bool = True  # Grad-CAM of the drawn flips in A and in B (a small pass over them after the pass)
 
 
+TOP_SET_CHANNELS = 2  # per layer, the channels whose top-k inputs (A's and B's) are drawn
+
+
 # -- one model's side of a batch --
 @dataclass
 class GramState:
@@ -363,12 +366,14 @@ def compare(models: Sequence[nn.Module], infos: Sequence[CheckpointInfo], inputs
         weights = compare_weights(models[0], models[-1], selected[0], selected[-1], max_filters=options.max_filters)
         run = _training_run(joined, models, selected[0], options) if len(models) > 2 else None
         alerts = _alerts(joined, models, selected)
+        channels = _channels(joined)
     return CompareAnalysis(
         checkpoints=tuple(infos),
         layers_a=_layers(joined, 0),
         layers_b=_layers(joined, -1),
         cka=_matrix(joined),
-        channels=_channels(joined),
+        channels=channels,
+        pictures=_pictures(channels, inputs) if options.top_k else {},
         weights=weights,
         predictions=_predictions(joined, inputs, cams),
         run=run,
@@ -411,11 +416,31 @@ def _channels(joined: ComparePass) -> tuple[ChannelComparison, ...]:
         if first.top_inputs is not None and second.top_inputs is not None:
             top_k = int(first.top_inputs.shape[1])
             jaccard = np.array([_jaccard(x, y) for x, y in zip(first.top_inputs, second.top_inputs)])
+        sets = ()
+        if jaccard is not None and first.top_inputs is not None and second.top_inputs is not None:
+            order = sorted((float(j), c) for c, j in enumerate(jaccard) if np.isfinite(j) and j < 1)
+            sets = tuple((c, _indices(first.top_inputs[c]), _indices(second.top_inputs[c]))
+                         for _, c in order[:TOP_SET_CHANNELS])
         found.append(ChannelComparison(key=key, correlation=sums.correlation(),
                                        active_a=np.asarray(first.fraction_inputs_active),
                                        active_b=np.asarray(second.fraction_inputs_active), jaccard=jaccard,
-                                       top_k=top_k))
+                                       top_k=top_k, top_sets=sets))
     return tuple(found)
+
+
+def _indices(row: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in row if 0 <= i < 2**62)
+
+
+def _pictures(channels: Sequence[ChannelComparison], inputs: InputSet) -> dict[int, np.ndarray]:
+    """The thumbnail of every input in a drawn top-k set, each input loaded once after the pass."""
+    wanted = sorted({i for layer in channels for _, a, b in layer.top_sets for i in (*a, *b)})
+    found = {}
+    for index in wanted:
+        picture = thumbnails.draw(inputs.batch(index, index + 1)[0], inputs.preprocessing).picture
+        if picture is not None:
+            found[index] = picture
+    return found
 
 
 def _alerts(joined: ComparePass, models: Sequence[nn.Module], selected: Sequence[Sequence[str]]) -> AlertsDiff:

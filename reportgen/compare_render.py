@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from reportgen import compare_svg
 from reportgen.alerts import WHY
@@ -52,6 +53,7 @@ from reportgen.compare_model import (
     PredictionSection,
     RunSection,
     TopEntry,
+    TopSets,
     WeightLayer,
     WeightSection,
 )
@@ -61,6 +63,7 @@ from reportgen.palettes import LEVELS
 from reportgen.thumbnails import cam_overlay
 
 CELL = 8  # pixels per kernel cell in the filter pictures
+TOP_TILE = 32  # pixels a side of each input in a top-k strip
 MIN_TILE = 24  # a kernel is drawn at least this many pixels a side
 LEAST_CORRELATED = 5  # channels listed per layer
 
@@ -72,6 +75,7 @@ class Drawing:
     flips: int = 16
     filters: int = 12
     strips: int = 4
+    top_sets: int = 2  # channels per layer whose top-k inputs are drawn
 
 
 def _value(x: float) -> float | None:
@@ -130,7 +134,7 @@ def render_compare(analysis: CompareAnalysis, *, run: CompareRun, class_names: S
         checkpoints=tuple(CheckpointRow(name=c.name, source=c.source, type=c.type, file=c.file, sha256=c.sha256,
                                         params=c.params) for c in analysis.checkpoints),
         cka=_cka(analysis),
-        channels=tuple(_channel_layer(c) for c in analysis.channels),
+        channels=tuple(_channel_layer(c, analysis.pictures, drawing.top_sets) for c in analysis.channels),
         weights=_weights(analysis, correlations, drawing),
         predictions=_predictions(analysis.predictions, class_names, drawing) if analysis.predictions else None,
         training_run=_run(analysis.run, analysis, drawing) if analysis.run is not None else None,
@@ -168,7 +172,21 @@ def _cka(analysis: CompareAnalysis) -> CkaSection:
                       line=line, heatmap=heatmap)
 
 
-def _channel_layer(found: ChannelComparison) -> ChannelLayer:
+def _top_strip(indices: Sequence[int], pictures: dict[int, np.ndarray]) -> EncodedImage:
+    """The inputs' thumbnails, each fitted into TOP_TILE x TOP_TILE (white around), side by side."""
+    tiles = []
+    for index in indices:
+        picture = pictures.get(index)
+        canvas = Image.new("RGB", (TOP_TILE, TOP_TILE), (255, 255, 255))
+        if picture is not None:
+            image = ImageOps.contain(Image.fromarray(picture).convert("RGB"), (TOP_TILE, TOP_TILE), Image.BILINEAR)
+            canvas.paste(image, ((TOP_TILE - image.width) // 2, (TOP_TILE - image.height) // 2))
+        tiles.append(np.asarray(canvas))
+    grid, _ = tile_grid(np.stack(tiles), padding=1, pad_value=(255, 255, 255), columns=len(tiles))
+    return embed(encode_png(grid), width=grid.shape[1], height=grid.shape[0])
+
+
+def _channel_layer(found: ChannelComparison, pictures: dict[int, np.ndarray], drawn: int) -> ChannelLayer:
     rows = []
     for c in range(len(found.correlation)):
         jaccard = found.jaccard[c] if found.jaccard is not None and c < len(found.jaccard) else None
@@ -184,7 +202,10 @@ def _channel_layer(found: ChannelComparison) -> ChannelLayer:
         least_correlated=tuple(least),
         newly_dead=tuple(r.channel for r in rows if r.active_a > 0 and r.active_b == 0),
         revived=tuple(r.channel for r in rows if r.active_a == 0 and r.active_b > 0),
-        mean_jaccard=float(np.mean(jaccards)) if jaccards else None, top_k=found.top_k)
+        mean_jaccard=float(np.mean(jaccards)) if jaccards else None, top_k=found.top_k,
+        top_sets=tuple(TopSets(channel=c, jaccard=rows[c].jaccard, correlation=rows[c].correlation, inputs_a=a,
+                               inputs_b=b, strip_a=_top_strip(a, pictures), strip_b=_top_strip(b, pictures))
+                       for c, a, b in found.top_sets[:drawn] if a and b))
 
 
 def _weights(analysis: CompareAnalysis, correlations: dict[str, ChannelComparison],

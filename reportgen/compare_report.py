@@ -37,7 +37,10 @@ def compare_dict(model: CompareModel) -> dict[str, Any]:
         "unmatched_layers": model.weights.unmatched if model.weights is not None else [],
         "channels": [{"name": name, "mean_correlation": layer.mean_correlation, "newly_dead": layer.newly_dead,
                       "revived": layer.revived, "mean_jaccard": layer.mean_jaccard, "top_k": layer.top_k,
-                      "channels": layer.channels} for name, layer in channels.items()],
+                      "channels": layer.channels,
+                      "top_sets": [{"channel": t.channel, "jaccard": t.jaccard, "inputs_a": t.inputs_a,
+                                    "inputs_b": t.inputs_b} for t in layer.top_sets]}
+                     for name, layer in channels.items()],
         "predictions": None if predictions is None else {
             "inputs": predictions.inputs, "agreement": predictions.agreement, "flips_total": predictions.flips_total,
             "flips": [{"index": f.index, "name": f.name, "label": f.label, "top_a": f.top_a, "top_b": f.top_b}

@@ -163,6 +163,12 @@ def page(model: CompareModel) -> dict[str, Any]:
             "revived": _channels(layer.revived),
             "jaccard": number(layer.mean_jaccard) if layer.mean_jaccard is not None else "n/a",
         } for layer in model.channels],
+        "top_sets": [{
+            "caption": f"{layer.name}, channel {t.channel}: top-{layer.top_k} overlap {number(t.jaccard)}, "
+                       f"r = {number(t.correlation)}",
+            "a": image_view(t.strip_a, 2 * t.strip_a.width), "b": image_view(t.strip_b, 2 * t.strip_b.width),
+            "names_a": ", ".join(str(i) for i in t.inputs_a), "names_b": ", ".join(str(i) for i in t.inputs_b),
+        } for layer in model.channels for t in layer.top_sets],
         "top_k": str(max((layer.top_k for layer in model.channels), default=0)),
         "weights": None if weights is None else {
             "layers": [{"name": layer.name, "shape": "x".join(str(d) for d in layer.shape),

@@ -78,6 +78,16 @@ def test_cka_matches_a_direct_computation_on_the_layer_features(inputs: torch.Te
     r = [float(np.corrcoef(x[c].numpy(), y[c].numpy())[0, 1]) for c in range(8)]
     got = [c["correlation"] for c in doc["channels"][0]["channels"]]
     assert got == pytest.approx(r, abs=1e-6)
+    # the drawn top-k sets: each channel's 5 inputs with the largest max activation, in A and in B
+    peaks_a, peaks_b = features_a[0].amax(dim=(2, 3)), features_b[0].amax(dim=(2, 3))
+    drawn = doc["channels"][0]["top_sets"]
+    assert drawn and all(len(t["inputs_a"]) == 5 for t in drawn)
+    for t in drawn:
+        c = t["channel"]
+        assert t["inputs_a"] == torch.argsort(peaks_a[:, c], descending=True, stable=True)[:5].tolist()
+        assert t["inputs_b"] == torch.argsort(peaks_b[:, c], descending=True, stable=True)[:5].tolist()
+        assert t["jaccard"] == pytest.approx(len(set(t["inputs_a"]) & set(t["inputs_b"]))
+                                             / len(set(t["inputs_a"]) | set(t["inputs_b"])))
 
 
 def test_per_filter_weight_changes_and_a_planted_filter_ranks_first(inputs: torch.Tensor) -> None:
