@@ -367,6 +367,8 @@ def compare(models: Sequence[nn.Module], infos: Sequence[CheckpointInfo], inputs
         run = _training_run(joined, models, selected[0], options) if len(models) > 2 else None
         alerts = _alerts(joined, models, selected)
         channels = _channels(joined)
+        predictions = _predictions(joined, inputs, cams)
+        notes.extend(note for note in joined.notes if note not in notes)
     return CompareAnalysis(
         checkpoints=tuple(infos),
         layers_a=_layers(joined, 0),
@@ -375,7 +377,7 @@ def compare(models: Sequence[nn.Module], infos: Sequence[CheckpointInfo], inputs
         channels=channels,
         pictures=_pictures(channels, inputs) if options.top_k else {},
         weights=weights,
-        predictions=_predictions(joined, inputs, cams),
+        predictions=predictions,
         run=run,
         device=str(device),
         batch_size=batch_size,
@@ -487,6 +489,11 @@ def _predictions(joined: ComparePass, inputs: InputSet,
     records_a = joined.sides[0].predictions.records()
     records_b = {r.index: r for r in joined.sides[-1].predictions.records()}
     if not records_a or not records_b:
+        return None
+    widths = [side.predictions.state.num_classes for side in (joined.sides[0], joined.sides[-1])]
+    if widths[0] != widths[1]:
+        joined.notes.append(f"A outputs {widths[0]} classes and B {widths[1]}: their predictions are not "
+                            "compared (a class index would not mean the same class).")
         return None
     same = labelled = right_a = right_b = negative = positive = 0
     per_class: dict[int, list[int]] = {}

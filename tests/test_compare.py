@@ -291,3 +291,12 @@ def test_alerts_diff_and_newly_dead_channels_from_a_planted_change(inputs: torch
     first = next(layer for layer in doc["channels"] if layer["name"] == "0")
     assert 2 in first["newly_dead"] and first["revived"] == []
     assert first["channels"][2]["correlation"] is None  # constant in B: no correlation
+
+
+def test_models_with_different_heads_are_not_compared_on_predictions(inputs: torch.Tensor) -> None:
+    report = reportgen.compare_reports(tiny_cnn(0, classes=5), tiny_cnn(1, classes=3), inputs, device="cpu")
+    doc = report.to_dict()
+    assert errors(doc) == []
+    assert doc["predictions"] is None
+    assert any("A outputs 5 classes and B 3" in note for note in doc["notes"])
+    assert doc["layers"] and doc["cka"]["layers"]  # the convs still compare
