@@ -22,6 +22,7 @@ from reportgen._version import __version__
 EXAMPLES = """\
 examples:
   reportgen demo -o demo-report.html
+  reportgen demo --compare -o demo-compare.html
   reportgen torchvision:resnet18 cat.jpg dog.png -o report.html
   reportgen torchvision:resnet50 --weights DEFAULT photos/ -o r.html --json r.json
   reportgen timm:resnet18 --model-arg num_classes=10 --weights model.ckpt photos/ -o r.html
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages on stderr")
     out.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     out.add_argument("--version", action="version", version=f"reportgen {__version__}")
+    out.add_argument("--compare", dest="demo_compare", action="store_true",
+                     help="with MODEL `demo`: compare the demo model's weights after epochs 1, 6 and 12 of "
+                          "its training (`reportgen compare`'s page; default -o demo-compare.html)")
 
     model = parser.add_argument_group("model")
     model.add_argument("--weights", metavar="W",
@@ -404,6 +408,10 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from reportgen.cli_compare import run_compare
 
         return run_compare(args, _command_line(argv, args.seed))
+    if getattr(args, "demo_compare", False):
+        from reportgen.cli_compare import run_demo_compare
+
+        return run_demo_compare(args, _command_line(argv, args.seed))
     from reportgen.cli_run import run_cli
 
     return run_cli(args, _command_line(argv, args.seed))

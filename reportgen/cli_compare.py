@@ -8,10 +8,12 @@ import glob
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from reportgen.errors import ReportError
 
 GLOB_CHARACTERS = re.compile(r"[*?\[]")
+DEMO_COMPARE_INPUTS = 64  # demo images for `reportgen demo --compare`: CKA wants more than the report's 8
 
 
 def natural_key(text: str) -> list[tuple[int, int | str]]:
@@ -37,6 +39,45 @@ def _names(weights: list[str]) -> list[str]:
     """A checkpoint's name on the page: its file name, or the path as given when two share one."""
     short = [Path(w).name if Path(w).name else w for w in weights]
     return short if len(set(short)) == len(short) else list(weights)
+
+
+def run_demo_compare(args: argparse.Namespace, command: str) -> int:
+    """`reportgen demo --compare`: the demo model's training run (demo.DEMO_RUN) on the demo inputs."""
+    from reportgen import demo
+    from reportgen.cli_run import _check_output, _demo_sources, _is_demo
+
+    if not _is_demo(args):
+        raise ReportError("--compare goes with MODEL `demo`; compare other models with `reportgen compare`")
+    from reportgen.compare import CompareReportOptions, build_compare
+    from reportgen.models import LoadedModel
+
+    output = Path(args.output or "demo-compare.html")
+    json_path = Path(args.json) if args.json else None
+    _check_output(output, "-o")
+    if json_path is not None:
+        _check_output(json_path, "--json")
+    _, inputs = _demo_sources(DEMO_COMPARE_INPUTS)
+    loaded = [LoadedModel(module=demo.load_demo_model(file), name=name, class_names=list(demo.CLASS_NAMES),
+                          source=f"reportgen built-in demo checkpoint {file} (examples/train_demo_model.py)",
+                          kind="demo")
+              for name, file in demo.DEMO_RUN]
+    options = CompareReportOptions(device=args.device, batch_size=args.batch_size, tap=args.tap,
+                                   title=args.title or "reportgen demo: the demo CNN along its training",
+                                   command=command, show_progress=not args.quiet, max_size_mb=args.max_size,
+                                   seed=args.seed)
+    report = build_compare(loaded, inputs, options)
+    return _finish(report, output, json_path, len(loaded), len(inputs), quiet=args.quiet)
+
+
+def _finish(report: Any, output: Path, json_path: Path | None, models: int, inputs: int, *, quiet: bool) -> int:
+    report.save(output, json_path=json_path)
+    if not quiet:
+        print(f"reportgen: compared {models} models on {inputs} input(s), "
+              f"{output.stat().st_size / 1e6:.2f} MB", file=sys.stderr)
+    print(output)
+    if json_path is not None:
+        print(json_path)
+    return 0
 
 
 def run_compare(args: argparse.Namespace, command: str) -> int:
@@ -91,11 +132,4 @@ def run_compare(args: argparse.Namespace, command: str) -> int:
                                    title=args.title, command=command, show_progress=not args.quiet,
                                    max_size_mb=args.max_size, seed=args.seed)
     report = build_compare(loaded, inputs, options, class_names=class_names)
-    report.save(output, json_path=json_path)
-    if not args.quiet:
-        print(f"reportgen: compared {len(loaded)} models on {len(inputs)} input(s), "
-              f"{output.stat().st_size / 1e6:.2f} MB", file=sys.stderr)
-    print(output)
-    if json_path is not None:
-        print(json_path)
-    return 0
+    return _finish(report, output, json_path, len(loaded), len(inputs), quiet=args.quiet)

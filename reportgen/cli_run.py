@@ -162,14 +162,14 @@ def _check_output(path: Path, option: str) -> None:
     check_writable(path, option)
 
 
-def _demo_sources() -> tuple[LoadedModel, InputSet]:
+def _demo_sources(count: int = 8) -> tuple[LoadedModel, InputSet]:
     from reportgen import demo
     from reportgen.inputs import from_tensor
     from reportgen.models import LoadedModel
     from reportgen.preprocess import Preprocessing
 
     model = demo.load_demo_model()
-    images, labels, names = demo.demo_samples()
+    images, labels, names = demo.demo_samples(count)
     prep = Preprocessing(channels=3, mean=tuple(demo.DEMO_MEAN), std=tuple(demo.DEMO_STD), source="demo")
     inputs = from_tensor(_normalise_batch(images, prep), names)
     inputs.labels = list(labels)

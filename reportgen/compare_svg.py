@@ -45,13 +45,13 @@ def _viridis(value: float) -> str:
 
 
 def lines(series: Sequence[tuple[str, Sequence[float | None]]], labels: Sequence[str], *, title: str,
-          y_label: str, width: int = 640, height: int = 220) -> EncodedImage | None:
+          y_label: str, width: int = 640, height: int = 250) -> EncodedImage | None:
     """One line per series over the same x positions (layers along depth), y from 0 to 1; a
     missing value breaks the line."""
     if not labels or not series:
         return None
-    left, right, top = 34, width - 8, 18
-    bottom = height - 58
+    left, right, top = 34, width - 60, 18  # room on the right and below for the slanted names
+    bottom = height - 84
     count = len(labels)
     step = (right - left) / max(count - 1, 1)
 

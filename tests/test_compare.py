@@ -300,3 +300,27 @@ def test_models_with_different_heads_are_not_compared_on_predictions(inputs: tor
     assert doc["predictions"] is None
     assert any("A outputs 5 classes and B 3" in note for note in doc["notes"])
     assert doc["layers"] and doc["cka"]["layers"]  # the convs still compare
+
+
+def test_demo_compare_shows_the_demo_models_training_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--compare", "--json", "demo.json", "-q", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.split() == ["demo-compare.html", "demo.json"]
+    doc = json.loads((tmp_path / "demo.json").read_text())
+    assert errors(doc) == []
+    assert [c["name"] for c in doc["checkpoints"]] == ["epoch 1", "epoch 6", "epoch 12"]
+    run = doc["training_run"]
+    assert len(run["cka_to_last"]) == 2 and len(run["weight_step"]) == 2
+    # the layers settle: at epoch 6 every layer is at least as close to the final one as at epoch 1
+    for early, middle in zip(run["cka_to_last"][0], run["cka_to_last"][1]):
+        assert middle >= early - 0.05
+    html = (tmp_path / "demo-compare.html").read_text()
+    assert "epoch 1 → epoch 6 → epoch 12" in html and 'id="run"' in html
+
+
+def test_compare_flag_is_only_for_the_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["tests.fixtures.models:tiny_cnn", "--compare", "-q"]) == 2
+    assert "--compare goes with MODEL `demo`" in capsys.readouterr().err
