@@ -54,7 +54,7 @@ from reportgen.engine.main_pass import MainPass
 from reportgen.errors import ReportError
 from reportgen.inputs import InputSet, from_tensors
 from reportgen.model_state import on_device, preserved_modes
-from reportgen.sites import Site
+from reportgen.sites import Plan, Site
 from reportgen.summary import fallback_summary
 from reportgen.weight_change import compare_weights, weight_steps
 
@@ -251,6 +251,16 @@ class ComparePass:
     def retry(self, exc: BaseException) -> bool:
         return any([side.main.retry(exc) for side in self.sides])
 
+    def merge(self, other: ComparePass) -> None:
+        """Add another pass's committed results over other inputs of the same models (a share
+        of the inputs run elsewhere): the join's sums add, each model's collectors merge."""
+        if not self.keys:
+            self.keys, self.common = other.keys, other.common
+        self.state.merge(other.state)
+        for mine, theirs in zip(self.sides, other.sides):
+            for collector, added in zip(mine.main.collectors, theirs.main.collectors):
+                collector.merge(added)
+
     # -- the step --
     def step(self, batch: Batch) -> None:
         for side in self.sides:
@@ -313,6 +323,26 @@ class ComparePass:
                     staged.flip_inputs[index] = batch.host[row].cpu().numpy().copy()  # for Grad-CAM after the pass
 
 
+def build_sides(models: Sequence[nn.Module], selected: Sequence[Sequence[str]],
+                plans: Sequence[tuple[Plan | None, str]], analysis: AnalysisOptions, *, top_k: int) -> list[Side]:
+    """Each model's main pass and collectors: predictions and Gram matrices for every model; on
+    the two compared ones (the first and the last) the held values and the activation statistics
+    with top-k. `plans`: each model's activation sites (analyze.learn_plan)."""
+    compared = (0, len(models) - 1)
+    sides = []
+    for index, (model, (plan, raw_reason)) in enumerate(zip(models, plans)):
+        grams = GramCollector(hold=index in compared)
+        predictions = PredictionCollector()
+        activations = ActivationCollector(max_channels=analysis.max_channels, tile_size=analysis.tile_size,
+                                          keep_inputs=0, top_k=top_k) if index in compared else None
+        riders: list[Collector[Any]] = [predictions, grams, *([activations] if activations else [])]
+        main = MainPass(model, riders, observed=selected[index], plan=plan, raw_reason=raw_reason,
+                        forward_args=analysis.forward_args)
+        main.summary = fallback_summary(model, "not drawn in a comparison")  # no torchinfo walk
+        sides.append(Side(model, main, grams, predictions, activations, model_dtype(model)))
+    return sides
+
+
 def compare(models: Sequence[nn.Module], infos: Sequence[CheckpointInfo], inputs: InputSet, device: torch.device,
             options: CompareOptions, *, progress: Callable[[int], None] | None = None) -> CompareAnalysis:
     """Run every model on the same batches (`ComparePass`) and hand on what differs: CKA, the
@@ -329,25 +359,16 @@ def compare(models: Sequence[nn.Module], infos: Sequence[CheckpointInfo], inputs
     batch_size = max(1, analysis.batch_size)
     selected = [select_layers(model, analysis.layers) for model in models]
     first = load_batch(inputs, 0, min(batch_size, len(inputs)), device, model_dtype(models[0]))
-    compared = (0, len(models) - 1)
     with ExitStack() as stack:
-        sides = []
+        plans = []
         for index, model in enumerate(models):
             sample = first.tensor[:1]
             sample = sample.to(model_dtype(model)) if sample.is_floating_point() else sample
-            plan, raw_reason = learn_plan(model, sample, selected[index], device, analysis)
+            plans.append(learn_plan(model, sample, selected[index], device, analysis))
             stack.enter_context(preserved_modes(model))
             stack.enter_context(on_device(model, device))
             model.eval()
-            grams = GramCollector(hold=index in compared)
-            predictions = PredictionCollector()
-            activations = ActivationCollector(max_channels=analysis.max_channels, tile_size=analysis.tile_size,
-                                              keep_inputs=0, top_k=options.top_k) if index in compared else None
-            riders: list[Collector[Any]] = [predictions, grams, *([activations] if activations else [])]
-            main = MainPass(model, riders, observed=selected[index], plan=plan, raw_reason=raw_reason,
-                            forward_args=analysis.forward_args)
-            main.summary = fallback_summary(model, "not drawn in a comparison")  # no torchinfo walk
-            sides.append(Side(model, main, grams, predictions, activations, model_dtype(model)))
+        sides = build_sides(models, selected, plans, analysis, top_k=options.top_k)
         stack.enter_context(torch.inference_mode())
         joined = ComparePass(sides, inputs, max_flips=options.max_flips)
         notes: list[str] = []

@@ -324,3 +324,36 @@ def test_compare_flag_is_only_for_the_demo(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(tmp_path)
     assert main(["tests.fixtures.models:tiny_cnn", "--compare", "-q"]) == 2
     assert "--compare goes with MODEL `demo`" in capsys.readouterr().err
+
+
+def test_a_pass_split_in_two_shares_merges_to_the_whole(inputs: torch.Tensor) -> None:
+    """Two processes each run a share of the inputs; their states add up to one pass's."""
+    from reportgen.analyze import AnalysisOptions
+    from reportgen.compare_pass import ComparePass, build_sides
+    from reportgen.engine.loop import run_batches
+    from reportgen.inputs import from_tensor
+    from reportgen.sites import RAW_BY_REQUEST
+
+    models = [tiny_cnn(0).eval(), tiny_cnn(1).eval()]
+    selected = [["0", "2"], ["0", "2"]]
+    options = AnalysisOptions(tap="conv")
+
+    def run(first: int, count: int) -> ComparePass:
+        sides = build_sides(models, selected, [(None, RAW_BY_REQUEST)] * 2, options, top_k=3)
+        joined = ComparePass(sides, from_tensor(inputs), max_flips=16)
+        with torch.inference_mode():
+            run_batches(joined.inputs, joined.step, device=torch.device("cpu"), dtype=torch.float32,
+                        batch_size=4, first=first, count=count, transaction=joined)
+        return joined
+
+    whole, share = run(0, 20), run(0, 8)
+    share.merge(run(8, 20))
+    assert share.state.cka.values() == pytest.approx(whole.state.cka.values(), abs=1e-12)
+    assert (share.state.cka.batches, share.state.cka.inputs_used) == (whole.state.cka.batches, 20)
+    for key, sums in whole.state.correlation.items():
+        assert share.state.correlation[key].correlation() == pytest.approx(sums.correlation(), abs=1e-9,
+                                                                           nan_ok=True)
+    assert share.state.flips_total == whole.state.flips_total
+    assert share.sides[0].predictions.records() == whole.sides[0].predictions.records()
+    top_whole = whole.sides[0].activations.results()[0].top_inputs
+    assert np.array_equal(share.sides[0].activations.results()[0].top_inputs, top_whole)
