@@ -174,6 +174,7 @@ class RunSection:
     weight_layers: tuple[str, ...]
     weight_step: tuple[tuple[float | None, ...], ...]  # (step i -> i+1) x weight_layers
     settle_chart: EncodedImage | None
+    settle_lines: EncodedImage | None  # one line per layer over the checkpoints (at most LINE_LAYERS layers)
     step_chart: EncodedImage | None
     strips: tuple[FilterStrip, ...]
 

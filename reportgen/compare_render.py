@@ -250,6 +250,17 @@ def _predictions(found: PredictionComparison, class_names: Sequence[str] | None,
                         for c, n, a, b in found.per_class))
 
 
+def _settle_lines(found: TrainingRun, names: Sequence[str]) -> EncodedImage | None:
+    """CKA to the last checkpoint over time, one line per layer (the last checkpoint itself is 1),
+    when there are few enough layers to tell the lines apart."""
+    if not found.layers or len(found.layers) > compare_svg.LINE_LAYERS:
+        return None
+    series = [(layer, [*(_value(float(v)) for v in found.cka_to_last[:, j]), 1.0])
+              for j, layer in enumerate(found.layers)]
+    return compare_svg.lines(series, names, title=f"CKA of each layer to the same layer of {names[-1]}, over time",
+                             y_label=f"CKA to {names[-1]}")
+
+
 def _run(found: TrainingRun, analysis: CompareAnalysis, drawing: Drawing) -> RunSection:
     names = tuple(c.name for c in analysis.checkpoints)
     settle = compare_svg.matrix(_rows(found.cka_to_last.T), found.layers, names[:-1],
@@ -267,4 +278,5 @@ def _run(found: TrainingRun, analysis: CompareAnalysis, drawing: Drawing) -> Run
     return RunSection(checkpoints=names, layers=found.layers, cka_to_last=_rows(found.cka_to_last),
                       cka_to_next=_rows(found.cka_to_next), weight_layers=found.weight_layers,
                       weight_step=_rows(found.weight_step), settle_chart=settle, step_chart=steps,
+                      settle_lines=_settle_lines(found, names),
                       strips=tuple(strips))

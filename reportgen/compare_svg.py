@@ -16,6 +16,7 @@ FONT = "system-ui, -apple-system, Segoe UI, Roboto, Arial, sans-serif"
 AXIS = "#8a939e"
 INK = "#1d2127"
 MISSING = "#ffffff"
+LINE_LAYERS = 8  # lines one chart tells apart (one colour each)
 SERIES = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#7F3C8D")
 
 
@@ -50,7 +51,8 @@ def lines(series: Sequence[tuple[str, Sequence[float | None]]], labels: Sequence
     missing value breaks the line."""
     if not labels or not series:
         return None
-    left, right, top = 34, width - 60, 18  # room on the right and below for the slanted names
+    left, right = 34, width - 60  # room on the right and below for the slanted names
+    top = 18 if len(series) == 1 else 26 + 12 * ((len(series) - 1) // 4)  # and above for the legend
     bottom = height - 84
     count = len(labels)
     step = (right - left) / max(count - 1, 1)
@@ -87,9 +89,9 @@ def lines(series: Sequence[tuple[str, Sequence[float | None]]], labels: Sequence
             body.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{" ".join(run)}"/>')
         if len(series) > 1:
             lx = left + 8 + (number % 4) * 150
-            ly = 10 + (number // 4) * 0
-            body.append(f'<rect x="{lx}" y="{ly - 7}" width="10" height="3" fill="{colour}"/>')
-            body.append(f'<text x="{lx + 14}" y="{ly - 3}" fill="#333">{escape(_short(name, 22))}</text>')
+            ly = 14 + (number // 4) * 12  # text baseline
+            body.append(f'<rect x="{lx}" y="{ly - 5}" width="10" height="3" fill="{colour}"/>')
+            body.append(f'<text x="{lx + 14}" y="{ly}" fill="#333">{escape(_short(name, 22))}</text>')
     return _document(width, height, body, title)
 
 

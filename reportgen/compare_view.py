@@ -86,6 +86,7 @@ def _run(found: RunSection) -> dict[str, Any]:
     return {
         "checkpoints": list(found.checkpoints),
         "settle": _chart(found.settle_chart),
+        "settle_lines": _chart(found.settle_lines),
         "steps": _chart(found.step_chart),
         "strips": [{"caption": f"{s.layer}, channel {s.channel}: the filter at each checkpoint, left to right "
                                f"(one scale, ±{s.scale:.3g})", "image": image_view(s.image, 60 * len(found.checkpoints))}
