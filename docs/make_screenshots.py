@@ -1,8 +1,10 @@
 """Render the demo report and photograph it in headless Chromium, light and dark.
 
     PYTHONPATH=. python docs/make_screenshots.py [--fragment ANCHOR]
+    PYTHONPATH=. python docs/make_screenshots.py --compare      # `reportgen demo --compare`, light
 
-Writes docs/screenshot-light.png and docs/screenshot-dark.png (the README shows the light one).
+Writes docs/screenshot-light.png and docs/screenshot-dark.png (the README shows the light one);
+with --compare, docs/screenshot-compare-light.png (the README's compare section shows it).
 Needs Debian's /usr/bin/chromium and the playwright package; no network. The date is pinned
 (SOURCE_DATE_EPOCH) so the pictures change only when the report does.
 """
@@ -28,24 +30,25 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1280, "height": 860}
 
 
-def render_demo(path: Path) -> None:
+def render_demo(path: Path, *extra: str) -> None:
     os.environ.setdefault("SOURCE_DATE_EPOCH", "1767225600")  # 2026-01-01
     sys.path.insert(0, str(HERE.parent))
     from reportgen.cli import main
 
-    code = main(["demo", "-o", str(path), "-q", "--device", "cpu"])
+    code = main(["demo", *extra, "-o", str(path), "-q", "--device", "cpu"])
     if code != 0:
         raise SystemExit(f"reportgen demo failed with exit status {code}")
 
 
-def shoot(page_path: Path, fragment: str, out_dir: Path) -> list[Path]:
+def shoot(page_path: Path, fragment: str, out_dir: Path, *, name: str = "screenshot",
+          schemes: tuple[str, ...] = ("light", "dark")) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
     written = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            for scheme in ("light", "dark"):
+            for scheme in schemes:
                 context = browser.new_context(
                     color_scheme=scheme, viewport=VIEWPORT, device_scale_factor=1
                 )
@@ -66,7 +69,7 @@ def shoot(page_path: Path, fragment: str, out_dir: Path) -> list[Path]:
                     "() => Promise.all(Array.from(document.images).filter(i => i.checkVisibility())"
                     ".map(i => { i.loading = 'eager'; return i.decode().catch(() => 0); }))"
                 )
-                target = out_dir / f"screenshot-{scheme}.png"
+                target = out_dir / f"{name}-{scheme}.png"
                 page.screenshot(path=str(target))
                 written.append(target)
                 context.close()
@@ -83,11 +86,18 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=HERE, help="folder for the PNGs (default: docs/)"
     )
+    parser.add_argument("--compare", action="store_true", help="photograph `reportgen demo --compare` instead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         page_path = Path(tmp) / "demo-report.html"
-        render_demo(page_path)
-        for path in shoot(page_path, args.fragment, args.out):
+        if args.compare:
+            render_demo(page_path, "--compare")
+            shots = shoot(page_path, args.fragment or "overview", args.out, name="screenshot-compare",
+                          schemes=("light",))
+        else:
+            render_demo(page_path)
+            shots = shoot(page_path, args.fragment, args.out)
+        for path in shots:
             print(path)
 
 

@@ -4,6 +4,7 @@ Run from the repository root:
 
     python examples/train_demo_model.py                 # writes reportgen/data/demo_model.pt
     python examples/train_demo_model.py --epochs 3 --out /tmp/demo_model.pt
+    python examples/train_demo_model.py --checkpoints reportgen/data   # also epochs 1, 6 and 12
 
 It is seeded and uses deterministic algorithms, so a rerun on the same machine and library
 versions reproduces the checkpoint; it takes a couple of minutes on two CPU cores.
@@ -58,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=DEFAULT_OUT, help="where to write the state_dict"
     )
     parser.add_argument("--epochs", type=int, default=12, help="passes over the training set")
+    parser.add_argument(
+        "--checkpoints", type=Path, metavar="DIR",
+        help="also save the weights after the first, the middle and the last epoch into DIR as "
+             "demo_epochNN.pt (what `reportgen demo --compare` shows; the last equals --out)",
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
@@ -106,7 +112,13 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int) -> None:
+def checkpoint_epochs(epochs: int) -> tuple[int, ...]:
+    """The epochs whose weights --checkpoints saves: the first, the middle and the last."""
+    return tuple(sorted({1, (epochs + 1) // 2, epochs}))
+
+
+def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int,
+          checkpoints: Path | None = None) -> None:
     optimizer = make_optimizer(model)
     steps_per_epoch = (len(images) + BATCH_SIZE - 1) // BATCH_SIZE
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -132,6 +144,8 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: 
             f" ({time.perf_counter() - started:.1f} s)",
             flush=True,
         )
+        if checkpoints is not None and epoch in checkpoint_epochs(epochs):
+            save_atomically(model, checkpoints / f"demo_epoch{epoch:02d}.pt")
 
 
 def save_atomically(model: nn.Module, out: Path) -> None:
@@ -170,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_demo_model()
     parameters = sum(p.numel() for p in model.parameters())
     print(f"model: {parameters} parameters", flush=True)
-    train(model, train_images, train_labels, args.epochs)
+    train(model, train_images, train_labels, args.epochs, args.checkpoints)
 
     train_accuracy = accuracy(model, train_images, train_labels)
     test_accuracy = accuracy(model, test_images, test_labels)

@@ -1,6 +1,7 @@
 """reportgen: one self-contained HTML report of what a PyTorch CNN learned.
 
-The public API is `generate_report(model, inputs, ...) -> Report`, and the submodules whose
+The public API is `generate_report(model, inputs, ...) -> Report`, `compare_reports(model_a,
+model_b | checkpoints=..., inputs) -> CompareReport`, and the submodules whose
 classes it takes (`reportgen.preprocess.Preprocessing`, `reportgen.impact.ImpactOptions`,
 `reportgen.alerts.AlertThresholds`, ...). Importing this package is cheap: torch and those
 submodules are imported only when first used, so `reportgen --help` stays fast.
@@ -16,12 +17,14 @@ from reportgen.errors import ReportError
 
 if TYPE_CHECKING:
     from reportgen.api import generate_report
+    from reportgen.compare import compare_reports
+    from reportgen.compare_report import CompareReport
     from reportgen.report import Report
 
-__all__ = ["Report", "ReportError", "__version__", "generate_report"]
+__all__ = ["CompareReport", "Report", "ReportError", "__version__", "compare_reports", "generate_report"]
 
 # Reachable as `reportgen.NAME` right after `import reportgen` (imported on first use).
-_SUBMODULES = frozenset({"alerts", "api", "impact", "inputs", "labels", "models", "preprocess", "probes", "report"})
+_SUBMODULES = frozenset({"alerts", "api", "compare", "impact", "inputs", "labels", "models", "preprocess", "probes", "report"})
 
 
 def __getattr__(name: str) -> Any:
@@ -34,6 +37,14 @@ def __getattr__(name: str) -> Any:
         from reportgen.report import Report
 
         return Report
+    if name == "compare_reports":
+        from reportgen.compare import compare_reports
+
+        return compare_reports
+    if name == "CompareReport":
+        from reportgen.compare_report import CompareReport
+
+        return CompareReport
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'reportgen' has no attribute {name!r}")

@@ -137,7 +137,7 @@ def analyze(
     # the first batch is loaded once: its first input also learns the activation sites
     first = load_batch(inputs, share[0], min(share[0] + batch_size, share[1]), device, dtype) \
         if share[1] > share[0] else None
-    plan, raw_reason = _learn_sites(model, first.tensor[:1], selected, device, options) \
+    plan, raw_reason = learn_plan(model, first.tensor[:1], selected, device, options) \
         if hookable and first is not None else (None, "")
 
     with preserved_modes(model), on_device(model, device), torch.inference_mode():
@@ -238,7 +238,7 @@ def _worker_analysis(model: nn.Module, device: torch.device, main: MainPass, sel
                     device=str(device), notes=(), ablation_baseline=baseline)
 
 
-def _learn_sites(model: nn.Module, sample: torch.Tensor, selected: Sequence[str], device: torch.device,
+def learn_plan(model: nn.Module, sample: torch.Tensor, selected: Sequence[str], device: torch.device,
                  options: AnalysisOptions) -> tuple[Plan | None, str]:
     """Where each selected conv's activation acts on it, learnt from a forward of the first input
     alone, before the pass; and why raw outputs are observed where there is no plan (`--tap

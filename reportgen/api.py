@@ -352,17 +352,8 @@ def generate_report(
     if not isinstance(model, nn.Module):
         raise ReportError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     check_seed(seed)
-    if inputs is None:
-        shape, how = probe_shape(model, forward_args=forward_args)
-        input_set = synthetic_probes(shape, seed=seed)
-        input_set.notes.append(f"Probe shape {'x'.join(map(str, shape))}: {how}.")
-    else:
-        input_set = coerce_inputs(inputs, preprocessing, input_names, layout_of(model), strict=strict)
-    if targets is not None:
-        if len(targets) != len(input_set):
-            raise ReportError(f"targets has {len(targets)} entries but there are {len(input_set)} inputs")
-        input_set.labels = [None if t is None else int(t) for t in targets]
-        input_set.label_source = "targets="
+    input_set = api_inputs(model, inputs, preprocessing=preprocessing, input_names=input_names,
+                           forward_args=forward_args, strict=strict, seed=seed, targets=targets)
     loaded = LoadedModel(module=model, name=type(model).__name__, source="Python object",
                          random_weights=random_weights)
     options = ReportOptions(
@@ -385,6 +376,25 @@ def generate_report(
         seed=seed,
     )
     return build_report(loaded, input_set, options, class_names=labels)
+
+
+def api_inputs(model: nn.Module, inputs: Any, *, preprocessing: Preprocessing | None,
+               input_names: Sequence[str] | None, forward_args: Callable[[torch.Tensor], Any] | None,
+               strict: bool, seed: int, targets: Sequence[int | None] | None) -> InputSet:
+    """The Python API's `inputs` (None: synthetic probes shaped for `model`) and `targets`, as
+    `generate_report` and `compare_reports` take them."""
+    if inputs is None:
+        shape, how = probe_shape(model, forward_args=forward_args)
+        input_set = synthetic_probes(shape, seed=seed)
+        input_set.notes.append(f"Probe shape {'x'.join(map(str, shape))}: {how}.")
+    else:
+        input_set = coerce_inputs(inputs, preprocessing, input_names, layout_of(model), strict=strict)
+    if targets is not None:
+        if len(targets) != len(input_set):
+            raise ReportError(f"targets has {len(targets)} entries but there are {len(input_set)} inputs")
+        input_set.labels = [None if t is None else int(t) for t in targets]
+        input_set.label_source = "targets="
+    return input_set
 
 
 def insight_options(options: ReportOptions) -> InsightOptions:

@@ -1,4 +1,5 @@
-"""`reportgen MODEL [INPUT ...] -o report.html` and `reportgen demo`: a thin shell over the API.
+"""`reportgen MODEL [INPUT ...] -o report.html`, `reportgen demo` and `reportgen compare MODEL ...`
+(`build_compare_parser`): a thin shell over the API.
 
 Only argparse is imported at the top: `--help` and `--version` must answer without torch.
 User mistakes (`ReportError`) become one `reportgen: error: ...` line and exit status 2;
@@ -21,12 +22,14 @@ from reportgen._version import __version__
 EXAMPLES = """\
 examples:
   reportgen demo -o demo-report.html
+  reportgen demo --compare -o demo-compare.html
   reportgen torchvision:resnet18 cat.jpg dog.png -o report.html
   reportgen torchvision:resnet50 --weights DEFAULT photos/ -o r.html --json r.json
   reportgen timm:resnet18 --model-arg num_classes=10 --weights model.ckpt photos/ -o r.html
   reportgen hf:./vit-folder cat.jpg -o r.html
   reportgen my_models.py:build_net --model-arg width=64 --weights ckpt.pt images/ -o r.html
   reportgen torchvision:resnet18 --layers 'layer1.*' --max-channels 16 --device cpu
+  reportgen compare my_models.py:build_net --weights a.pt --weights b.pt images/ -o compare.html
 """
 
 
@@ -98,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="reportgen",
         description="Turn a PyTorch CNN and a few inputs into one self-contained HTML report: "
         "summary, filters, feature maps, predictions, statistics and alerts. "
-        "`reportgen demo` renders the built-in demo model.",
+        "`reportgen demo` renders the built-in demo model; `reportgen compare --help` compares models.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -116,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages on stderr")
     out.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     out.add_argument("--version", action="version", version=f"reportgen {__version__}")
+    out.add_argument("--compare", dest="demo_compare", action="store_true",
+                     help="with MODEL `demo`: compare the demo model's weights after epochs 1, 6 and 12 of "
+                          "its training (`reportgen compare`'s page; default -o demo-compare.html)")
 
     model = parser.add_argument_group("model")
     model.add_argument("--weights", metavar="W",
@@ -128,11 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--weights-partial", action="store_true",
                        help="load the checkpoint tensors that fit by name and shape and leave the rest at "
                             "their init, listed in the report (default: a partial match is refused)")
-    model.add_argument("--model-arg", metavar="KEY=VALUE", action="append", default=[],
-                       help="keyword argument for the model factory (Python literal; repeatable)")
-    model.add_argument("--trust-pickle", action="store_true",
-                       help="allow checkpoints/models that contain pickled Python objects (can run code!)")
-    model.add_argument("--labels", metavar="FILE", help="class names: one per line, a JSON list, or a JSON {index: name} map")
+    _model_basics(model)
 
     run = parser.add_argument_group("analysis")
     run.add_argument("--layers", metavar="GLOB", action="append", default=[],
@@ -156,27 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"seeds the random init of models built without weights, probe noise and synthetic "
                           f"inputs (default {DEFAULT_SEED}: every run gives the same report); recorded in it")
 
-    prep = parser.add_argument_group("inputs and preprocessing")
-    prep.add_argument("--input-shape", metavar="C,H,W", type=lambda t: _int_list(t, None, "--input-shape"),
-                      help="shape of synthetic probe inputs when no INPUT is given")
-    prep.add_argument("--resize", metavar="H,W", type=lambda t: _int_list(t, None, "--resize"),
-                      help="resize images to H,W (or one number: the shorter side)")
-    prep.add_argument("--center-crop", metavar="H,W", type=lambda t: _int_list(t, None, "--center-crop"),
-                      help="center-crop images after resizing")
-    prep.add_argument("--mean", metavar="a,b,c", type=_float_list, help="per-channel mean to subtract (after scaling to [0, 1])")
-    prep.add_argument("--std", metavar="a,b,c", type=_float_list, help="per-channel std to divide by")
-    prep.add_argument("--grayscale", action="store_true", help="convert images to one channel")
-
-    sources = parser.add_argument_group("labelled inputs")
-    sources.add_argument("--dataset", metavar="DIR",
-                         help="ImageFolder-style folder, one subfolder per class: labelled inputs "
-                              "(class names from the folder names unless --labels is given)")
-    sources.add_argument("--label-pattern", metavar="REGEX",
-                         help="read each input's true class from its path: the regex's first group, "
-                              r"a class index or name (e.g. '_(\d+)\.png$')")
-    sources.add_argument("--strict", action="store_true",
-                         help="stop at an unreadable file found in a folder, a glob or --dataset (default: "
-                              "skip it and list it in the report; a file named on its own is always an error)")
+    _input_groups(parser)
 
     size = parser.add_argument_group("size, exports and viewing")
     size.add_argument("--max-size", metavar="MB", type=_megabytes, default=DEFAULT_MAX_SIZE_MB,
@@ -236,6 +218,103 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _model_basics(group: Any) -> None:
+    """--model-arg, --trust-pickle and --labels: the same for `reportgen` and `reportgen compare`."""
+    group.add_argument("--model-arg", metavar="KEY=VALUE", action="append", default=[],
+                       help="keyword argument for the model factory (Python literal; repeatable)")
+    group.add_argument("--trust-pickle", action="store_true",
+                       help="allow checkpoints/models that contain pickled Python objects (can run code!)")
+    group.add_argument("--labels", metavar="FILE", help="class names: one per line, a JSON list, or a JSON {index: name} map")
+
+
+def _input_groups(parser: argparse.ArgumentParser) -> None:
+    """Inputs, preprocessing and labelled inputs: the same for `reportgen` and `reportgen compare`."""
+    prep = parser.add_argument_group("inputs and preprocessing")
+    prep.add_argument("--input-shape", metavar="C,H,W", type=lambda t: _int_list(t, None, "--input-shape"),
+                      help="shape of synthetic probe inputs when no INPUT is given")
+    prep.add_argument("--resize", metavar="H,W", type=lambda t: _int_list(t, None, "--resize"),
+                      help="resize images to H,W (or one number: the shorter side)")
+    prep.add_argument("--center-crop", metavar="H,W", type=lambda t: _int_list(t, None, "--center-crop"),
+                      help="center-crop images after resizing")
+    prep.add_argument("--mean", metavar="a,b,c", type=_float_list, help="per-channel mean to subtract (after scaling to [0, 1])")
+    prep.add_argument("--std", metavar="a,b,c", type=_float_list, help="per-channel std to divide by")
+    prep.add_argument("--grayscale", action="store_true", help="convert images to one channel")
+
+    sources = parser.add_argument_group("labelled inputs")
+    sources.add_argument("--dataset", metavar="DIR",
+                         help="ImageFolder-style folder, one subfolder per class: labelled inputs "
+                              "(class names from the folder names unless --labels is given)")
+    sources.add_argument("--label-pattern", metavar="REGEX",
+                         help="read each input's true class from its path: the regex's first group, "
+                              r"a class index or name (e.g. '_(\d+)\.png$')")
+    sources.add_argument("--strict", action="store_true",
+                         help="stop at an unreadable file found in a folder, a glob or --dataset (default: "
+                              "skip it and list it in the report; a file named on its own is always an error)")
+
+
+COMPARE_EXAMPLES = """\
+examples:
+  reportgen compare resnet.py:build --weights a.pt --weights b.pt photos/ -o compare.html --json compare.json
+  reportgen compare resnet.py:build --weights 'ckpt/epoch_*.pt' --dataset val/ -o run.html
+  reportgen compare torchvision:resnet18 --weights DEFAULT --against torchvision:resnet34 \\
+      --against-weights DEFAULT photos/ -o r18-vs-r34.html
+"""
+
+
+def build_compare_parser() -> argparse.ArgumentParser:
+    """`reportgen compare`: checkpoints of one model (--weights twice or more, or a glob), or two
+    models (--against)."""
+    parser = argparse.ArgumentParser(
+        prog="reportgen compare",
+        description="What changed between two models, or along a training run, on the same inputs: CKA per "
+                    "layer and layer by layer, weight changes per layer and filter, channel correlations, "
+                    "prediction flips; one self-contained HTML file.",
+        epilog=COMPARE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL", help="as for `reportgen MODEL` (model A, or every checkpoint's)")
+    parser.add_argument("inputs", metavar="INPUT", nargs="*",
+                        help="image files, folders or globs; .pt/.npy/.npz tensors; none: synthetic probe inputs")
+    out = parser.add_argument_group("output")
+    out.add_argument("-o", "--output", metavar="PATH", help="HTML file to write (default: compare.html)")
+    out.add_argument("--json", metavar="PATH", help="also write the comparison's numbers as JSON")
+    out.add_argument("--title", metavar="T", help="report title")
+    out.add_argument("--max-size", metavar="MB", type=_megabytes, default=DEFAULT_MAX_SIZE_MB,
+                     help=f"keep the HTML under MB megabytes by drawing fewer flips and filters "
+                          f"(default {DEFAULT_MAX_SIZE_MB:g}; 0: no limit)")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages on stderr")
+    out.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+    model = parser.add_argument_group("models")
+    model.add_argument("--weights", metavar="W", action="append", default=[],
+                       help="a checkpoint of MODEL (repeatable, in order: the first is A, the last B; three or "
+                            "more make a training run); a glob such as 'ckpt/epoch_*.pt' is expanded and sorted "
+                            "naturally (epoch_2 before epoch_10). With --against: model A's weights")
+    model.add_argument("--against", metavar="MODEL_B", help="a second model to compare MODEL with (model B)")
+    model.add_argument("--against-weights", metavar="W", help="model B's weights")
+    model.add_argument("--weights-key", metavar="KEY", help="the checkpoint entry to load (e.g. state_dict_ema)")
+    _model_basics(model)
+
+    run = parser.add_argument_group("analysis")
+    run.add_argument("--layers", metavar="GLOB", action="append", default=[],
+                     help="compare modules whose qualified name matches (repeatable; default: every conv)")
+    run.add_argument("--tap", choices=("activation", "conv"), default="activation",
+                     help="where each conv's features are taken: after its activation (default) or its raw output")
+    run.add_argument("--top-k", metavar="K", type=_non_negative, default=5,
+                     help="inputs per channel whose overlap between A and B is measured (default 5; 0: off)")
+    run.add_argument("--max-channels", metavar="N", type=_positive, default=64,
+                     help="channels per layer whose top-K inputs are kept (default 64)")
+    run.add_argument("--no-cam", dest="cam", action="store_false",
+                     help="skip the Grad-CAM of the flipped inputs in both models")
+    run.add_argument("--batch-size", metavar="N", type=_positive, default=16,
+                     help="inputs per forward pass and per CKA batch (default 16; CKA needs 4 or more)")
+    run.add_argument("--device", metavar="D", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    run.add_argument("--seed", metavar="N", type=_seed, default=DEFAULT_SEED,
+                     help=f"seeds random inits and synthetic inputs (default {DEFAULT_SEED})")
+    _input_groups(parser)
+    return parser
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -291,11 +370,13 @@ def _raise_on_sigterm(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    comparing = bool(args_list) and args_list[0] == "compare" and not Path("compare").exists()
+    parser = build_compare_parser() if comparing else build_parser()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0":
         # under torchrun every rank parses the same line: rank 0 alone says what is wrong with it
         parser.error = lambda message: sys.exit(2)  # type: ignore[method-assign]
-    args = parser.parse_intermixed_args(args_list)
+    args = parser.parse_intermixed_args(args_list[1:] if comparing else args_list)
+    args.compare = comparing
     debug = args.debug
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm) if _main_thread() else None
     try:
@@ -331,6 +412,14 @@ def _main_thread() -> bool:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if getattr(args, "compare", False):
+        from reportgen.cli_compare import run_compare
+
+        return run_compare(args, _command_line(argv, args.seed))
+    if getattr(args, "demo_compare", False):
+        from reportgen.cli_compare import run_demo_compare
+
+        return run_demo_compare(args, _command_line(argv, args.seed))
     from reportgen.cli_run import run_cli
 
     return run_cli(args, _command_line(argv, args.seed))

@@ -185,14 +185,14 @@ def _check_output(path: Path, option: str) -> None:
     check_writable(path, option)
 
 
-def _demo_sources() -> tuple[LoadedModel, InputSet]:
+def _demo_sources(count: int = 8) -> tuple[LoadedModel, InputSet]:
     from reportgen import demo
     from reportgen.inputs import from_tensor
     from reportgen.models import LoadedModel
     from reportgen.preprocess import Preprocessing
 
     model = demo.load_demo_model()
-    images, labels, names = demo.demo_samples()
+    images, labels, names = demo.demo_samples(count)
     prep = Preprocessing(channels=3, mean=tuple(demo.DEMO_MEAN), std=tuple(demo.DEMO_STD), source="demo")
     inputs = from_tensor(_normalise_batch(images, prep), names)
     inputs.labels = list(labels)
@@ -215,16 +215,6 @@ def _normalise_batch(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 
 def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
-    from reportgen.inputs import (
-        apply_label_pattern,
-        concatenate,
-        layout_of,
-        load_dataset,
-        load_paths,
-        probe_shape,
-        synthetic_probes,
-    )
-    from reportgen.labels import read_labels
     from reportgen.models import load_model, parse_model_args
 
     loaded = load_model(
@@ -237,6 +227,23 @@ def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
         weights_partial=getattr(args, "weights_partial", False),
     )
     refuse_multi_input(loaded)
+    return loaded, load_inputs(args, loaded)
+
+
+def load_inputs(args: argparse.Namespace, loaded: LoadedModel) -> InputSet:
+    """INPUT ..., --dataset, --label-pattern or synthetic probes, preprocessed for `loaded` (its
+    own preprocessing, overridden option by option); may name `loaded`'s classes from --dataset."""
+    from reportgen.inputs import (
+        apply_label_pattern,
+        concatenate,
+        layout_of,
+        load_dataset,
+        load_paths,
+        probe_shape,
+        synthetic_probes,
+    )
+    from reportgen.labels import read_labels
+
     layout = layout_of(loaded.module)
     prep = _preprocessing(args, loaded.preprocessing, layout.channels)
     given_names = read_labels(args.labels) if args.labels else None
@@ -263,7 +270,7 @@ def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
         inputs.notes.append(f"Probe shape {'x'.join(map(str, shape))}: {how}.")
     if label_pattern:
         apply_label_pattern(inputs, label_pattern, given_names or loaded.class_names)
-    return loaded, inputs
+    return inputs
 
 
 def refuse_multi_input(loaded: LoadedModel) -> None:

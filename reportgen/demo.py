@@ -318,11 +318,18 @@ def build_demo_model() -> nn.Module:
     )
 
 
-def load_demo_model() -> nn.Module:
-    """The trained demo CNN from the shipped checkpoint, in eval mode on the CPU."""
+def load_demo_model(checkpoint_name: str = _CHECKPOINT_NAME) -> nn.Module:
+    """The trained demo CNN from the shipped checkpoint, in eval mode on the CPU
+    (`checkpoint_name`: one of DEMO_RUN, the weights at another point of the same training)."""
     model = build_demo_model()
-    checkpoint = importlib.resources.files("reportgen.data") / _CHECKPOINT_NAME
+    checkpoint = importlib.resources.files("reportgen.data") / checkpoint_name
     with importlib.resources.as_file(checkpoint) as path:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
+
+
+# The demo model's weights after epochs 1, 6 and 12 of its training (examples/train_demo_model.py
+# --checkpoints): the last is the shipped demo model itself. `reportgen demo --compare` shows them.
+DEMO_RUN: tuple[tuple[str, str], ...] = (
+    ("epoch 1", "demo_epoch01.pt"), ("epoch 6", "demo_epoch06.pt"), ("epoch 12", _CHECKPOINT_NAME))

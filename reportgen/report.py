@@ -86,28 +86,53 @@ def _report_insight(model: ReportModel) -> dict[str, Any] | None:
     return plain
 
 
-class Report:
-    """A finished report. Nothing is rendered until asked for."""
+class PageReport:
+    """What every report object shares (`Report`, `compare_report.CompareReport`): a model of
+    plain values, its page rendered once when first asked for (`_render`), the JSON of
+    `to_dict`, and the notebook view of the page."""
 
-    def __init__(self, model: ReportModel, *, html: str | None = None) -> None:
+    def __init__(self, model: Any, *, html: str | None = None) -> None:
         self.model = model
         if html is not None:  # already rendered (the size budget measured this very page)
             self.__dict__["_html"] = html
 
+    def _render(self) -> str:
+        raise NotImplementedError
+
     @cached_property
     def _html(self) -> str:
-        from reportgen.assemble import render_html
-
-        return render_html(self.model)
+        return self._render()
 
     def to_html(self) -> str:
         return self._html
 
     def to_dict(self) -> dict[str, Any]:
-        return contract_dict(self.model)
+        raise NotImplementedError
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False, indent=1) + "\n"
+
+    def _repr_html_(self) -> str:
+        # An iframe with srcdoc isolates the report's CSS and ids from the notebook's page.
+        return (
+            '<iframe style="width:100%;height:720px;border:1px solid #ccc" '
+            'sandbox="allow-scripts allow-same-origin" '
+            f'srcdoc="{html.escape(self.to_html(), quote=True)}"></iframe>'
+        )
+
+
+class Report(PageReport):
+    """A finished report. Nothing is rendered until asked for."""
+
+    model: ReportModel
+
+    def _render(self) -> str:
+        from reportgen.assemble import render_html
+
+        return render_html(self.model)
+
+    def to_dict(self) -> dict[str, Any]:
+        return contract_dict(self.model)
 
     def save(self, path: str | Path, *, json_path: str | Path | None = None,
              images_dir: str | Path | None = None) -> Path:
@@ -127,14 +152,6 @@ class Report:
             write_atomically(outputs)
         self._saved = Path(path)
         return Path(path)
-
-    def _repr_html_(self) -> str:
-        # An iframe with srcdoc isolates the report's CSS and ids from the notebook's page.
-        return (
-            '<iframe style="width:100%;height:720px;border:1px solid #ccc" '
-            'sandbox="allow-scripts allow-same-origin" '
-            f'srcdoc="{html.escape(self.to_html(), quote=True)}"></iframe>'
-        )
 
     def show(self) -> Path:
         """Open the saved report in the default browser (saving to a temp file first if needed)."""

@@ -14,8 +14,8 @@ cannot walk the model, the batch's staged results are discarded and it runs agai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -68,16 +68,32 @@ class MainPass:
             first: int = 0, count: int | None = None, workers: int = 0) -> None:
         """Inputs first..count-1 (all by default; a share of them keeps its global indices);
         `workers`: threads decoding the next batches meanwhile (engine/prefetch.py)."""
+        try:
+            with self.attached():
+                run_batches(inputs, lambda batch: self.step(batch, inputs), device=device, dtype=dtype,
+                            batch_size=batch_size, first=first, count=count, transaction=self, progress=progress,
+                            notes=self.notes, preloaded=preloaded, workers=workers)
+        finally:
+            self.finish()
+
+    @contextmanager
+    def attached(self) -> Iterator[MainPass]:
+        """The pass's hooks (and site tracker), attached for the `with` block and removed after,
+        also when it raises. A pass that runs several models on each batch (compare_pass.py)
+        attaches each model's only around that model's forward (`step`)."""
         with ExitStack() as stack:
             if self.hookable:
                 self._attach(stack.enter_context(HookSet()))
                 if self.plan:
                     self._tracker = stack.enter_context(SiteTracker(self.model, self._on_site, self.plan))
-            stack.callback(self._scratch.release)
-            run_batches(inputs, lambda batch: self._step(batch, inputs), device=device, dtype=dtype,
-                        batch_size=batch_size, first=first, count=count, transaction=self, progress=progress,
-                        notes=self.notes, preloaded=preloaded, workers=workers)
-        self._tracker = None
+            try:
+                yield self
+            finally:
+                self._tracker = None
+
+    def finish(self) -> None:
+        """After the last batch: the scratch buffers go, the summary is there."""
+        self._scratch.release()
         if self.summary is None:  # no batch ran (cannot happen with inputs, kept for clarity)
             self.summary = fallback_summary(self.model, "no input was run")
 
@@ -102,7 +118,8 @@ class MainPass:
     def retry(self, exc: BaseException) -> bool:
         return any([collector.retry(exc) for collector in self.collectors])  # every one is told
 
-    def _step(self, batch: Batch, inputs: InputSet) -> None:
+    def step(self, batch: Batch, inputs: InputSet) -> None:
+        """One batch through the model with every collector (inside `attached`, after `begin`)."""
         with ExitStack() as stack:
             for collector in self.collectors:
                 stack.enter_context(collector.batch_context(batch))
