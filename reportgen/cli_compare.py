@@ -70,6 +70,11 @@ def run_demo_compare(args: argparse.Namespace, command: str) -> int:
 
 
 def _finish(report: Any, output: Path, json_path: Path | None, models: int, inputs: int, *, quiet: bool) -> int:
+    from reportgen import distributed
+
+    distributed.stop()
+    if report is None:  # under torchrun, a rank other than 0: rank 0 writes and prints
+        return 0
     report.save(output, json_path=json_path)
     if not quiet:
         print(f"reportgen: compared {models} models on {inputs} input(s), "
@@ -81,16 +86,38 @@ def _finish(report: Any, output: Path, json_path: Path | None, models: int, inpu
 
 
 def run_compare(args: argparse.Namespace, command: str) -> int:
-    from reportgen.cli_run import _check_output, load_inputs, refuse_multi_input
+    from reportgen.cli_run import _check_output, join_torchrun
     from reportgen.compare import CompareReportOptions, build_compare
-    from reportgen.models import load_model, parse_model_args
-    from reportgen.write import check_distinct
 
     output = Path(args.output or "compare.html")
     json_path = Path(args.json) if args.json else None
     _check_output(output, "-o")
     if json_path is not None:
         _check_output(json_path, "--json")
+    group = join_torchrun(args)
+    error: Exception | None = None
+    try:
+        loaded, inputs, class_names = _sources(args, output, json_path)
+    except Exception as exc:
+        if group is None:
+            raise
+        error = exc
+    if group is not None:
+        group.agree(error)
+    options = CompareReportOptions(layers=tuple(args.layers), device=args.device, batch_size=args.batch_size,
+                                   max_channels=args.max_channels, tap=args.tap, top_k=args.top_k, cam=args.cam,
+                                   title=args.title, command=command, show_progress=not args.quiet,
+                                   max_size_mb=args.max_size, seed=args.seed)
+    report = build_compare(loaded, inputs, options, class_names=class_names)
+    return _finish(report, output, json_path, len(loaded), len(inputs), quiet=args.quiet)
+
+
+def _sources(args: argparse.Namespace, output: Path, json_path: Path | None) -> tuple[Any, Any, Any]:
+    """The models, the inputs and the class names a comparison is asked for."""
+    from reportgen.cli_run import load_inputs, refuse_multi_input
+    from reportgen.models import load_model, parse_model_args
+    from reportgen.write import check_distinct
+
     weights = expand_weights(list(args.weights))
     model_args = parse_model_args(args.model_arg)
     common = {"trust_pickle": args.trust_pickle, "seed": args.seed, "weights_key": args.weights_key}
@@ -127,9 +154,4 @@ def run_compare(args: argparse.Namespace, command: str) -> int:
         from reportgen.labels import read_labels
 
         class_names = read_labels(args.labels)
-    options = CompareReportOptions(layers=tuple(args.layers), device=args.device, batch_size=args.batch_size,
-                                   max_channels=args.max_channels, tap=args.tap, top_k=args.top_k, cam=args.cam,
-                                   title=args.title, command=command, show_progress=not args.quiet,
-                                   max_size_mb=args.max_size, seed=args.seed)
-    report = build_compare(loaded, inputs, options, class_names=class_names)
-    return _finish(report, output, json_path, len(loaded), len(inputs), quiet=args.quiet)
+    return loaded, inputs, class_names

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reportgen.errors import ReportError
 
@@ -31,13 +31,7 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
     tensorboard_dir = Path(args.tensorboard) if getattr(args, "tensorboard", None) else None
     _check_exports(images_dir, tensorboard_dir)
 
-    from reportgen import distributed
-
-    group = None
-    if distributed.under_torchrun():  # joined first, so that a failure anywhere is said once, by rank 0
-        from reportgen.devices import resolve_device
-
-        group = distributed.start(distributed.device_for(resolve_device(args.device)))
+    group = join_torchrun(args)
     error: Exception | None = None
     try:
         if _is_demo(args):
@@ -99,6 +93,18 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
 
         webbrowser.open(output.resolve().as_uri())
     return 0
+
+
+def join_torchrun(args: argparse.Namespace) -> Any:
+    """Under torchrun, the process group, joined before anything is loaded, so that a failure
+    anywhere is said once, by rank 0 (`Group.agree`); None in a single process."""
+    from reportgen import distributed
+
+    if not distributed.under_torchrun():
+        return None
+    from reportgen.devices import resolve_device
+
+    return distributed.start(distributed.device_for(resolve_device(args.device)))
 
 
 def _check_exports(images_dir: Path | None, tensorboard_dir: Path | None) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reportgen import distributed
 from reportgen._version import __version__
 from reportgen.analyze import TAPS, AnalysisOptions
 from reportgen.api import api_inputs, check_seed, report_date
@@ -64,8 +65,9 @@ def _info(loaded: LoadedModel) -> CheckpointInfo:
 
 
 def build_compare(loaded: Sequence[LoadedModel], inputs: InputSet, options: CompareReportOptions,
-                  class_names: Sequence[str] | None = None) -> CompareReport:
-    """Compare `loaded` (two models, or three checkpoints or more of one) on `inputs`."""
+                  class_names: Sequence[str] | None = None) -> CompareReport | None:
+    """Compare `loaded` (two models, or three checkpoints or more of one) on `inputs`; under
+    torchrun, None on every rank but 0 (which merges and writes)."""
     check_seed(options.seed)
     if len(loaded) < 2:
         raise ReportError("compare needs two models or more: --weights A --weights B, or --against MODEL_B")
@@ -80,7 +82,8 @@ def build_compare(loaded: Sequence[LoadedModel], inputs: InputSet, options: Comp
     names = [item.name for item in loaded]
     if len(set(names)) < len(names):
         raise ReportError(f"two compared models have the same name: {', '.join(names)}")
-    device = resolve_device(options.device)
+    device = distributed.device_for(resolve_device(options.device))
+    group = distributed.start(device)
     loaded = [copy_if_lazy(item) for item in loaded]
     inputs.check_tail(options.batch_size)
     if class_names is not None:
@@ -88,10 +91,13 @@ def build_compare(loaded: Sequence[LoadedModel], inputs: InputSet, options: Comp
     analysis_options = AnalysisOptions(layers=options.layers, max_channels=options.max_channels,
                                        batch_size=options.batch_size, forward_args=options.forward_args,
                                        tap=options.tap)
-    with seeded(options.seed), progress_bar(len(inputs), "compare", options.show_progress) as advance:
+    show_progress = options.show_progress and (group is None or group.main)
+    with seeded(options.seed), progress_bar(len(inputs), "compare", show_progress) as advance:
         analysis = compare([item.module for item in loaded], [_info(item) for item in loaded], inputs, device,
                            CompareOptions(analysis=analysis_options, top_k=options.top_k, cam=options.cam),
                            progress=advance)
+    if analysis is None:  # a rank other than 0: its share is merged into rank 0's
+        return None
     if analysis.num_classes is not None:
         inputs.check_labels(analysis.num_classes, "the model outputs")
     label_names = list(class_names) if class_names is not None else loaded[0].class_names

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from reportgen import gradcam, thumbnails
+from reportgen import distributed
 from reportgen.analyze import AnalysisOptions, learn_plan, select_layers
 from reportgen.cka import CHUNK, MIN_BATCH, CkaSums, gram
 from reportgen.collectors.activations import ActivationCollector
@@ -251,6 +252,21 @@ class ComparePass:
     def retry(self, exc: BaseException) -> bool:
         return any([side.main.retry(exc) for side in self.sides])
 
+    def shareable(self) -> tuple[Any, ...]:
+        """What another process needs to merge this pass's results in (`merge_states`)."""
+        return (self.keys, self.common, self.state,
+                [[collector.state for collector in side.main.collectors] for side in self.sides])
+
+    def merge_states(self, shared: tuple[Any, ...]) -> None:
+        """Add another rank's `shareable()` (the same models over other inputs)."""
+        keys, common, state, collectors = shared
+        if not self.keys:
+            self.keys, self.common = keys, common
+        self.state.merge(state)
+        for side, states in zip(self.sides, collectors):
+            for collector, added in zip(side.main.collectors, states):
+                collector.merge_state(added)
+
     def merge(self, other: ComparePass) -> None:
         """Add another pass's committed results over other inputs of the same models (a share
         of the inputs run elsewhere): the join's sums add, each model's collectors merge."""
@@ -344,9 +360,12 @@ def build_sides(models: Sequence[nn.Module], selected: Sequence[Sequence[str]],
 
 
 def compare(models: Sequence[nn.Module], infos: Sequence[CheckpointInfo], inputs: InputSet, device: torch.device,
-            options: CompareOptions, *, progress: Callable[[int], None] | None = None) -> CompareAnalysis:
+            options: CompareOptions, *, progress: Callable[[int], None] | None = None) -> CompareAnalysis | None:
     """Run every model on the same batches (`ComparePass`) and hand on what differs: CKA, the
-    channels, the predictions, the weights, and for three checkpoints or more the run."""
+    channels, the predictions, the weights, and for three checkpoints or more the run.
+
+    Under torchrun each rank runs its share of whole batches (distributed.py) and rank 0 merges
+    every rank's join and collectors (`ComparePass.merge_states`); None on the other ranks."""
     if len(models) < 2:
         raise ReportError("compare needs two models or more")
     if len(inputs) == 0:
@@ -358,6 +377,11 @@ def compare(models: Sequence[nn.Module], infos: Sequence[CheckpointInfo], inputs
     analysis = options.analysis
     batch_size = max(1, analysis.batch_size)
     selected = [select_layers(model, analysis.layers) for model in models]
+    group = distributed.current()
+    share = group.share(len(inputs), batch_size) if group is not None else (0, len(inputs))
+    if group is not None and inputs.skippable:
+        inputs.skippable = []  # leaving a file out would shift every later rank's share
+    # every rank learns the sites on input 0, so that all of them observe the same places
     first = load_batch(inputs, 0, min(batch_size, len(inputs)), device, model_dtype(models[0]))
     with ExitStack() as stack:
         plans = []
@@ -372,13 +396,26 @@ def compare(models: Sequence[nn.Module], infos: Sequence[CheckpointInfo], inputs
         stack.enter_context(torch.inference_mode())
         joined = ComparePass(sides, inputs, max_flips=options.max_flips)
         notes: list[str] = []
+        error: BaseException | None = None
         try:
             run_batches(inputs, joined.step, device=device, dtype=model_dtype(models[0]), batch_size=batch_size,
-                        transaction=joined, progress=progress, notes=notes,
+                        transaction=joined, progress=progress, notes=notes, first=share[0], count=share[1],
                         preloaded=first if first.tensor.dtype == model_dtype(models[0]) else None)
+        except Exception as exc:
+            if group is None:
+                raise
+            error = exc
         finally:
             for side in sides:
                 side.main.finish()
+        if group is not None:
+            group.agree(error)
+            shares = group.gather(joined.shareable())
+            if shares is None:
+                return None
+            for rank_share in shares[1:]:
+                joined.merge_states(distributed.move(rank_share, device))
+            notes.append(group.describe())
         notes.extend(joined.notes)
         if joined.state.cka is None or joined.state.cka.batches == 0:
             notes.append(f"No batch had {MIN_BATCH} inputs or more, so there is no CKA (its unbiased HSIC needs "

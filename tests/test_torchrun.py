@@ -157,3 +157,26 @@ def test_a_rank_with_no_batch_still_takes_part(tmp_path: Path) -> None:
     assert one.returncode == 0 and two.returncode == 0, two.stderr
     first, second = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
     assert_equal(comparable(first), comparable(second))
+
+
+def test_compare_under_two_ranks_gives_the_one_process_comparison(tmp_path: Path) -> None:
+    """`reportgen compare` under torchrun: CKA sums, correlations, flips and predictions of the
+    two shares add up to the one-process comparison."""
+    import torch
+
+    from tests.fixtures.models import tiny_cnn
+
+    for seed in (0, 1):
+        torch.save(tiny_cnn(seed=seed).state_dict(), tmp_path / f"ckpt_{seed}.pt")
+    torch.save(torch.rand(20, 3, 12, 12, generator=torch.Generator().manual_seed(2)), tmp_path / "x.pt")
+    args = ["compare", MODEL, "--weights", str(tmp_path / "ckpt_0.pt"), "--weights", str(tmp_path / "ckpt_1.pt"),
+            str(tmp_path / "x.pt"), "--batch-size", "4", "--device", "cpu", "-q"]
+    one = single([*args, "-o", str(tmp_path / "one.html"), "--json", str(tmp_path / "one.json")])
+    two = torchrun([*args, "-o", str(tmp_path / "two.html"), "--json", str(tmp_path / "two.json")],
+                   "--standalone", "--nproc-per-node", "2")
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    first, second = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert any(n.startswith("Run by 2 processes") for n in second["notes"])
+    assert second["cka"]["inputs_used"] == first["cka"]["inputs_used"] == 20
+    assert_equal(comparable(first), comparable(second))
