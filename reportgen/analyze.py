@@ -27,6 +27,7 @@ from reportgen.errors import ReportError, one_line
 from reportgen.inputs import InputSet, call_model
 from reportgen.model_state import on_device, preserved_modes
 from reportgen.sites import RAW_BY_REQUEST, Plan, call_key, learn_sites
+from reportgen.tokens import transformer_blocks
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd,)
 TAPS = ("activation", "conv")  # where a conv is observed: its activation site, or its raw output
@@ -56,10 +57,12 @@ class AnalysisOptions:
 
 
 def select_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
-    """Qualified names to hook: every conv by default, or names matching any glob in `patterns`."""
+    """Qualified names to hook: by default every conv and every transformer block (tokens.py:
+    their tokens are drawn as maps), in definition order; or names matching any glob in `patterns`."""
     named = [(name, module) for name, module in model.named_modules() if name]
     if not patterns:
-        return [name for name, module in named if isinstance(module, CONV_TYPES)]
+        blocks = set(transformer_blocks(model))
+        return [name for name, module in named if isinstance(module, CONV_TYPES) or name in blocks]
     chosen = [name for name, _ in named if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
     if not chosen:
         sample = ", ".join(name for name, _ in named[:8]) or "(the model has no submodules)"
@@ -126,8 +129,10 @@ def analyze(
     batch_size = max(1, options.batch_size)
     # the first batch is loaded once: its first input also learns the activation sites
     first = load_batch(inputs, 0, min(batch_size, len(inputs)), device, dtype)
-    plan, raw_reason = _learn_sites(model, first.tensor[:1], selected, device, options) \
-        if hookable else (None, "")
+    # transformer blocks are observed at their own output (tokens.py), not followed to a site
+    blocks = transformer_blocks(model) if hookable and not options.layers else []
+    plan, raw_reason = _learn_sites(model, first.tensor[:1], [n for n in selected if n not in blocks], device,
+                                    options) if hookable else (None, "")
 
     with preserved_modes(model), on_device(model, device), torch.inference_mode():
         model.eval()
@@ -136,7 +141,8 @@ def analyze(
                                      summary_rows=lambda: main.summary.rows if main and main.summary else (),
                                      check_labels=check_labels)
         main = MainPass(model, collectors.all(), observed=selected, plan=plan, raw_reason=raw_reason,
-                        forward_args=options.forward_args, hookable=hookable)
+                        forward_args=options.forward_args, hookable=hookable,
+                        token_blocks=blocks)
         main.run(inputs, device=device, dtype=dtype, batch_size=batch_size, progress=progress, preloaded=first)
         summary = main.summary
         assert summary is not None

@@ -39,6 +39,7 @@ from reportgen.progress import progress_bar
 from reportgen.render import RenderOptions, render, render_sections, section_anchors, zoom_maps
 from reportgen.report import Report
 from reportgen.report_model import ModelInfo, RunInfo
+from reportgen.tokens import transformer_blocks
 from reportgen.size_budget import DEFAULT_MAX_SIZE_MB
 
 if TYPE_CHECKING:
@@ -239,7 +240,10 @@ def _build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
     if options.impact is not None and options.impact.enabled:
         from reportgen.impact import impact_for_report
 
-        impact = impact_for_report(model, inputs, device, options.impact, selected=analysis.selected,
+        # ablation and probes act on a conv's output channels (dim 1): not on a transformer block's tokens
+        blocks = set(transformer_blocks(model))
+        impact = impact_for_report(model, inputs, device, options.impact,
+                                   selected=[name for name in analysis.selected if name not in blocks],
                                    anchors=section_anchors(analysis), class_names=names,
                                    batch_size=options.batch_size, max_inputs_shown=options.max_inputs_shown,
                                    forward_args=options.forward_args, show_progress=options.show_progress,

@@ -271,6 +271,7 @@ class Winners:
     inputs: np.ndarray  # (channels, k) input indices
     positions: np.ndarray  # (channels, k) peak cells, flat into spatial_shape
     geometry_key: str = ""  # see CapturedLayer.geometry_key
+    site: Site | None = None  # a token map's grid (tokens.py) decides its geometry
 
 
 def first_tensor(output: Any) -> torch.Tensor | None:

@@ -69,7 +69,7 @@ def collect(
         init_test, per_layer = untrained_test(kernels)
         stats = {name: replace(found, init=per_layer.get(name)) for name, found in stats.items()}
     input_spatial = tuple(int(d) for d in records[0].shape[1:]) if records else ()
-    geometry = layer_geometry(summary.rows if summary is not None else (), layers) if input_spatial else {}
+    geometry = layer_geometry(summary.rows if summary is not None else (), layers, input_spatial) if input_spatial else {}
     names = list(inputs.names)
     tops = {layer.key: channel_tops(layer, names, geometry.get(layer.key), input_spatial) for layer in layers}
     tops = {key: value for key, value in tops.items() if value}

@@ -7,11 +7,15 @@ the test, and no socket may connect.
 
 from __future__ import annotations
 
+import json
+import math
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from tests.test_loading_models import run
 
@@ -56,3 +60,133 @@ def test_a_users_own_backbone_argument_is_kept():
     assert _no_pretrained_backbone(tv_models, "fcn_resnet50", {}) == {"weights_backbone": None}
     assert _no_pretrained_backbone(tv_models, "fcn_resnet50", {"weights_backbone": "X"}) == {"weights_backbone": "X"}
     assert _no_pretrained_backbone(tv_models, "resnet18", {"num_classes": 3}) == {"num_classes": 3}
+
+
+# -- token maps --------------------------------------------------------------------------------
+
+
+GRID, DIM = 4, 6
+
+
+def planted(seed: int = 3) -> torch.Tensor:
+    """(DIM, GRID, GRID) values, one distinct pattern per channel."""
+    return torch.randn(DIM, GRID, GRID, generator=torch.Generator().manual_seed(seed))
+
+
+class PlantedBlock(nn.Module):
+    """A transformer block (norm, attention, MLP) whose output is `pattern` on the patch tokens,
+    whatever its input, after a class token far larger than any patch value (so a tile that kept
+    it would be scaled differently). `channels_last`: a Swin-style (N, H, W, C) output instead."""
+
+    def __init__(self, pattern: torch.Tensor, *, channels_last: bool = False) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(DIM)
+        self.attn = nn.MultiheadAttention(DIM, 2, batch_first=True)
+        self.mlp = nn.Linear(DIM, DIM)
+        self.channels_last = channels_last
+        tokens = pattern.flatten(1).T  # (GRID * GRID, DIM), row-major over the grid
+        self.register_buffer("tokens", torch.cat([torch.full((1, DIM), 1000.0), tokens]))
+        self.register_buffer("grid", pattern.permute(1, 2, 0).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self.channels_last:
+            flat = x.reshape(n, -1, DIM)
+            mixed, _ = self.attn(self.norm(flat), self.norm(flat), self.norm(flat), need_weights=False)
+            return self.mlp(mixed).reshape(x.shape) * 0 + self.grid
+        mixed, _ = self.attn(self.norm(x), self.norm(x), self.norm(x), need_weights=False)
+        return self.mlp(mixed) * 0 + self.tokens
+
+
+class PlantedViT(nn.Module):
+    def __init__(self, pattern: torch.Tensor, *, channels_last: bool = False) -> None:
+        super().__init__()
+        self.channels_last = channels_last
+        self.patch = nn.Conv2d(3, DIM, 4, stride=4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, DIM))
+        self.blocks = nn.Sequential(PlantedBlock(pattern, channels_last=channels_last),
+                                    PlantedBlock(pattern.flip(1), channels_last=channels_last))
+        self.head = nn.Linear(DIM, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self.patch(x)
+        if self.channels_last:
+            return self.head(self.blocks(patches.permute(0, 2, 3, 1)).mean(dim=(1, 2)))
+        tokens = patches.flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
+        return self.head(self.blocks(tokens)[:, 0])
+
+
+def expected_levels(pattern: torch.Tensor) -> np.ndarray:
+    """The documented normalisation: per tile, level = floor((x - min) / (max - min) * 253 + 0.5)."""
+    values = pattern.double().numpy()
+    low = values.min(axis=(1, 2), keepdims=True)
+    high = values.max(axis=(1, 2), keepdims=True)
+    return np.floor((values - low) / (high - low) * 253 + 0.5).astype(np.uint8)
+
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["vit-tokens", "swin-channels-last"])
+def test_planted_token_pattern_gives_tiles_equal_to_it(channels_last):
+    from tests.helpers import run_main_pass
+
+    pattern = planted()
+    model = PlantedViT(pattern, channels_last=channels_last).eval()
+    images = torch.rand(2, 3, 4 * GRID, 4 * GRID, generator=torch.Generator().manual_seed(4))
+    activations, _ = run_main_pass(model, ["blocks.0", "blocks.1"], images, batch_size=2, max_channels=DIM,
+                                   tile_size=32, keep_inputs=2)
+    layers = {layer.key: layer for layer in activations.results()}
+    for key, drawn in (("blocks.0", pattern), ("blocks.1", pattern.flip(1))):
+        layer = layers[key]
+        assert layer.output_shape == (1, DIM, GRID, GRID)
+        for index in (0, 1):
+            assert np.array_equal(layer.tiles[index], expected_levels(drawn))
+            assert np.allclose(layer.tile_max[index], drawn.amax(dim=(1, 2)).numpy())
+        assert np.allclose(layer.max, drawn.amax(dim=(1, 2)).numpy())  # the class token is not counted
+        assert np.allclose(layer.mean, drawn.mean(dim=(1, 2)).numpy(), atol=1e-6)
+        assert "not features aligned with an axis" in layer.site.describe()
+        if not channels_last:
+            assert "dropping the first token (a class token" in layer.site.describe()
+
+
+def test_default_selection_adds_transformer_blocks_next_to_convs():
+    from torchvision.models.swin_transformer import SwinTransformer
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from reportgen.analyze import select_layers
+
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32)
+    assert select_layers(vit, ()) == ["conv_proj", *(f"encoder.layers.encoder_layer_{i}" for i in range(3))]
+    swin = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[2, 2])
+    assert select_layers(swin, ()) == ["features.0.0", "features.1.0", "features.1.1", "features.3.0", "features.3.1"]
+    assert select_layers(PlantedViT(planted()), ()) == ["patch", "blocks.0", "blocks.1"]
+
+
+def test_a_small_torchvision_vit_reports_its_blocks_as_token_grids():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    import reportgen
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                            num_classes=5)
+    report = reportgen.generate_report(vit, torch.rand(2, 3, 32, 32), device="cpu", embedding=False)
+    sections = {section.name: section for section in report.model.sections}
+    assert set(sections) == {"conv_proj", "encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"}
+    block = sections["encoder.layers.encoder_layer_1"]
+    assert block.output_shape == (1, 16, 4, 4) and block.channels_total == 16
+    assert block.feature_maps and "17 tokens of 16 channels laid out row by row on a 4x4 grid" in block.site
+
+
+def test_layouts_are_recognised_only_where_the_module_says_so():
+    from reportgen.tokens import layout_of
+
+    block = PlantedBlock(planted())
+    assert layout_of(block, (2, 17, DIM)).grid == (4, 4) and layout_of(block, (2, 17, DIM)).prefix == 1
+    assert layout_of(block, (2, 16, DIM)).prefix == 0
+    assert layout_of(block, (2, 5, 7, DIM)).grid == (5, 7)  # channels last
+    assert layout_of(block, (2, 18, DIM)) is None or layout_of(block, (2, 18, DIM)).prefix == 2
+    assert layout_of(block, (2, 17, 5)) is None  # 5 is no feature size of the block
+    assert layout_of(nn.Conv1d(3, DIM, 3), (2, DIM, 16)) is None  # a conv's output is channels first
+    assert layout_of(block, (2, DIM, 4, DIM)) is None  # dim 1 is a feature size too: channels first
+    assert layout_of(nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU()), (2, 8, 4, 4)) is None

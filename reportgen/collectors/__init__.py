@@ -24,6 +24,7 @@ from reportgen.collectors.predictions import PredictionCollector
 from reportgen.engine.collector import Collector
 from reportgen.inputs import InputSet
 from reportgen.summary import SummaryRow
+from reportgen.tokens import transformer_blocks
 from reportgen.top_activations import CropCollector
 
 if TYPE_CHECKING:  # the impact collectors load only for reports that ask for them
@@ -77,7 +78,8 @@ def main_collectors(model: nn.Module, inputs: InputSet, wants: PassWants, *, sel
     if wants.misfiring and labelled and hookable:
         from reportgen.collectors.misfiring import MisfiringCollector
 
-        misfiring = MisfiringCollector(tuple(selected))
+        blocks = set(transformer_blocks(model))  # filters are conv channels, not a transformer block's
+        misfiring = MisfiringCollector(tuple(name for name in selected if name not in blocks))
     if wants.ablation_baseline:
         from reportgen.collectors.ablation_baseline import AblationBaselineCollector
 

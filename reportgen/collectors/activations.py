@@ -273,7 +273,7 @@ class ActivationCollector(Collector[ActivationState]):
             offset += rows * k
             found.append(Winners(key=state.key, output_shape=state.output_shape,
                                  spatial_shape=peak_shape(state.output_shape), inputs=inputs, positions=positions,
-                                 geometry_key=state.site.module_key or state.key))
+                                 geometry_key=state.site.module_key or state.key, site=state.site))
         return found
 
     def results(self, order: dict[str, int] | None = None) -> list[CapturedLayer]:
