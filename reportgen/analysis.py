@@ -32,7 +32,7 @@ class InsightOptions:
     top_k: int = 5  # inputs kept per shown channel; 0 disables
     top_k_channels: int = 8  # channels per layer whose top-k crops are drawn (dataset mode)
     cam: bool = True
-    cam_layer: str | None = None  # default: the last convolution
+    cam_layer: str | None = None  # default: the last convolution (or transformer block, gradcam.py)
     embedding: bool = True
     duplicate_threshold: float = 0.99
 

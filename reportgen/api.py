@@ -73,7 +73,7 @@ class ReportOptions:
     top_k: int = 5  # inputs kept per shown channel (crops drawn when inputs > max_inputs_shown); 0: off
     top_k_channels: int = 8  # channels per layer whose top-k crops are drawn
     cam: bool = True  # Grad-CAM for the shown inputs (classifiers)
-    cam_layer: str | None = None  # default: the last convolution
+    cam_layer: str | None = None  # default: the last convolution (or transformer block, gradcam.py)
     embedding: bool = True  # PCA of the penultimate features
     thresholds: AlertThresholds = AlertThresholds()
     # Seeds torch's RNG for the passes (a model's own randomness) and the probe noise; the CLI

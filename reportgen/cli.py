@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     insight.add_argument("--no-cam", dest="cam", action="store_false",
                          help="skip Grad-CAM (and the check of which layers reach the output)")
     insight.add_argument("--cam-layer", metavar="NAME",
-                         help="module for Grad-CAM (default: the last convolution)")
+                         help="module for Grad-CAM (default: the last convolution, or after it the last "
+                              "transformer block: its first norm for ViT-like models)")
     insight.add_argument("--no-embedding", dest="embedding", action="store_false",
                          help="skip the PCA scatter of the penultimate features")
     insight.add_argument("--dead-threshold", metavar="F", type=_fraction, default=0.0,

@@ -190,3 +190,105 @@ def test_layouts_are_recognised_only_where_the_module_says_so():
     assert layout_of(nn.Conv1d(3, DIM, 3), (2, DIM, 16)) is None  # a conv's output is channels first
     assert layout_of(block, (2, DIM, 4, DIM)) is None  # dim 1 is a feature size too: channels first
     assert layout_of(nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU()), (2, 8, 4, 4)) is None
+
+
+# -- Grad-CAM on transformers ------------------------------------------------------------------
+
+class QuadrantViT(nn.Module):
+    """QuadrantNet (tests/fixtures/insight_models.py) as a ViT: 4x4 patches embedded as
+    (brightness b, 0.8 - b), a class token, one block whose attention is uniform (zero query and
+    key weights) and passes the normed tokens on unchanged; the head reads the class token, so
+    "bright" is decided by the patches whose normed brightness channel is +1 (b > 0.4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(1, 2, 4, stride=4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, 2))
+        self.blocks = nn.Sequential(ViTBlock())
+        self.head = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.patch.weight[0] = 1.0 / 16
+            self.patch.weight[1] = -1.0 / 16
+            self.patch.bias[:] = torch.tensor([0.0, 0.8])
+            self.head.weight[:] = torch.tensor([[4.0, 0.0], [0.0, 4.0]])
+            self.head.bias[:] = torch.tensor([0.0, -8.0])  # one bright patch in 36 makes it "bright"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
+        return self.head(self.blocks(tokens)[:, 0])
+
+
+class ViTBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(2, elementwise_affine=False)
+        self.attention = nn.MultiheadAttention(2, 1, batch_first=True)
+        with torch.no_grad():
+            self.attention.in_proj_weight.zero_()
+            self.attention.in_proj_weight[4:] = torch.eye(2)  # values: the normed tokens
+            self.attention.in_proj_bias.zero_()
+            self.attention.out_proj.weight.copy_(torch.eye(2))
+            self.attention.out_proj.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = self.ln_1(x)
+        mixed, _ = self.attention(normed, normed, normed, need_weights=False)
+        return x + mixed
+
+
+class WindowAttention(nn.Module):
+    """Attention within windows (Swin): here it adds nothing, only its window is declared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.window_size = (2, 2)
+        self.proj = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x) * 0
+
+
+class SwinBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(2)
+        self.attn = WindowAttention()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.attn(self.norm1(x))
+
+
+class QuadrantSwin(nn.Module):
+    """QuadrantNet as a Swin: channels-last (brightness b, 0.8 - b) patches through a window
+    attention block, pooled over every token by the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = QuadrantViT().patch
+        self.features = nn.Sequential(SwinBlock())
+        self.head = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.head.weight[:] = torch.tensor([[4.0, 0.0], [0.0, 4.0]])
+            self.head.bias[:] = torch.tensor([0.0, -3.0])  # mean b 0.0625 with the square: "bright"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.patch(x).permute(0, 2, 3, 1)).mean(dim=(1, 2)))
+
+
+@pytest.mark.parametrize(("model", "layer"), [(QuadrantViT, "blocks.0.ln_1"), (QuadrantSwin, "features.0")],
+                         ids=["vit", "swin"])
+def test_grad_cam_on_transformers_puts_the_heat_on_the_planted_quadrant(model, layer):
+    import reportgen
+    from tests.fixtures.insight_models import quadrant_images
+    from tests.test_insight_gradcam import QUADRANTS, quadrant_share
+
+    report = reportgen.generate_report(model(), quadrant_images(QUADRANTS), device="cpu", labels=["bright", "dark"],
+                                       embedding=False)
+    cam = report.model.insight.gradcam
+    assert cam is not None and cam.layer == layer  # chosen by default
+    for entry, (row, column) in zip(cam.inputs, QUADRANTS):
+        predicted = entry.maps[0]
+        assert predicted.target_label == "bright"
+        assert np.asarray(predicted.cam).shape == (6, 6)  # the token grid
+        assert quadrant_share(predicted.cam, row, column) > 0.9
