@@ -34,6 +34,8 @@ class InsightOptions:
     cam: bool = True
     cam_layer: str | None = None  # default: the last convolution (or transformer block, gradcam.py)
     embedding: bool = True
+    rollout: bool = True  # attention rollout for models with nn.MultiheadAttention (rollout.py)
+    rollout_heads: str = "mean"  # how heads are fused: "mean" or "max"
     duplicate_threshold: float = 0.99
 
 
@@ -47,6 +49,7 @@ class InsightData:
     tops: dict[str, tuple[ChannelTop, ...]] = field(default_factory=dict)
     crops: dict[str, np.ndarray] = field(default_factory=dict)
     cam: CamResult | None = None
+    rollout: CamResult | None = None  # attention rollout maps (collectors/rollout.py), drawn like Grad-CAM
     features: Features | None = None
     notes: tuple[str, ...] = ()
     init_test: InitTest | None = None

@@ -166,6 +166,7 @@ def analyze(
             selected=selected, layers=layers, summary=summary, records=records, classifier=classifier,
             features=collectors.features.result(), call=lambda m, b: call_model(m, b, options.forward_args),
             fused_cam=collectors.cam.result(len(inputs)) if collectors.cam is not None else None,
+            rollout=collectors.rollout.result(len(inputs)) if collectors.rollout is not None else None,
             known_crops=collectors.crops.crops if collectors.crops is not None else None,
         ) if hookable else None
     return Analysis(

@@ -223,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     insight.add_argument("--cam-layer", metavar="NAME",
                          help="module for Grad-CAM (default: the last convolution, or after it the last "
                               "transformer block: its first norm for ViT-like models)")
+    insight.add_argument("--rollout-heads", choices=("mean", "max"), default="mean",
+                         help="attention rollout (models with nn.MultiheadAttention): fuse the heads by their "
+                              "mean (default) or max")
+    insight.add_argument("--no-rollout", dest="rollout", action="store_false",
+                         help="skip attention rollout")
     insight.add_argument("--no-embedding", dest="embedding", action="store_false",
                          help="skip the PCA scatter of the penultimate features")
     insight.add_argument("--dead-threshold", metavar="F", type=_fraction, default=0.0,

@@ -114,7 +114,8 @@ def _check_not_overwriting(args: argparse.Namespace, output: Path, json_path: Pa
 
 
 def insight_options(args: argparse.Namespace) -> dict[str, object]:
-    """--top-k, --top-k-channels, --no-cam, --cam-layer, --no-embedding and the alert thresholds
+    """--top-k, --top-k-channels, --no-cam, --cam-layer, --no-rollout, --rollout-heads, --no-embedding
+    and the alert thresholds
     (insight.py, alerts.py), as ReportOptions keyword arguments."""
     from reportgen.alerts import AlertThresholds
 
@@ -123,6 +124,8 @@ def insight_options(args: argparse.Namespace) -> dict[str, object]:
         "top_k_channels": getattr(args, "top_k_channels", 8),
         "cam": getattr(args, "cam", True),
         "cam_layer": getattr(args, "cam_layer", None),
+        "rollout": getattr(args, "rollout", True),
+        "rollout_heads": getattr(args, "rollout_heads", "mean"),
         "embedding": getattr(args, "embedding", True),
         "thresholds": AlertThresholds(
             dead_fraction=getattr(args, "dead_threshold", 0.0),

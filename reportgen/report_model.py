@@ -439,6 +439,8 @@ class InitTest:
 @dataclass(frozen=True)
 class ReportInsight:
     gradcam: GradCam | None = None
+    # attention rollout (rollout.py), drawn like Grad-CAM: one map per input, kind "rollout", target -1
+    rollout: GradCam | None = None
     embedding: Embedding | None = None
     per_class: PerClass | None = None
     notes: tuple[str, ...] = ()

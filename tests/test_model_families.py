@@ -292,3 +292,99 @@ def test_grad_cam_on_transformers_puts_the_heat_on_the_planted_quadrant(model, l
         assert predicted.target_label == "bright"
         assert np.asarray(predicted.cam).shape == (6, 6)  # the token grid
         assert quadrant_share(predicted.cam, row, column) > 0.9
+
+
+# -- attention rollout ---------------------------------------------------------------------------
+
+def small_vit(layers: int = 3) -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(7)
+    return VisionTransformer(image_size=12, patch_size=4, num_layers=layers, num_heads=2, hidden_dim=8, mlp_dim=16,
+                             num_classes=4).eval()
+
+
+class NoClassToken(nn.Module):
+    """Patch tokens only (a square number), sequence-first attention (batch_first=False)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(8)
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.attentions = nn.ModuleList([nn.MultiheadAttention(8, 2) for _ in range(2)])
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).permute(2, 0, 1)  # (T, N, D)
+        for attention in self.attentions:
+            tokens = tokens + attention(tokens, tokens, tokens, need_weights=False)[0]
+        return self.head(tokens.mean(dim=0))
+
+
+def explicit_rollout(model: nn.Module, images: torch.Tensor, heads: str, prefix: int) -> np.ndarray:
+    """The rollout by explicit matrix products, from weights torch computes itself (need_weights)."""
+    import copy
+
+    weights = []
+    attentions = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    doubles = {id(m): copy.deepcopy(m).double() for m in attentions}  # copied before any hook is added
+
+    def keep(module: nn.MultiheadAttention, args: tuple[torch.Tensor, ...]) -> None:
+        query = args[0].double()
+        _, found = doubles[id(module)](query, query, query, need_weights=True, average_attn_weights=False)
+        weights.append(found.detach().numpy())  # (N, H, T, T)
+
+    handles = [m.register_forward_pre_hook(keep) for m in attentions]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    maps = []
+    for n in range(images.shape[0]):
+        rolled = np.eye(weights[0].shape[-1])
+        for found in weights:
+            joined = found[n].mean(axis=0) if heads == "mean" else found[n].max(axis=0)
+            joined = joined + np.eye(joined.shape[0])
+            joined = joined / joined.sum(axis=1, keepdims=True)
+            rolled = joined @ rolled
+        row = rolled[0, prefix:] if prefix else rolled.mean(axis=0)
+        side = math.isqrt(row.size)
+        maps.append((row / row.max()).reshape(side, side))
+    return np.stack(maps)
+
+
+@pytest.mark.parametrize("heads", ["mean", "max"])
+@pytest.mark.parametrize(("make", "prefix"), [(small_vit, 1), (NoClassToken, 0)], ids=["vit", "no-class-token"])
+def test_rollout_equals_the_explicit_matrix_products_for_every_input(make, prefix, heads):
+    from reportgen.collectors.rollout import RolloutCollector
+    from tests.helpers import run_main_pass
+
+    model = make().eval()
+    images = torch.rand(5, 3, 12, 12, generator=torch.Generator().manual_seed(9))
+    rollout = RolloutCollector(model, count=5, heads=heads)
+    run_main_pass(model, [], images, batch_size=2, collectors=[rollout])  # batches of 2, 2 and 1
+    result = rollout.result(5)
+    assert result is not None and [r.input_index for r in result.records] == [0, 1, 2, 3, 4]
+    expected = explicit_rollout(model, images, heads, prefix)
+    for record in result.records:
+        assert record.cam.shape == (3, 3)
+        assert np.abs(record.cam - expected[record.input_index]).max() < 1e-6
+    assert len({r.cam.tobytes() for r in result.records}) == 5  # each input its own map
+
+
+def test_rollout_is_drawn_in_the_report_like_grad_cam():
+    import reportgen
+
+    report = reportgen.generate_report(small_vit(), torch.rand(2, 3, 12, 12), device="cpu", embedding=False)
+    rollout = report.model.insight.rollout
+    assert rollout is not None and [entry.input_index for entry in rollout.inputs] == [0, 1]
+    assert rollout.inputs[0].maps[0].kind == "rollout" and rollout.inputs[0].maps[0].overlay is not None
+    assert "Abnar & Zuidema" in rollout.note and "3 attention layer(s)" in rollout.note
+    html = report.to_html()
+    assert 'id="rollout"' in html and "attention rollout of" in html
+    # Grad-CAM on the same ViT: at the last block's first norm, on the 3x3 token grid
+    cam = report.model.insight.gradcam
+    assert cam is not None and cam.layer == "encoder.layers.encoder_layer_2.ln_1"
+    assert np.asarray(cam.inputs[0].maps[0].cam).shape == (3, 3)

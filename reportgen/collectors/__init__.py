@@ -21,10 +21,11 @@ from reportgen.collectors.crops import TopCropCollector
 from reportgen.collectors.features import FeatureCollector
 from reportgen.collectors.input_records import InputRecordCollector
 from reportgen.collectors.predictions import PredictionCollector
+from reportgen.collectors.rollout import RolloutCollector
 from reportgen.engine.collector import Collector
 from reportgen.inputs import InputSet
 from reportgen.summary import SummaryRow
-from reportgen.tokens import transformer_blocks
+from reportgen.tokens import is_attention, transformer_blocks
 from reportgen.top_activations import CropCollector
 
 if TYPE_CHECKING:  # the impact collectors load only for reports that ask for them
@@ -55,6 +56,7 @@ class MainCollectors:
     features: FeatureCollector
     cam: FusedCamCollector | None = None
     crops: TopCropCollector | None = None
+    rollout: RolloutCollector | None = None
     misfiring: MisfiringCollector | None = None
     ablation_baseline: AblationBaselineCollector | None = None
 
@@ -91,6 +93,9 @@ def main_collectors(model: nn.Module, inputs: InputSet, wants: PassWants, *, sel
         features=FeatureCollector(model, enabled=hookable and insight.embedding),
         cam=fused_cam(model, inputs, insight, keep_inputs=wants.keep_inputs, selected=selected, hookable=hookable),
         crops=cropper,
+        rollout=RolloutCollector(model, count=min(wants.keep_inputs, len(inputs)), heads=insight.rollout_heads)
+        if hookable and insight.rollout and wants.keep_inputs > 0 and any(is_attention(m) for m in model.modules())
+        else None,
         misfiring=misfiring,
         ablation_baseline=baseline,
     )

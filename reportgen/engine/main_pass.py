@@ -167,7 +167,7 @@ class MainPass:
         hooks.forward(self.model, self._forward_end, always_call=True)
         for name in dict.fromkeys([*self.observed, *self._listeners]):
             if name in modules:
-                hooks.forward(modules[name], self._layer_hook(name))
+                hooks.forward(modules[name], self._layer_hook(name), with_kwargs=True)
 
     def _forward_start(self, module: nn.Module, args: Any) -> None:
         self._calls.clear()
@@ -180,18 +180,18 @@ class MainPass:
             for collector in self.collectors:
                 collector.forward_end(output)
 
-    def _layer_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+    def _layer_hook(self, name: str) -> Callable[[nn.Module, Any, Any, Any], None]:
         listeners = self._listeners.get(name, [])
         observed = name in self.observed
 
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
+        def hook(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
             index = self._calls.get(name, 0)
             self._calls[name] = index + 1
             self.fired.add(name)
             key = call_key(name, index)
             with torch._C.DisableTorchFunction():
                 if listeners:
-                    call = LayerCall(name, index, key, module, args, output)
+                    call = LayerCall(name, index, key, module, args, output, kwargs)
                     for collector in listeners:
                         collector.layer_call(call)
             if observed:
