@@ -78,6 +78,21 @@ class InputRecord:
 
 
 @dataclass(frozen=True)
+class DenseRecord:
+    """A detection or segmentation output of one drawn input (collectors/dense.py)."""
+
+    index: int
+    kind: str  # "detection" or "segmentation"
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # (k, 4) x1, y1, x2, y2 in input pixels
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (k,) highest first
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (k,) class indices
+    total_boxes: int = 0  # boxes the model output for this input (k of them kept)
+    classes: np.ndarray | None = None  # segmentation: (H, W) argmax class map at the output's resolution
+    fractions: dict[int, float] = field(default_factory=dict)  # segmentation: class -> fraction of pixels
+    num_classes: int = 0
+
+
+@dataclass(frozen=True)
 class PredictionRecord:
     index: int
     top_indices: tuple[int, ...]
@@ -101,3 +116,4 @@ class Analysis:
     insight: InsightData | None = None  # weight stats, Grad-CAM, top-k crops, features
     misfiring: MisfiringResult | None = None  # when asked for (collected in the main pass)
     ablation_baseline: Baseline | None = None  # the unablated model's side of ablation, when asked for
+    dense: tuple[DenseRecord, ...] = ()  # detection boxes or segmentation maps of the drawn inputs

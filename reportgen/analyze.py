@@ -183,6 +183,7 @@ def analyze(
         insight=insight,
         misfiring=collectors.misfiring.result() if collectors.misfiring is not None else None,
         ablation_baseline=collectors.ablation_baseline.result() if collectors.ablation_baseline is not None else None,
+        dense=collectors.dense.records() if collectors.dense is not None else (),
     )
 
 

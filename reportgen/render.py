@@ -18,6 +18,7 @@ from reportgen import insight_render
 from reportgen.alerts import AlertThresholds, find_alerts
 from reportgen.analysis import Analysis, InputRecord, LayerWeights, PredictionRecord
 from reportgen.capture import CapturedLayer
+from reportgen.dense_render import render_dense
 from reportgen.filters import filter_tiles
 from reportgen.grids import embed, encode_png, tile_grid
 from reportgen.palettes import PAD_INDEX, separator_note
@@ -385,6 +386,8 @@ def render(
         alerts=alerts,
         notes=analysis.notes,
         insight=report_insight,
+        outputs=render_dense(analysis.dense, analysis.inputs, random_weights=model_info.random_weights,
+                             label_of=lambda i: _label(i, class_names)),
     )
 
 

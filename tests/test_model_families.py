@@ -388,3 +388,93 @@ def test_rollout_is_drawn_in_the_report_like_grad_cam():
     cam = report.model.insight.gradcam
     assert cam is not None and cam.layer == "encoder.layers.encoder_layer_2.ln_1"
     assert np.asarray(cam.inputs[0].maps[0].cam).shape == (3, 3)
+
+
+# -- detection and segmentation outputs ----------------------------------------------------------
+
+BOXES = torch.tensor([[4.0, 8.0, 40.0, 30.0], [20.0, 0.0, 63.0, 63.0], [0.0, 0.0, 10.0, 10.0]])
+
+
+class FixedDetector(nn.Module):
+    """torchvision's detection output format, fixed: three boxes whose scores are not in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        self.conv(x)
+        return [{"boxes": BOXES.clone(), "scores": torch.tensor([0.5, 0.9, 0.1]), "labels": torch.tensor([3, 1, 2])}
+                for _ in range(x.shape[0])]
+
+
+class FixedSegmenter(nn.Module):
+    """torchvision's segmentation output format: class 1 on the left half, class 2 on the top right
+    quarter, class 0 elsewhere (3 classes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.conv(x)
+        n, _, height, width = x.shape
+        scores = torch.zeros(n, 3, height, width)
+        scores[:, 0] = 0.5
+        scores[:, 1, :, : width // 2] = 1.0
+        scores[:, 2, : height // 2, width // 2:] = 1.0
+        return {"out": scores}
+
+
+def test_detections_are_drawn_where_the_output_says():
+    import reportgen
+    from reportgen.dense_render import RANK_COLOURS, box_pixels
+    from tests.helpers import decode
+
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(12))
+    report = reportgen.generate_report(FixedDetector(), images, device="cpu", labels=["a", "b", "c", "d"])
+    outputs = report.model.outputs
+    assert outputs is not None and outputs.kind == "detection" and len(outputs.inputs) == 2
+    entry = outputs.inputs[0]
+    assert [(item.label, item.value) for item in entry.items] == [("b", pytest.approx(0.9)), ("d", 0.5),
+                                                                  ("c", pytest.approx(0.1))]
+    assert entry.items[0].box == (20.0, 0.0, 63.0, 63.0) and entry.total == 3
+    thumbnail = np.asarray(decode(report.model.inputs[0].thumbnail).convert("RGB"))
+    drawn = np.asarray(decode(entry.image).convert("RGB"))
+    assert drawn.shape == thumbnail.shape
+    expected = thumbnail.copy()
+    for rank in (2, 1, 0):  # the best box last, on top
+        top, left, bottom, right = box_pixels(BOXES[[1, 0, 2][rank]].tolist(), (64, 64), thumbnail.shape[:2])
+        colour = RANK_COLOURS[rank]
+        expected[top, left:right + 1] = colour
+        expected[bottom, left:right + 1] = colour
+        expected[top:bottom + 1, left] = colour
+        expected[top:bottom + 1, right] = colour
+    assert np.array_equal(drawn, expected)
+    assert box_pixels((4.0, 8.0, 40.0, 30.0), (64, 64), (64, 64)) == (8, 4, 29, 39)
+    document = json.loads(report.to_json())
+    assert document["outputs"]["inputs"][0]["items"][0]["box"] == [20.0, 0.0, 63.0, 63.0]
+    assert report.model.predictions == ()  # boxes are not class predictions
+    assert "Detections" in report.to_html()
+
+
+def test_segmentation_overlay_is_the_argmax_map_blended_in_its_class_colours():
+    import reportgen
+    from reportgen.dense_render import CLASS_COLOURS, SEGMENTATION_ALPHA
+    from tests.helpers import decode
+
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(13))
+    report = reportgen.generate_report(FixedSegmenter(), images, device="cpu", random_weights=True)
+    outputs = report.model.outputs
+    assert outputs is not None and outputs.kind == "segmentation"
+    entry = outputs.inputs[0]
+    assert [(item.class_index, item.value) for item in entry.items] == [(1, 0.5), (0, 0.25), (2, 0.25)]
+    assert "random weights" in outputs.note
+    thumbnail = np.asarray(decode(report.model.inputs[0].thumbnail).convert("RGB")).astype(np.float64)
+    height, width = thumbnail.shape[:2]
+    classes = np.zeros((height, width), dtype=int)
+    classes[:, : width // 2] = 1
+    classes[: height // 2, width // 2:] = 2
+    colour = np.asarray(CLASS_COLOURS, dtype=np.float64)[classes]
+    expected = np.floor(thumbnail * (1 - SEGMENTATION_ALPHA) + colour * SEGMENTATION_ALPHA + 0.5)
+    assert np.array_equal(np.asarray(decode(entry.image).convert("RGB")), expected.astype(np.uint8))

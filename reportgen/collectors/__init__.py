@@ -18,6 +18,7 @@ from reportgen.analysis import InsightOptions
 from reportgen.collectors.activations import ActivationCollector
 from reportgen.collectors.cam import FusedCamCollector
 from reportgen.collectors.crops import TopCropCollector
+from reportgen.collectors.dense import DenseOutputCollector
 from reportgen.collectors.features import FeatureCollector
 from reportgen.collectors.input_records import InputRecordCollector
 from reportgen.collectors.predictions import PredictionCollector
@@ -57,6 +58,7 @@ class MainCollectors:
     cam: FusedCamCollector | None = None
     crops: TopCropCollector | None = None
     rollout: RolloutCollector | None = None
+    dense: DenseOutputCollector | None = None
     misfiring: MisfiringCollector | None = None
     ablation_baseline: AblationBaselineCollector | None = None
 
@@ -96,6 +98,7 @@ def main_collectors(model: nn.Module, inputs: InputSet, wants: PassWants, *, sel
         rollout=RolloutCollector(model, count=min(wants.keep_inputs, len(inputs)), heads=insight.rollout_heads)
         if hookable and insight.rollout and wants.keep_inputs > 0 and any(is_attention(m) for m in model.modules())
         else None,
+        dense=DenseOutputCollector(keep_inputs=wants.keep_inputs) if wants.keep_inputs > 0 else None,
         misfiring=misfiring,
         ablation_baseline=baseline,
     )
