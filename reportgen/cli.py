@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep = parser.add_argument_group("inputs and preprocessing")
     prep.add_argument("--input-shape", metavar="C,H,W", type=lambda t: _int_list(t, None, "--input-shape"),
                       help="shape of synthetic probe inputs when no INPUT is given")
+    prep.add_argument("--sample-rate", metavar="HZ", type=_positive, default=None,
+                      help=".wav inputs must be sampled at this rate (default: one rate, the first file's); "
+                           "nothing is resampled")
     prep.add_argument("--resize", metavar="H,W", type=lambda t: _int_list(t, None, "--resize"),
                       help="resize images to H,W (or one number: the shorter side)")
     prep.add_argument("--center-crop", metavar="H,W", type=lambda t: _int_list(t, None, "--center-crop"),

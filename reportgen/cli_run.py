@@ -232,7 +232,8 @@ def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
             loaded.class_names = labelled.class_names
         sets.append(labelled)
     if args.inputs:
-        sets.append(load_paths(args.inputs, prep, layout, strict=getattr(args, "strict", False)))
+        sets.append(load_paths(args.inputs, prep, layout, strict=getattr(args, "strict", False),
+                               sample_rate=getattr(args, "sample_rate", None)))
     if sets:
         inputs = concatenate(sets)
     else:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from reportgen.audio import AUDIO_SUFFIXES, read_wavs
 from reportgen.errors import ReportError, one_line
 from reportgen.preprocess import IMAGE_CHANNELS, Preprocessing
 from reportgen.untrusted import check_archive, refuse_huge_images
@@ -212,9 +213,10 @@ def scan_folder(folder: Path) -> tuple[list[Path], list[Path]]:
     images_ok = image_suffixes()
     files = sorted(p for p in folder.rglob("*") if p.is_file() and _visible(p, folder))
     images = [p for p in files if p.suffix.lower() in images_ok]
-    used = images or [p for p in files if p.suffix.lower() in TENSOR_SUFFIXES]
+    used = images or [p for p in files if p.suffix.lower() in TENSOR_SUFFIXES] \
+        or [p for p in files if p.suffix.lower() in AUDIO_SUFFIXES]
     if not used:
-        raise ReportError(f"no images (or .pt/.npy/.npz tensors) found in folder {folder}")
+        raise ReportError(f"no images (or .pt/.npy/.npz tensors, or .wav files) found in folder {folder}")
     chosen = set(used)
     return used, [p for p in files if p not in chosen]
 
@@ -625,31 +627,51 @@ def from_tensor_files(paths: Sequence[Path], layout: InputLayout, *, skippable: 
 
 
 def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout: InputLayout, *,
-               strict: bool = False) -> InputSet:
-    """INPUT arguments (files, folders, globs; images and tensor files) -> one InputSet, in order.
-    An unreadable file found in a folder or by a glob is skipped and listed, unless `strict`;
-    a file named on its own must be readable."""
+               strict: bool = False, sample_rate: int | None = None) -> InputSet:
+    """INPUT arguments (files, folders, globs; images, tensor files, .wav files) -> one InputSet,
+    in order. An unreadable image or tensor file found in a folder or by a glob is skipped and
+    listed, unless `strict`; a file named on its own must be readable. `sample_rate`: the rate
+    every .wav file must have (audio.py)."""
     found = find_inputs(specs)
     paths = found.paths
-    groups: list[tuple[bool, list[Path]]] = []
+    groups: list[tuple[str, list[Path]]] = []
     for path in paths:
-        is_tensor = path.suffix.lower() in TENSOR_SUFFIXES
-        if groups and groups[-1][0] == is_tensor:
+        suffix = path.suffix.lower()
+        kind = "tensor" if suffix in TENSOR_SUFFIXES else "audio" if suffix in AUDIO_SUFFIXES else "image"
+        if groups and groups[-1][0] == kind:
             groups[-1][1].append(path)
         else:
-            groups.append((is_tensor, [path]))
-    if any(not is_tensor for is_tensor, _ in groups):
+            groups.append((kind, [path]))
+    if any(kind == "image" for kind, _ in groups):
         check_image_channels(preprocessing, layout)
+    audio = [path for kind, group in groups if kind == "audio" for path in group]
+    sounds = from_wav_files(audio, layout, sample_rate) if audio else {}
     sets = []
-    for is_tensor, group in groups:
+    for kind, group in groups:
         skippable = [not strict and p in found.in_bulk for p in group]
-        sets.append(from_tensor_files(group, layout, skippable=skippable) if is_tensor
-                    else from_image_files(group, preprocessing, skippable=skippable))
+        if kind == "audio":
+            sets.append(from_tensors([sounds[path][0] for path in group], [path.name for path in group]))
+            sets[-1].item_notes = [(sounds[path][1],) for path in group]
+            sets[-1].paths = [str(path) for path in group]
+        else:
+            sets.append(from_tensor_files(group, layout, skippable=skippable) if kind == "tensor"
+                        else from_image_files(group, preprocessing, skippable=skippable))
     inputs = concatenate(sets)
     note = found.left_out_note()
     if note:
         inputs.notes.append(note)
     return inputs
+
+
+def from_wav_files(paths: Sequence[Path], layout: InputLayout,
+                   sample_rate: int | None) -> dict[Path, tuple[torch.Tensor, str]]:
+    """Every .wav file of the run, read together (one rate, one length: audio.py): path ->
+    ((channels, samples) tensor, its note)."""
+    if layout.sample_rank is not None and layout.sample_rank != 2:
+        raise ReportError(f"{paths[0]} is audio, (channels, samples), but {layout.layer} takes "
+                          f"{layout.describe()}")
+    read = read_wavs(paths, layout.channels, sample_rate)
+    return {path: (tensor, note) for path, tensor, note in zip(paths, read.tensors, read.notes)}
 
 
 def check_image_channels(preprocessing: Preprocessing, layout: InputLayout) -> None:
