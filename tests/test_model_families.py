@@ -178,6 +178,27 @@ def test_a_small_torchvision_vit_reports_its_blocks_as_token_grids():
     assert block.feature_maps and "17 tokens of 16 channels laid out row by row on a 4x4 grid" in block.site
 
 
+def test_token_cells_see_their_patch_or_the_whole_input_and_the_page_says_which():
+    from torchvision.models.swin_transformer import SwinTransformer
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from reportgen.tokens import mixing_before, token_geometry
+    from reportgen.top_activations import window
+
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32)
+    swin = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[2, 2])
+    assert mixing_before(vit, "encoder.layers.encoder_layer_0") == "global"
+    assert mixing_before(vit, "conv_proj") == ""
+    assert mixing_before(swin, "features.1.0") == "window"
+    patch = token_geometry((4, 4), "", (32, 32))
+    assert (patch.receptive_field, patch.stride, patch.first) == ((8, 8), (8, 8), (0, 0))
+    assert window((1, 2), patch, (32, 32)) == (8, 16, 16, 24)  # top, left, bottom, right: its own patch
+    whole = token_geometry((4, 4), "global", (32, 32))
+    assert all(window((y, x), whole, (32, 32)) == (0, 0, 32, 32) for y in range(4) for x in range(4))
+    assert "widens each cell's window block by block" in token_geometry((4, 4), "window", (32, 32)).unknown
+    assert "equal patches" in token_geometry((4, 4), "", (30, 32)).unknown
+
+
 def test_layouts_are_recognised_only_where_the_module_says_so():
     from reportgen.tokens import layout_of
 
