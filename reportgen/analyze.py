@@ -213,9 +213,11 @@ def _scripted_note(layers: Sequence[str]) -> str:
 
 
 def conv_shaped(module: nn.Module) -> tuple[int, ...] | None:
-    """The shape of a module's own conv-like weight (3 to 5 dims), if it has one."""
-    for parameter in module.parameters(recurse=False):
-        if isinstance(parameter, nn.parameter.UninitializedParameter):
+    """The shape of a module's own conv-like weight (3 to 5 dims), if it has one. Only parameters
+    named like weights count: a ViT's (1, 197, 768) position embedding or class token is 3D too,
+    and is not a kernel."""
+    for name, parameter in module.named_parameters(recurse=False):
+        if isinstance(parameter, nn.parameter.UninitializedParameter) or not ("weight" in name or "kernel" in name):
             continue
         if 3 <= parameter.dim() <= 5:
             return tuple(int(d) for d in parameter.shape)

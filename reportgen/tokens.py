@@ -19,7 +19,8 @@ stream, not features aligned with an axis, and the page says so (`describe`).
 
 `transformer_blocks` names the blocks the default layer selection adds next to the convs: each
 module in a list (nn.Sequential, nn.ModuleList) that holds an attention module (nn.MultiheadAttention
-or any module whose type name says attention), the innermost one above each attention.
+or any module whose type name says attention), the innermost one above each attention; a block
+that holds another is left to its inner ones.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ MAX_PREFIX = 8  # leading non-patch tokens a sequence may have (class, distillat
 CHANNELS_NOTE = ("a transformer's channels are directions in its residual stream, not features aligned with "
                  "an axis, so one channel's map is a projection, not a detector")
 BLOCK_OUTPUT = f"the output of a transformer block, already channels first; {CHANNELS_NOTE}"
+# attributes of modules that attend within windows or partitions (torchvision Swin, Swin3D, MaxViT)
+WINDOW_ATTRIBUTES = ("window_size", "shift_size", "partition_size", "partition_type")
 _ATTENTION = re.compile(r"attention", re.IGNORECASE)
 
 
@@ -99,7 +102,7 @@ def mixing_before(model: nn.Module, name: str) -> str:
     """What mixes tokens up to the output of module `name`: "global" when an attention over all
     tokens is defined before it or inside it (definition order stands for run order, as in
     every transformer we know), else "window" when only window attention is (a module on the
-    way down to it has a `window_size`, `shift_size` or `partition_size`: Swin, MaxViT), else ""
+    way down to it has one of `WINDOW_ATTRIBUTES`: Swin's window_size, MaxViT's partition_type), else ""
     (each token is its own patch)."""
     found = ""
     inside = False
@@ -109,7 +112,7 @@ def mixing_before(model: nn.Module, name: str) -> str:
             break
         if current == name:
             inside = True
-        if any(hasattr(module, attr) for attr in ("window_size", "shift_size", "partition_size")):
+        if any(hasattr(module, attr) for attr in WINDOW_ATTRIBUTES):
             windowed.append(current)
         if current and is_attention(module):
             window = any(current == w or current.startswith(f"{w}.") for w in windowed)
@@ -189,5 +192,8 @@ def transformer_blocks(model: nn.Module) -> list[str]:
             if isinstance(parents.get(ancestor), (nn.Sequential, nn.ModuleList)):
                 blocks[ancestor] = None
                 break
+    # a block holding another block (MaxViT's layer around its window and grid attention) would
+    # be drawn twice over: its output is its last inner block's; the inner ones are kept
+    inner = [name for name in blocks if not any(other.startswith(f"{name}.") for other in blocks)]
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    return sorted(blocks, key=order.__getitem__)
+    return sorted(inner, key=order.__getitem__)

@@ -499,3 +499,20 @@ def test_segmentation_overlay_is_the_argmax_map_blended_in_its_class_colours():
     colour = np.asarray(CLASS_COLOURS, dtype=np.float64)[classes]
     expected = np.floor(thumbnail * (1 - SEGMENTATION_ALPHA) + colour * SEGMENTATION_ALPHA + 0.5)
     assert np.array_equal(np.asarray(decode(entry.image).convert("RGB")), expected.astype(np.uint8))
+
+
+def test_maxvit_partitions_count_as_window_attention():
+    """MaxViT attends within partitions (`partition_type`): its Grad-CAM target is then the last
+    block's channels-first output, not a norm inside the partitioned layout. Its blocks are the
+    window and grid attention layers, not also the layer around them (the same output twice)."""
+    from torchvision.models.maxvit import MaxVit
+
+    from reportgen.gradcam import default_cam_layer
+    from reportgen.tokens import mixing_before, transformer_blocks
+
+    model = MaxVit(input_size=(64, 64), stem_channels=8, partition_size=2, block_channels=[8, 16],
+                   block_layers=[1, 1], head_dim=4, stochastic_depth_prob=0.0, num_classes=3)
+    blocks = transformer_blocks(model)
+    assert blocks == [f"blocks.{i}.layers.0.layers.{kind}_attention" for i in (0, 1) for kind in ("window", "grid")]
+    assert mixing_before(model, blocks[-1]) == "window"
+    assert default_cam_layer(model) == blocks[-1]
