@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep = parser.add_argument_group("inputs and preprocessing")
     prep.add_argument("--input-shape", metavar="C,H,W", type=lambda t: _int_list(t, None, "--input-shape"),
                       help="shape of synthetic probe inputs when no INPUT is given")
+    prep.add_argument("--clip", metavar="DIR", action="append", default=[],
+                      help="a folder of frame images (sorted by name) as one video clip, for models that take "
+                           "(C, T, H, W); repeatable. Animated GIF/WebP/PNG files given as INPUT are clips too. "
+                           "Frames are sampled evenly to T from --input-shape C,T,H,W (default 16)")
     prep.add_argument("--sample-rate", metavar="HZ", type=_positive, default=None,
                       help=".wav inputs must be sampled at this rate (default: one rate, the first file's); "
                            "nothing is resampled")

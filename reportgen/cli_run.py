@@ -195,10 +195,13 @@ def _normalise_batch(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 
 def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
+    from reportgen.clips import DEFAULT_FRAMES
     from reportgen.inputs import (
         apply_label_pattern,
+        check_image_channels,
         concatenate,
         layout_of,
+        load_clip_folders,
         load_dataset,
         load_paths,
         probe_shape,
@@ -231,9 +234,14 @@ def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
         if labelled.class_names and given_names is None:
             loaded.class_names = labelled.class_names
         sets.append(labelled)
+    # a (C, T, H, W) model's clip length: --input-shape C,T,H,W, else clips.DEFAULT_FRAMES
+    frames = args.input_shape[1] if args.input_shape and len(args.input_shape) == 4 else DEFAULT_FRAMES
     if args.inputs:
         sets.append(load_paths(args.inputs, prep, layout, strict=getattr(args, "strict", False),
-                               sample_rate=getattr(args, "sample_rate", None)))
+                               sample_rate=getattr(args, "sample_rate", None), clip_frames=frames))
+    if getattr(args, "clip", None):
+        check_image_channels(prep, layout, clips=True)
+        sets.append(load_clip_folders(args.clip, prep, frames))
     if sets:
         inputs = concatenate(sets)
     else:

@@ -21,6 +21,14 @@ import torch
 from torch import nn
 
 from reportgen.audio import AUDIO_SUFFIXES, read_wavs
+from reportgen.clips import (
+    DEFAULT_FRAMES,
+    animated_frames,
+    clip_tensor,
+    count_frames,
+    folder_frames,
+    frame_indices,
+)
 from reportgen.errors import ReportError, one_line
 from reportgen.preprocess import IMAGE_CHANNELS, Preprocessing
 from reportgen.untrusted import check_archive, refuse_huge_images
@@ -627,11 +635,12 @@ def from_tensor_files(paths: Sequence[Path], layout: InputLayout, *, skippable: 
 
 
 def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout: InputLayout, *,
-               strict: bool = False, sample_rate: int | None = None) -> InputSet:
+               strict: bool = False, sample_rate: int | None = None, clip_frames: int = DEFAULT_FRAMES) -> InputSet:
     """INPUT arguments (files, folders, globs; images, tensor files, .wav files) -> one InputSet,
     in order. An unreadable image or tensor file found in a folder or by a glob is skipped and
     listed, unless `strict`; a file named on its own must be readable. `sample_rate`: the rate
-    every .wav file must have (audio.py)."""
+    every .wav file must have (audio.py). For a model that takes (C, T, H, W), image files are
+    clips of `clip_frames` frames (clips.py)."""
     found = find_inputs(specs)
     paths = found.paths
     groups: list[tuple[str, list[Path]]] = []
@@ -642,8 +651,9 @@ def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout
             groups[-1][1].append(path)
         else:
             groups.append((kind, [path]))
+    as_clips = layout.sample_rank == 4  # a Conv3d model: image files are clips (clips.py)
     if any(kind == "image" for kind, _ in groups):
-        check_image_channels(preprocessing, layout)
+        check_image_channels(preprocessing, layout, clips=as_clips)
     audio = [path for kind, group in groups if kind == "audio" for path in group]
     sounds = from_wav_files(audio, layout, sample_rate) if audio else {}
     sets = []
@@ -653,6 +663,8 @@ def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout
             sets.append(from_tensors([sounds[path][0] for path in group], [path.name for path in group]))
             sets[-1].item_notes = [(sounds[path][1],) for path in group]
             sets[-1].paths = [str(path) for path in group]
+        elif kind == "image" and as_clips:
+            sets.append(from_clips([(path, None) for path in group], preprocessing, clip_frames))
         else:
             sets.append(from_tensor_files(group, layout, skippable=skippable) if kind == "tensor"
                         else from_image_files(group, preprocessing, skippable=skippable))
@@ -674,11 +686,39 @@ def from_wav_files(paths: Sequence[Path], layout: InputLayout,
     return {path: (tensor, note) for path, tensor, note in zip(paths, read.tensors, read.notes)}
 
 
-def check_image_channels(preprocessing: Preprocessing, layout: InputLayout) -> None:
+def from_clips(sources: Sequence[tuple[Path, list[Path] | None]], preprocessing: Preprocessing,
+               frames: int) -> InputSet:
+    """Clips -> InputSet of (C, frames, H, W): each source an animated image (frames None) or a
+    --clip folder's frame files. Frame counts are read now (to fail early); pixels when the batch runs."""
+    counts = [len(files) if files is not None else count_frames(path) for path, files in sources]
+
+    def load(index: int) -> torch.Tensor:
+        path, files = sources[index]
+        pictures = [open_image(file) for file in files] if files is not None else animated_frames(path)
+        return clip_tensor(pictures, preprocessing, frames)
+
+    notes = []
+    for count in counts:
+        chosen = frame_indices(count, frames)
+        how = "every frame" if chosen == list(range(count)) else \
+            ("frames repeated to fill the model's length" if count < frames else "frames sampled evenly")
+        notes.append((f"clip of {count} frames -> {frames} ({how}: {', '.join(map(str, chosen[:20]))}"
+                      f"{', ...' if len(chosen) > 20 else ''})",))
+    return InputSet(names=[path.name for path, _ in sources], loader=load, paths=[str(path) for path, _ in sources],
+                    preprocessing=preprocessing, item_notes=notes)
+
+
+def load_clip_folders(folders: Sequence[str | Path], preprocessing: Preprocessing, frames: int) -> InputSet:
+    """`--clip DIR` arguments: one clip per folder of frame images."""
+    return from_clips([(Path(folder), folder_frames(Path(folder), image_suffixes())) for folder in folders],
+                      preprocessing, frames)
+
+
+def check_image_channels(preprocessing: Preprocessing, layout: InputLayout, *, clips: bool = False) -> None:
     if layout.channels is not None and layout.channels not in IMAGE_CHANNELS:
         raise ReportError(f"{layout.layer} takes {layout.channels} channels, which images cannot provide "
                           "(1, 3 or 4); give the inputs as .pt/.npy/.npz tensors")
-    if layout.sample_rank is not None and layout.sample_rank != 3:  # Conv1d/Conv3d
+    if layout.sample_rank is not None and layout.sample_rank != 3 and not clips:  # Conv1d/Conv3d
         raise ReportError(f"{layout.layer} does not take 2D images; give the inputs as .pt/.npy/.npz tensors")
 
 

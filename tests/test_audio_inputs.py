@@ -18,7 +18,7 @@ from reportgen.errors import ReportError
 def write_wav(path: Path, values: np.ndarray, bits: int, rate: int = 8000) -> Path:
     """`values`: (frames, channels) integers in the format's own range (8-bit: 0..255)."""
     width = bits // 8
-    frames, channels = values.shape
+    _, channels = values.shape
     if width == 1:
         data = values.astype(np.uint8).tobytes()
     else:
@@ -56,7 +56,7 @@ def test_bad_files_are_one_line_errors(tmp_path):
         read_wav(tmp_path / "text.wav")
     good = write_wav(tmp_path / "good.wav", np.zeros((10, 1), dtype=int), 16)
     (tmp_path / "cut.wav").write_bytes(good.read_bytes()[:30])
-    with pytest.raises(ReportError, match="cut.wav"):
+    with pytest.raises(ReportError, match=r"cut\.wav"):
         read_wav(tmp_path / "cut.wav")
 
 
