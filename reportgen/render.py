@@ -17,7 +17,7 @@ import numpy as np
 from reportgen import insight_render
 from reportgen.alerts import AlertThresholds, find_alerts
 from reportgen.analysis import Analysis, InputRecord, LayerWeights, PredictionRecord
-from reportgen.capture import CapturedLayer
+from reportgen.capture import CapturedLayer, frame_slices
 from reportgen.dense_render import render_dense
 from reportgen.filters import filter_tiles
 from reportgen.grids import embed, encode_png, tile_grid
@@ -106,8 +106,10 @@ def _feature_legend(layer: CapturedLayer, tile_shape: tuple[int, int], colormap:
     ]
     drawn = f"{tile_shape[0]}x{tile_shape[1]}"
     if len(spatial) == 3:
-        parts.append(f"middle depth slice of {spatial[0]}")
-        size = "x".join(str(d) for d in spatial[1:])
+        slices = frame_slices(spatial[0])
+        which = "all" if len(slices) == spatial[0] else ", ".join(str(t) for t in slices) + " of"
+        parts.append(f"time (depth) slices {which} {spatial[0]} side by side, left to right, one scale per strip")
+        size = f"{spatial[1]}x{spatial[2] * len(slices)}"
     if drawn != size and len(spatial) >= 2:
         parts.append(f"{size} average-pooled to {drawn}")
     return "; ".join(parts)
