@@ -75,6 +75,7 @@ class InputRecord:
     label: int | None
     thumbnail: np.ndarray | None  # uint8 (H, W, 3) or (H, W): what the model saw
     notes: tuple[str, ...] = ()  # how the input was fitted to the model (channels, rank)
+    spectrogram: np.ndarray | None = None  # 1D signals: uint8 (H, W, 3), thumbnails.spectrogram
 
 
 @dataclass(frozen=True)

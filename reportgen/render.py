@@ -432,6 +432,8 @@ def _input_summary(
         label=_label(record.label, class_names),
         thumbnail=images[slot] if slot is not None else None,
         notes=tuple(record.notes),
+        spectrogram=embed(encode_png(record.spectrogram), width=record.spectrogram.shape[1],
+                          height=record.spectrogram.shape[0]) if record.spectrogram is not None else None,
     )
 
 

@@ -112,6 +112,7 @@ class InputSummary:
     label: str | None
     thumbnail: EncodedImage | None
     notes: tuple[str, ...]
+    spectrogram: EncodedImage | None = None  # 1D signals (thumbnails.spectrogram)
 
 
 @dataclass(frozen=True)

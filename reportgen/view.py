@@ -438,6 +438,7 @@ def page(report: ReportModel) -> dict[str, Any]:
             "shape": shape(item.shape),
             "label": item.label or "",
             "thumb": image_view(item.thumbnail, THUMB_DISPLAY_WIDTH) if item.thumbnail else None,
+            "spectrogram": image_view(item.spectrogram, THUMB_DISPLAY_WIDTH) if item.spectrogram else None,
             "notes": list(item.notes),
         }
         for item in report.inputs

@@ -102,6 +102,7 @@ def test_a_conv1d_model_reads_wav_files_as_it_would_the_samples(tmp_path, capsys
         assert prediction["top"][0]["probability"] == pytest.approx(float(probabilities.max()), abs=1e-6)
     html = (tmp_path / "r.html").read_text()
     assert "averaged to mono" in html and "16-bit PCM, 8000 Hz" in html
+    assert html.count('class="spectrogram"') == 2
 
 
 def test_a_sample_rate_mismatch_is_refused_in_one_line(tmp_path, capsys):
@@ -112,3 +113,19 @@ def test_a_sample_rate_mismatch_is_refused_in_one_line(tmp_path, capsys):
     assert "a.wav is sampled at 8000 Hz but --sample-rate is 16000 Hz" in err
     code, err = report(tmp_path, capsys, str(tmp_path / "a.wav"), str(tmp_path / "b.wav"))
     assert code == 2 and err.count("\n") == 1 and "b.wav is sampled at 16000 Hz" in err
+
+
+def test_a_tone_is_brightest_at_its_frequency_in_the_spectrogram():
+    import torch
+
+    from reportgen.thumbnails import spectrogram, spectrogram_fft
+
+    rate, frequency = 8000, 1000
+    tone = torch.sin(torch.arange(4000, dtype=torch.float64) * 2 * torch.pi * frequency / rate).float()
+    assert spectrogram_fft(4000) == 256 and spectrogram_fft(40) is None
+    picture = spectrogram(torch.stack([tone, tone]))
+    assert picture is not None and picture.shape == (48, 4000 // 64 + 1, 3)  # 63 frames (hop 64, centred)
+    # bin 1000 / 8000 * 256 = 32 of 129, pooled into rows 11 or 12 of 48, drawn bottom up
+    brightest = int(picture[:, :, 1].astype(int).mean(axis=1).argmax())  # viridis: green rises with level
+    assert brightest in (47 - 11, 47 - 12)
+    assert spectrogram(torch.zeros(3, 8, 8)) is None  # images get none
