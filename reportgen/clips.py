@@ -1,8 +1,9 @@
 """Video clips for models that take (C, T, H, W): animated images and folders of frames.
 
 A clip is an animated GIF, WebP or PNG (every frame PIL decodes, in order, each converted as a
-still image would be), or a folder of frame images given with `--clip DIR` (its images sorted by
-name, one clip per folder). The model's clip length T (`--input-shape C,T,H,W`, else
+still image would be), a folder of frame images given with `--clip DIR` (its images sorted by
+name, one clip per folder), or a video file (.mp4, .mov, .avi, .mkv, .webm) decoded by
+torchvision.io when PyAV is installed (the `video` extra; without it, one line says so). The model's clip length T (`--input-shape C,T,H,W`, else
 `DEFAULT_FRAMES`: torchvision's video weights were trained on 16-frame clips) is met by sampling
 frame indices round(linspace(0, n - 1, T)): frames are skipped evenly when the clip is longer and
 repeated when it is shorter, and the input's note names the indices. Each frame is preprocessed
@@ -68,6 +69,34 @@ def animated_frames(path: Path) -> list[Any]:
     count_frames(path)
     with _opened(path) as image:
         return [frame.copy() for frame in ImageSequence.Iterator(image)]
+
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm"})
+VIDEO_HINT = ("reading video files needs PyAV, which torchvision.io decodes with: pip install 'reportgen[video]' "
+              "(or give the clip as an animated GIF/WebP/PNG, or a folder of frames with --clip DIR)")
+
+
+def check_video_backend() -> None:
+    """Fail before any pass when a video file cannot be decoded here."""
+    import importlib.util
+
+    if importlib.util.find_spec("av") is None:
+        raise ReportError(VIDEO_HINT)
+
+
+def video_frames(path: Path) -> list[Any]:
+    """Every frame of a video file (torchvision.io.read_video), as PIL images, or a one-line error."""
+    check_video_backend()
+    from PIL import Image
+    from torchvision.io import read_video
+
+    try:
+        frames, _, _ = read_video(str(path), pts_unit="sec", output_format="THWC")
+    except Exception as exc:  # a file from outside: any decoder failure
+        raise ReportError(f"cannot read video {path}: {one_line(exc)}") from exc
+    if frames.shape[0] < 2:
+        raise ReportError(f"{path} decodes to {frames.shape[0]} frame(s); a clip needs at least 2")
+    return [Image.fromarray(frame.numpy()) for frame in frames]
 
 
 def folder_frames(folder: Path, suffixes: frozenset[str]) -> list[Path]:

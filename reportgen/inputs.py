@@ -23,11 +23,14 @@ from torch import nn
 from reportgen.audio import AUDIO_SUFFIXES, read_wavs
 from reportgen.clips import (
     DEFAULT_FRAMES,
+    VIDEO_SUFFIXES,
     animated_frames,
+    check_video_backend,
     clip_tensor,
     count_frames,
     folder_frames,
     frame_indices,
+    video_frames,
 )
 from reportgen.errors import ReportError, one_line
 from reportgen.preprocess import IMAGE_CHANNELS, Preprocessing
@@ -646,7 +649,8 @@ def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout
     groups: list[tuple[str, list[Path]]] = []
     for path in paths:
         suffix = path.suffix.lower()
-        kind = "tensor" if suffix in TENSOR_SUFFIXES else "audio" if suffix in AUDIO_SUFFIXES else "image"
+        kind = "tensor" if suffix in TENSOR_SUFFIXES else "audio" if suffix in AUDIO_SUFFIXES \
+            else "video" if suffix in VIDEO_SUFFIXES else "image"
         if groups and groups[-1][0] == kind:
             groups[-1][1].append(path)
         else:
@@ -654,6 +658,11 @@ def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout
     as_clips = layout.sample_rank == 4  # a Conv3d model: image files are clips (clips.py)
     if any(kind == "image" for kind, _ in groups):
         check_image_channels(preprocessing, layout, clips=as_clips)
+    if any(kind == "video" for kind, _ in groups):
+        videos = [path for kind, group in groups if kind == "video" for path in group]
+        if not as_clips:
+            raise ReportError(f"{videos[0]} is a video, but {layout.layer} takes {layout.describe()}")
+        check_video_backend()
     audio = [path for kind, group in groups if kind == "audio" for path in group]
     sounds = from_wav_files(audio, layout, sample_rate) if audio else {}
     sets = []
@@ -663,7 +672,7 @@ def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout
             sets.append(from_tensors([sounds[path][0] for path in group], [path.name for path in group]))
             sets[-1].item_notes = [(sounds[path][1],) for path in group]
             sets[-1].paths = [str(path) for path in group]
-        elif kind == "image" and as_clips:
+        elif kind in ("image", "video") and as_clips:
             sets.append(from_clips([(path, None) for path in group], preprocessing, clip_frames))
         else:
             sets.append(from_tensor_files(group, layout, skippable=skippable) if kind == "tensor"
@@ -690,12 +699,17 @@ def from_clips(sources: Sequence[tuple[Path, list[Path] | None]], preprocessing:
                frames: int) -> InputSet:
     """Clips -> InputSet of (C, frames, H, W): each source an animated image (frames None) or a
     --clip folder's frame files. Frame counts are read now (to fail early); pixels when the batch runs."""
-    counts = [len(files) if files is not None else count_frames(path) for path, files in sources]
+    def decoded(path: Path, files: list[Path] | None) -> list[Any]:
+        if files is not None:
+            return [open_image(file) for file in files]
+        return video_frames(path) if path.suffix.lower() in VIDEO_SUFFIXES else animated_frames(path)
+
+    # a video's frames are only known once decoded (no cheap header count): decoded here once
+    counts = [len(files) if files is not None else len(video_frames(path)) if path.suffix.lower() in VIDEO_SUFFIXES
+              else count_frames(path) for path, files in sources]
 
     def load(index: int) -> torch.Tensor:
-        path, files = sources[index]
-        pictures = [open_image(file) for file in files] if files is not None else animated_frames(path)
-        return clip_tensor(pictures, preprocessing, frames)
+        return clip_tensor(decoded(*sources[index]), preprocessing, frames)
 
     notes = []
     for count in counts:

@@ -102,3 +102,15 @@ def test_a_video_model_reports_on_a_gif_and_a_frame_folder(tmp_path, capsys):
     document = json.loads((tmp_path / "r.json").read_text())
     assert [item["shape"] for item in document["inputs"]] == [[3, 4, 8, 8], [3, 4, 8, 8]]
     assert [item["name"] for item in document["inputs"]] == ["a.gif", "b"]
+
+
+def test_a_video_file_needs_pyav_and_says_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "av" else real(name, *a))
+    (tmp_path / "walk.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    with pytest.raises(ReportError, match=r"reading video files needs PyAV.*pip install 'reportgen\[video\]'"):
+        load_paths([tmp_path / "walk.mp4"], Preprocessing(), LAYOUT)
+    with pytest.raises(ReportError, match=r"walk\.mp4 is a video, but conv takes"):
+        load_paths([tmp_path / "walk.mp4"], Preprocessing(), InputLayout(sample_rank=3, channels=3, layer="conv"))
