@@ -32,8 +32,10 @@ class InsightOptions:
     top_k: int = 5  # inputs kept per shown channel; 0 disables
     top_k_channels: int = 8  # channels per layer whose top-k crops are drawn (dataset mode)
     cam: bool = True
-    cam_layer: str | None = None  # default: the last convolution
+    cam_layer: str | None = None  # default: the last convolution (or transformer block, gradcam.py)
     embedding: bool = True
+    rollout: bool = True  # attention rollout for models with nn.MultiheadAttention (rollout.py)
+    rollout_heads: str = "mean"  # how heads are fused: "mean" or "max"
     duplicate_threshold: float = 0.99
 
 
@@ -47,6 +49,7 @@ class InsightData:
     tops: dict[str, tuple[ChannelTop, ...]] = field(default_factory=dict)
     crops: dict[str, np.ndarray] = field(default_factory=dict)
     cam: CamResult | None = None
+    rollout: CamResult | None = None  # attention rollout maps (collectors/rollout.py), drawn like Grad-CAM
     features: Features | None = None
     notes: tuple[str, ...] = ()
     init_test: InitTest | None = None
@@ -72,6 +75,22 @@ class InputRecord:
     label: int | None
     thumbnail: np.ndarray | None  # uint8 (H, W, 3) or (H, W): what the model saw
     notes: tuple[str, ...] = ()  # how the input was fitted to the model (channels, rank)
+    spectrogram: np.ndarray | None = None  # 1D signals: uint8 (H, W, 3), thumbnails.spectrogram
+
+
+@dataclass(frozen=True)
+class DenseRecord:
+    """A detection or segmentation output of one drawn input (collectors/dense.py)."""
+
+    index: int
+    kind: str  # "detection" or "segmentation"
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # (k, 4) x1, y1, x2, y2 in input pixels
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (k,) highest first
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (k,) class indices
+    total_boxes: int = 0  # boxes the model output for this input (k of them kept)
+    classes: np.ndarray | None = None  # segmentation: (H, W) argmax class map at the output's resolution
+    fractions: dict[int, float] = field(default_factory=dict)  # segmentation: class -> fraction of pixels
+    num_classes: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,3 +117,4 @@ class Analysis:
     insight: InsightData | None = None  # weight stats, Grad-CAM, top-k crops, features
     misfiring: MisfiringResult | None = None  # when asked for (collected in the main pass)
     ablation_baseline: Baseline | None = None  # the unablated model's side of ablation, when asked for
+    dense: tuple[DenseRecord, ...] = ()  # detection boxes or segmentation maps of the drawn inputs

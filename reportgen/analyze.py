@@ -30,6 +30,7 @@ from reportgen.inputs import InputSet, call_model
 from reportgen.model_state import on_device, preserved_modes
 from reportgen.sites import RAW_BY_REQUEST, Plan, call_key, learn_sites
 from reportgen.summary import fallback_summary
+from reportgen.tokens import transformer_blocks
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd,)
 TAPS = ("activation", "conv")  # where a conv is observed: its activation site, or its raw output
@@ -60,10 +61,12 @@ class AnalysisOptions:
 
 
 def select_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
-    """Qualified names to hook: every conv by default, or names matching any glob in `patterns`."""
+    """Qualified names to hook: by default every conv and every transformer block (tokens.py:
+    their tokens are drawn as maps), in definition order; or names matching any glob in `patterns`."""
     named = [(name, module) for name, module in model.named_modules() if name]
     if not patterns:
-        return [name for name, module in named if isinstance(module, CONV_TYPES)]
+        blocks = set(transformer_blocks(model))
+        return [name for name, module in named if isinstance(module, CONV_TYPES) or name in blocks]
     chosen = [name for name, _ in named if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
     if not chosen:
         sample = ", ".join(name for name, _ in named[:8]) or "(the model has no submodules)"
@@ -137,8 +140,10 @@ def analyze(
     # the first batch is loaded once: its first input also learns the activation sites
     first = load_batch(inputs, share[0], min(share[0] + batch_size, share[1]), device, dtype) \
         if share[1] > share[0] else None
-    plan, raw_reason = learn_plan(model, first.tensor[:1], selected, device, options) \
-        if hookable and first is not None else (None, "")
+    # transformer blocks are observed at their own output (tokens.py), not followed to a site
+    blocks = transformer_blocks(model) if hookable and not options.layers else []
+    plan, raw_reason = learn_plan(model, first.tensor[:1], [n for n in selected if n not in blocks], device,
+                                  options) if hookable and first is not None else (None, "")
 
     with preserved_modes(model), on_device(model, device), torch.inference_mode():
         model.eval()
@@ -149,7 +154,8 @@ def analyze(
                                      verify_starts=tuple(start for start, _ in group.shares(len(inputs), batch_size))
                                      if group is not None else (0,))
         main = MainPass(model, collectors.all(), observed=selected, plan=plan, raw_reason=raw_reason,
-                        forward_args=options.forward_args, hookable=hookable)
+                        forward_args=options.forward_args, hookable=hookable,
+                        token_blocks=blocks)
         if group is None:
             main.run(inputs, device=device, dtype=dtype, batch_size=batch_size, progress=progress, preloaded=first,
                      workers=options.workers)
@@ -187,6 +193,7 @@ def analyze(
             selected=selected, layers=layers, summary=summary, records=records, classifier=classifier,
             features=collectors.features.result(), call=lambda m, b: call_model(m, b, options.forward_args),
             fused_cam=collectors.cam.result(len(inputs)) if collectors.cam is not None else None,
+            rollout=collectors.rollout.result(len(inputs)) if collectors.rollout is not None else None,
             known_crops=collectors.crops.crops if collectors.crops is not None else None,
         ) if hookable else None
     return Analysis(
@@ -203,6 +210,7 @@ def analyze(
         insight=insight,
         misfiring=collectors.misfiring.result() if collectors.misfiring is not None else None,
         ablation_baseline=collectors.ablation_baseline.result() if collectors.ablation_baseline is not None else None,
+        dense=collectors.dense.records() if collectors.dense is not None else (),
     )
 
 
@@ -264,9 +272,11 @@ def _scripted_note(layers: Sequence[str]) -> str:
 
 
 def conv_shaped(module: nn.Module) -> tuple[int, ...] | None:
-    """The shape of a module's own conv-like weight (3 to 5 dims), if it has one."""
-    for parameter in module.parameters(recurse=False):
-        if isinstance(parameter, nn.parameter.UninitializedParameter):
+    """The shape of a module's own conv-like weight (3 to 5 dims), if it has one. Only parameters
+    named like weights count: a ViT's (1, 197, 768) position embedding or class token is 3D too,
+    and is not a kernel."""
+    for name, parameter in module.named_parameters(recurse=False):
+        if isinstance(parameter, nn.parameter.UninitializedParameter) or not ("weight" in name or "kernel" in name):
             continue
         if 3 <= parameter.dim() <= 5:
             return tuple(int(d) for d in parameter.shape)

@@ -41,6 +41,8 @@ from reportgen.progress import progress_bar
 from reportgen.render import RenderOptions, render, render_sections, section_anchors, zoom_maps
 from reportgen.report import Report
 from reportgen.report_model import ModelInfo, RunInfo
+from reportgen.rollout import HEAD_FUSIONS
+from reportgen.tokens import transformer_blocks
 from reportgen.size_budget import DEFAULT_MAX_SIZE_MB
 
 if TYPE_CHECKING:
@@ -75,7 +77,9 @@ class ReportOptions:
     top_k: int = 5  # inputs kept per shown channel (crops drawn when inputs > max_inputs_shown); 0: off
     top_k_channels: int = 8  # channels per layer whose top-k crops are drawn
     cam: bool = True  # Grad-CAM for the shown inputs (classifiers)
-    cam_layer: str | None = None  # default: the last convolution
+    cam_layer: str | None = None  # default: the last convolution (or transformer block, gradcam.py)
+    rollout: bool = True  # attention rollout (models with nn.MultiheadAttention)
+    rollout_heads: str = "mean"  # heads fused by "mean" or "max"
     embedding: bool = True  # PCA of the penultimate features
     thresholds: AlertThresholds = AlertThresholds()
     # Seeds torch's RNG for the passes (a model's own randomness) and the probe noise; the CLI
@@ -253,7 +257,10 @@ def _build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
     if options.impact is not None and options.impact.enabled:
         from reportgen.impact import impact_for_report
 
-        impact = impact_for_report(model, inputs, device, options.impact, selected=analysis.selected,
+        # ablation and probes act on a conv's output channels (dim 1): not on a transformer block's tokens
+        blocks = set(transformer_blocks(model))
+        impact = impact_for_report(model, inputs, device, options.impact,
+                                   selected=[name for name in analysis.selected if name not in blocks],
                                    anchors=section_anchors(analysis), class_names=names,
                                    batch_size=options.batch_size, max_inputs_shown=options.max_inputs_shown,
                                    forward_args=options.forward_args, show_progress=options.show_progress,
@@ -410,6 +417,9 @@ def insight_options(options: ReportOptions) -> InsightOptions:
         raise ReportError(f"--duplicate-threshold must be in (0, 1], got {limits.duplicate_cosine}")
     if not limits.explode > 0:
         raise ReportError(f"--explode-threshold must be positive, got {limits.explode}")
+    if options.rollout_heads not in HEAD_FUSIONS:
+        raise ReportError(f"--rollout-heads must be one of {', '.join(HEAD_FUSIONS)}, got {options.rollout_heads!r}")
     return InsightOptions(top_k=options.top_k, top_k_channels=options.top_k_channels, cam=options.cam,
                           cam_layer=options.cam_layer, embedding=options.embedding,
-                          duplicate_threshold=limits.duplicate_cosine)
+                          duplicate_threshold=limits.duplicate_cosine, rollout=options.rollout,
+                          rollout_heads=options.rollout_heads)

@@ -79,22 +79,42 @@ class CapturedLayer:
     zoom: dict[int, np.ndarray] = field(default_factory=dict)  # input 0's maps at up to ZOOM_SIZE px a side
 
 
+MAX_FRAMES = 8  # time (depth) slices a 3D map's tile shows side by side
+
+
+def frame_slices(depth: int) -> list[int]:
+    """The depth (time) indices a 3D map's tile shows: round(linspace(0, depth - 1, min(depth, 8)))."""
+    return [int(i) for i in np.round(np.linspace(0, depth - 1, min(depth, MAX_FRAMES)))]
+
+
 def spatial_view(output: torch.Tensor) -> torch.Tensor:
-    """(N, C, *spatial) -> (N, C, H, W): 1D signals become one row, volumes their middle slice."""
+    """(N, C, *spatial) -> (N, C, H, W): 1D signals become one row; a volume (N, C, T, H, W) a strip
+    of up to MAX_FRAMES of its T slices side by side, time running left to right (`frame_slices`);
+    higher ranks first take the middle slice of every extra leading dimension."""
     if output.dim() == 2:
         return output[:, :, None, None]
     if output.dim() == 3:
         return output[:, :, None, :]
     if output.dim() == 4:
         return output
-    # 3D and higher: the middle slice of every extra leading spatial dimension.
-    while output.dim() > 4:
+    while output.dim() > 5:
         output = output.select(2, output.shape[2] // 2)
-    return output
+    batch, channels, depth, height, width = output.shape
+    frames = output[:, :, frame_slices(depth)]  # (N, C, k, H, W)
+    return frames.permute(0, 1, 3, 2, 4).reshape(batch, channels, height, -1)
 
 
-def downsample(maps: torch.Tensor, tile_size: int) -> torch.Tensor:
-    """Average-pool (N, C, H, W) so the longer side is at most `tile_size`, keeping aspect."""
+def downsample(maps: torch.Tensor, tile_size: int, frames: int = 1) -> torch.Tensor:
+    """Average-pool (N, C, H, W) so the longer side is at most `tile_size`, keeping aspect. A strip
+    of `frames` equal slices side by side (`spatial_view` of a volume) is pooled slice by slice, so
+    each slice keeps to `tile_size` and no window straddles two slices."""
+    if frames > 1:
+        batch, channels, height, width = maps.shape
+        slices = maps.reshape(batch, channels, height, frames, width // frames).permute(0, 1, 3, 2, 4)
+        pooled = downsample(slices.reshape(batch, channels * frames, height, width // frames), tile_size)
+        small_h, small_w = pooled.shape[-2:]
+        return pooled.reshape(batch, channels, frames, small_h, small_w).permute(0, 1, 3, 2, 4).reshape(
+            batch, channels, small_h, frames * small_w)
     height, width = maps.shape[-2:]
     factor = math.ceil(max(height, width) / tile_size)
     if factor <= 1:
@@ -206,9 +226,10 @@ def positive_counts(flat: torch.Tensor, *, finite: bool) -> torch.Tensor:
 
 
 def quantise_tiles(
-    maps: torch.Tensor, tile_size: int
+    maps: torch.Tensor, tile_size: int, frames: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-tile min-max to 0..253 on the device. Returns (uint8 tiles, min, max, flat mask).
+    `frames`: the tiles are strips of that many slices (`downsample`), on one scale per strip.
 
     min and max come from the full-resolution map, so the legend states true values; a tile
     whose range is zero or that holds NaN/Inf is flat and filled with FLAT_INDEX.
@@ -224,7 +245,7 @@ def quantise_tiles(
         low, high = safe.flatten(2).amin(dim=2), safe.flatten(2).amax(dim=2)
     span = high - low
     flat = (~finite) | (span <= 0)
-    pooled = downsample(safe, tile_size)
+    pooled = downsample(safe, tile_size, frames)
     scale = torch.where(flat, torch.ones_like(span), span)
     unit = ((pooled - low[..., None, None]) / scale[..., None, None]).clamp_(0.0, 1.0)
     levels = torch.floor(unit * (LEVELS - 1) + 0.5).to(torch.uint8)
@@ -271,6 +292,7 @@ class Winners:
     inputs: np.ndarray  # (channels, k) input indices
     positions: np.ndarray  # (channels, k) peak cells, flat into spatial_shape
     geometry_key: str = ""  # see CapturedLayer.geometry_key
+    site: Site | None = None  # a token map's grid (tokens.py) decides its geometry
 
 
 def first_tensor(output: Any) -> torch.Tensor | None:

@@ -206,7 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     insight.add_argument("--no-cam", dest="cam", action="store_false",
                          help="skip Grad-CAM (and the check of which layers reach the output)")
     insight.add_argument("--cam-layer", metavar="NAME",
-                         help="module for Grad-CAM (default: the last convolution)")
+                         help="module for Grad-CAM (default: the last convolution, or after it the last "
+                              "transformer block: its first norm for ViT-like models)")
+    insight.add_argument("--rollout-heads", choices=("mean", "max"), default="mean",
+                         help="attention rollout (models with nn.MultiheadAttention): fuse the heads by their "
+                              "mean (default) or max")
+    insight.add_argument("--no-rollout", dest="rollout", action="store_false",
+                         help="skip attention rollout")
     insight.add_argument("--no-embedding", dest="embedding", action="store_false",
                          help="skip the PCA scatter of the penultimate features")
     insight.add_argument("--dead-threshold", metavar="F", type=_fraction, default=0.0,
@@ -232,6 +238,13 @@ def _input_groups(parser: argparse.ArgumentParser) -> None:
     prep = parser.add_argument_group("inputs and preprocessing")
     prep.add_argument("--input-shape", metavar="C,H,W", type=lambda t: _int_list(t, None, "--input-shape"),
                       help="shape of synthetic probe inputs when no INPUT is given")
+    prep.add_argument("--clip", metavar="DIR", action="append", default=[],
+                      help="a folder of frame images (sorted by name) as one video clip, for models that take "
+                           "(C, T, H, W); repeatable. Animated GIF/WebP/PNG files given as INPUT are clips too. "
+                           "Frames are sampled evenly to T from --input-shape C,T,H,W (default 16)")
+    prep.add_argument("--sample-rate", metavar="HZ", type=_positive, default=None,
+                      help=".wav inputs must be sampled at this rate (default: one rate, the first file's); "
+                           "nothing is resampled")
     prep.add_argument("--resize", metavar="H,W", type=lambda t: _int_list(t, None, "--resize"),
                       help="resize images to H,W (or one number: the shorter side)")
     prep.add_argument("--center-crop", metavar="H,W", type=lambda t: _int_list(t, None, "--center-crop"),

@@ -143,7 +143,8 @@ def _check_not_overwriting(args: argparse.Namespace, output: Path, json_path: Pa
 
 
 def insight_options(args: argparse.Namespace) -> dict[str, object]:
-    """--top-k, --top-k-channels, --no-cam, --cam-layer, --no-embedding and the alert thresholds
+    """--top-k, --top-k-channels, --no-cam, --cam-layer, --no-rollout, --rollout-heads, --no-embedding
+    and the alert thresholds
     (insight.py, alerts.py), as ReportOptions keyword arguments."""
     from reportgen.alerts import AlertThresholds
 
@@ -152,6 +153,8 @@ def insight_options(args: argparse.Namespace) -> dict[str, object]:
         "top_k_channels": getattr(args, "top_k_channels", 8),
         "cam": getattr(args, "cam", True),
         "cam_layer": getattr(args, "cam_layer", None),
+        "rollout": getattr(args, "rollout", True),
+        "rollout_heads": getattr(args, "rollout_heads", "mean"),
         "embedding": getattr(args, "embedding", True),
         "thresholds": AlertThresholds(
             dead_fraction=getattr(args, "dead_threshold", 0.0),
@@ -239,10 +242,13 @@ def _user_sources(args: argparse.Namespace) -> tuple[LoadedModel, InputSet]:
 def load_inputs(args: argparse.Namespace, loaded: LoadedModel) -> InputSet:
     """INPUT ..., --dataset, --label-pattern or synthetic probes, preprocessed for `loaded` (its
     own preprocessing, overridden option by option); may name `loaded`'s classes from --dataset."""
+    from reportgen.clips import DEFAULT_FRAMES
     from reportgen.inputs import (
         apply_label_pattern,
+        check_image_channels,
         concatenate,
         layout_of,
+        load_clip_folders,
         load_dataset,
         load_paths,
         probe_shape,
@@ -264,8 +270,14 @@ def load_inputs(args: argparse.Namespace, loaded: LoadedModel) -> InputSet:
         if labelled.class_names and given_names is None:
             loaded.class_names = labelled.class_names
         sets.append(labelled)
+    # a (C, T, H, W) model's clip length: --input-shape C,T,H,W, else clips.DEFAULT_FRAMES
+    frames = args.input_shape[1] if args.input_shape and len(args.input_shape) == 4 else DEFAULT_FRAMES
     if args.inputs:
-        sets.append(load_paths(args.inputs, prep, layout, strict=getattr(args, "strict", False)))
+        sets.append(load_paths(args.inputs, prep, layout, strict=getattr(args, "strict", False),
+                               sample_rate=getattr(args, "sample_rate", None), clip_frames=frames))
+    if getattr(args, "clip", None):
+        check_image_channels(prep, layout, clips=True)
+        sets.append(load_clip_folders(args.clip, prep, frames))
     if sets:
         inputs = concatenate(sets)
     else:

@@ -38,6 +38,7 @@ from reportgen.errors import ReportError
 from reportgen.hooks import HookOwner
 from reportgen.inputs import InputSet
 from reportgen.outputs import find_logits
+from reportgen.tokens import TokenLayout, layout_of, mixing_before, transformer_blocks
 
 # Words of the errors autograd raises in a forward (in-place on a leaf or a needed tensor,
 # inference tensors, views modified in place, ...): only those make a batch run again without it.
@@ -70,6 +71,14 @@ class Captured:
     edge: Any = None
     gradient: torch.Tensor | None = None
     edges: dict[str, list[Any]] = field(default_factory=dict)
+    layout: TokenLayout | None = None  # the target's output is tokens: activation and gradient as maps
+
+    def keep(self, module: nn.Module, tensor: torch.Tensor) -> None:
+        """The target layer's output, copied before any in-place op after the layer can change it;
+        a transformer's tokens as maps on their grid (tokens.py)."""
+        self.layout = layout_of(module, tuple(tensor.shape))
+        activation = tensor.detach()
+        self.activation = self.layout.maps(activation).clone() if self.layout is not None else activation.clone()
 
 
 def conv_layers(model: nn.Module) -> list[str]:
@@ -80,8 +89,22 @@ def conv_layers(model: nn.Module) -> list[str]:
 
 
 def default_cam_layer(model: nn.Module) -> str | None:
-    """The last convolution, in definition order."""
+    """The last convolution, in definition order; or, when a transformer block comes after it,
+    the last block (tokens.transformer_blocks): for global attention (ViT) its first norm, whose
+    patch tokens the class token still reads (the block's own output reaches the head through
+    the class token alone, so its patch tokens get no gradient), else (window attention, Swin:
+    the head pools every token) the block's output."""
     names = conv_layers(model)
+    blocks = transformer_blocks(model)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    if blocks and (not names or order[blocks[-1]] > order[names[-1]]):
+        last = blocks[-1]
+        if mixing_before(model, last) == "global":
+            norms = [name for name, module in model.named_modules()
+                     if name.startswith(f"{last}.") and isinstance(module, nn.LayerNorm)]
+            if norms:
+                return norms[0]
+        return last
     return names[-1] if names else None
 
 
@@ -125,7 +148,7 @@ class CamHooks(HookOwner):
         if tensor is None or not tensor.is_floating_point():
             return
         captured = self.captured
-        captured.activation = tensor.detach().clone()  # before any in-place op after the layer
+        captured.keep(module, tensor)
         captured.edge = self._edge(tensor)
         self.captured.edges.setdefault(self.target, []).append(captured.edge)
         if tensor.requires_grad:
@@ -276,6 +299,8 @@ def maps(logits: torch.Tensor, captured: Captured, inputs: InputSet, start: int,
         (returned,) = torch.autograd.grad(score, inputs=[captured.edge], retain_graph=number + 1 < len(targets))
         # The tensor hook saw the same gradient (of the layer's output as it left the layer).
         gradient = captured.gradient if captured.gradient is not None else returned
+        if captured.layout is not None:
+            gradient = captured.layout.maps(gradient)
         axes = tuple(range(2, activation.dim()))  # every non-channel axis: time, and/or space
         weights = gradient.float().mean(dim=axes, keepdim=True)
         cams = F.relu((weights * activation.float()).sum(dim=1))

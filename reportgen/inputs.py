@@ -20,6 +20,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from reportgen.audio import AUDIO_SUFFIXES, read_wavs
+from reportgen.clips import (
+    DEFAULT_FRAMES,
+    VIDEO_SUFFIXES,
+    animated_frames,
+    check_video_backend,
+    clip_tensor,
+    count_frames,
+    folder_frames,
+    frame_indices,
+    video_frames,
+)
 from reportgen.errors import ReportError, one_line
 from reportgen.preprocess import IMAGE_CHANNELS, Preprocessing
 from reportgen.untrusted import check_archive, refuse_huge_images
@@ -212,9 +224,10 @@ def scan_folder(folder: Path) -> tuple[list[Path], list[Path]]:
     images_ok = image_suffixes()
     files = sorted(p for p in folder.rglob("*") if p.is_file() and _visible(p, folder))
     images = [p for p in files if p.suffix.lower() in images_ok]
-    used = images or [p for p in files if p.suffix.lower() in TENSOR_SUFFIXES]
+    used = images or [p for p in files if p.suffix.lower() in TENSOR_SUFFIXES] \
+        or [p for p in files if p.suffix.lower() in AUDIO_SUFFIXES]
     if not used:
-        raise ReportError(f"no images (or .pt/.npy/.npz tensors) found in folder {folder}")
+        raise ReportError(f"no images (or .pt/.npy/.npz tensors, or .wav files) found in folder {folder}")
     chosen = set(used)
     return used, [p for p in files if p not in chosen]
 
@@ -625,26 +638,45 @@ def from_tensor_files(paths: Sequence[Path], layout: InputLayout, *, skippable: 
 
 
 def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout: InputLayout, *,
-               strict: bool = False) -> InputSet:
-    """INPUT arguments (files, folders, globs; images and tensor files) -> one InputSet, in order.
-    An unreadable file found in a folder or by a glob is skipped and listed, unless `strict`;
-    a file named on its own must be readable."""
+               strict: bool = False, sample_rate: int | None = None, clip_frames: int = DEFAULT_FRAMES) -> InputSet:
+    """INPUT arguments (files, folders, globs; images, tensor files, .wav files) -> one InputSet,
+    in order. An unreadable image or tensor file found in a folder or by a glob is skipped and
+    listed, unless `strict`; a file named on its own must be readable. `sample_rate`: the rate
+    every .wav file must have (audio.py). For a model that takes (C, T, H, W), image files are
+    clips of `clip_frames` frames (clips.py)."""
     found = find_inputs(specs)
     paths = found.paths
-    groups: list[tuple[bool, list[Path]]] = []
+    groups: list[tuple[str, list[Path]]] = []
     for path in paths:
-        is_tensor = path.suffix.lower() in TENSOR_SUFFIXES
-        if groups and groups[-1][0] == is_tensor:
+        suffix = path.suffix.lower()
+        kind = "tensor" if suffix in TENSOR_SUFFIXES else "audio" if suffix in AUDIO_SUFFIXES \
+            else "video" if suffix in VIDEO_SUFFIXES else "image"
+        if groups and groups[-1][0] == kind:
             groups[-1][1].append(path)
         else:
-            groups.append((is_tensor, [path]))
-    if any(not is_tensor for is_tensor, _ in groups):
-        check_image_channels(preprocessing, layout)
+            groups.append((kind, [path]))
+    as_clips = layout.sample_rank == 4  # a Conv3d model: image files are clips (clips.py)
+    if any(kind == "image" for kind, _ in groups):
+        check_image_channels(preprocessing, layout, clips=as_clips)
+    if any(kind == "video" for kind, _ in groups):
+        videos = [path for kind, group in groups if kind == "video" for path in group]
+        if not as_clips:
+            raise ReportError(f"{videos[0]} is a video, but {layout.layer} takes {layout.describe()}")
+        check_video_backend()
+    audio = [path for kind, group in groups if kind == "audio" for path in group]
+    sounds = from_wav_files(audio, layout, sample_rate) if audio else {}
     sets = []
-    for is_tensor, group in groups:
+    for kind, group in groups:
         skippable = [not strict and p in found.in_bulk for p in group]
-        sets.append(from_tensor_files(group, layout, skippable=skippable) if is_tensor
-                    else from_image_files(group, preprocessing, skippable=skippable))
+        if kind == "audio":
+            sets.append(from_tensors([sounds[path][0] for path in group], [path.name for path in group]))
+            sets[-1].item_notes = [(sounds[path][1],) for path in group]
+            sets[-1].paths = [str(path) for path in group]
+        elif kind in ("image", "video") and as_clips:
+            sets.append(from_clips([(path, None) for path in group], preprocessing, clip_frames))
+        else:
+            sets.append(from_tensor_files(group, layout, skippable=skippable) if kind == "tensor"
+                        else from_image_files(group, preprocessing, skippable=skippable))
     inputs = concatenate(sets)
     note = found.left_out_note()
     if note:
@@ -652,11 +684,55 @@ def load_paths(specs: Sequence[str | Path], preprocessing: Preprocessing, layout
     return inputs
 
 
-def check_image_channels(preprocessing: Preprocessing, layout: InputLayout) -> None:
+def from_wav_files(paths: Sequence[Path], layout: InputLayout,
+                   sample_rate: int | None) -> dict[Path, tuple[torch.Tensor, str]]:
+    """Every .wav file of the run, read together (one rate, one length: audio.py): path ->
+    ((channels, samples) tensor, its note)."""
+    if layout.sample_rank is not None and layout.sample_rank != 2:
+        raise ReportError(f"{paths[0]} is audio, (channels, samples), but {layout.layer} takes "
+                          f"{layout.describe()}")
+    read = read_wavs(paths, layout.channels, sample_rate)
+    return {path: (tensor, note) for path, tensor, note in zip(paths, read.tensors, read.notes)}
+
+
+def from_clips(sources: Sequence[tuple[Path, list[Path] | None]], preprocessing: Preprocessing,
+               frames: int) -> InputSet:
+    """Clips -> InputSet of (C, frames, H, W): each source an animated image (frames None) or a
+    --clip folder's frame files. Frame counts are read now (to fail early); pixels when the batch runs."""
+    def decoded(path: Path, files: list[Path] | None) -> list[Any]:
+        if files is not None:
+            return [open_image(file) for file in files]
+        return video_frames(path) if path.suffix.lower() in VIDEO_SUFFIXES else animated_frames(path)
+
+    # a video's frames are only known once decoded (no cheap header count): decoded here once
+    counts = [len(files) if files is not None else len(video_frames(path)) if path.suffix.lower() in VIDEO_SUFFIXES
+              else count_frames(path) for path, files in sources]
+
+    def load(index: int) -> torch.Tensor:
+        return clip_tensor(decoded(*sources[index]), preprocessing, frames)
+
+    notes = []
+    for count in counts:
+        chosen = frame_indices(count, frames)
+        how = "every frame" if chosen == list(range(count)) else \
+            ("frames repeated to fill the model's length" if count < frames else "frames sampled evenly")
+        notes.append((f"clip of {count} frames -> {frames} ({how}: {', '.join(map(str, chosen[:20]))}"
+                      f"{', ...' if len(chosen) > 20 else ''})",))
+    return InputSet(names=[path.name for path, _ in sources], loader=load, paths=[str(path) for path, _ in sources],
+                    preprocessing=preprocessing, item_notes=notes)
+
+
+def load_clip_folders(folders: Sequence[str | Path], preprocessing: Preprocessing, frames: int) -> InputSet:
+    """`--clip DIR` arguments: one clip per folder of frame images."""
+    return from_clips([(Path(folder), folder_frames(Path(folder), image_suffixes())) for folder in folders],
+                      preprocessing, frames)
+
+
+def check_image_channels(preprocessing: Preprocessing, layout: InputLayout, *, clips: bool = False) -> None:
     if layout.channels is not None and layout.channels not in IMAGE_CHANNELS:
         raise ReportError(f"{layout.layer} takes {layout.channels} channels, which images cannot provide "
                           "(1, 3 or 4); give the inputs as .pt/.npy/.npz tensors")
-    if layout.sample_rank is not None and layout.sample_rank != 3:  # Conv1d/Conv3d
+    if layout.sample_rank is not None and layout.sample_rank != 3 and not clips:  # Conv1d/Conv3d
         raise ReportError(f"{layout.layer} does not take 2D images; give the inputs as .pt/.npy/.npz tensors")
 
 

@@ -51,6 +51,7 @@ def collect(
     features: Features | None,
     call: Callable[[nn.Module, torch.Tensor], Any] | None = None,
     fused_cam: gradcam.CamResult | None = None,
+    rollout: gradcam.CamResult | None = None,
     known_crops: dict[tuple[str, int, int], tuple[tuple[int, ...], np.ndarray]] | None = None,
 ) -> InsightData:
     """Run after the main pass, inside its `preserved_modes`/`on_device`, model in eval mode."""
@@ -69,7 +70,7 @@ def collect(
         init_test, per_layer = untrained_test(kernels)
         stats = {name: replace(found, init=per_layer.get(name)) for name, found in stats.items()}
     input_spatial = tuple(int(d) for d in records[0].shape[1:]) if records else ()
-    geometry = layer_geometry(summary.rows if summary is not None else (), layers) if input_spatial else {}
+    geometry = layer_geometry(summary.rows if summary is not None else (), layers, input_spatial) if input_spatial else {}
     names = list(inputs.names)
     tops = {layer.key: channel_tops(layer, names, geometry.get(layer.key), input_spatial) for layer in layers}
     tops = {key: value for key, value in tops.items() if value}
@@ -103,4 +104,4 @@ def collect(
     elif options.cam and not classifier and layers:
         notes.append("Grad-CAM was skipped: the model's output is not a (batch, classes) score.")
     return InsightData(weight_stats=stats, geometry=geometry, input_spatial=input_spatial, tops=tops, crops=crops,
-                       cam=cam, features=features, notes=tuple(notes), init_test=init_test)
+                       cam=cam, rollout=rollout, features=features, notes=tuple(notes), init_test=init_test)

@@ -128,11 +128,18 @@ def build_report_insight(
             slot = encoder.queue(cam_overlay(thumb.thumbnail, record.cam, thumb.shape)) \
                 if thumb is not None and thumb.thumbnail is not None else None
             cam_slots.append(slot)
+    rollout_slots = []
+    if data.rollout is not None:
+        for record in data.rollout.records:
+            thumb = thumbnails.get(record.input_index)
+            rollout_slots.append(encoder.queue(cam_overlay(thumb.thumbnail, record.cam, thumb.shape))
+                                 if thumb is not None and thumb.thumbnail is not None else None)
     images = encoder.run()
     names = {record.index: record.name for record in analysis.inputs}
     anchors = {section.name: section.anchor for section in sections}
     report = ReportInsight(
         gradcam=_gradcam(data.cam, cam_slots, images, names, anchors, label_of),
+        rollout=_gradcam(data.rollout, rollout_slots, images, names, anchors, label_of),
         embedding=_embedding(data.features, analysis, names, label_of),
         per_class=_per_class(analysis, names, label_of),
         notes=data.notes,
@@ -215,7 +222,7 @@ def _gradcam(cam: gradcam.CamResult | None, slots: Sequence[int | None], images:
         by_input.setdefault(record.input_index, []).append(CamMap(
             kind=record.kind,
             target=record.target,
-            target_label=label_of(record.target) or str(record.target),
+            target_label=(label_of(record.target) or str(record.target)) if record.target >= 0 else "",
             cam=tuple(tuple(round(float(v), 4) for v in row) for row in small),
             peak=tuple(round(float(v), 4) for v in gradcam.peak_fraction(record.cam)),  # type: ignore[arg-type]
             overlay=images[slot] if slot is not None else None,
@@ -230,7 +237,7 @@ def _gradcam(cam: gradcam.CamResult | None, slots: Sequence[int | None], images:
         layer=cam.layer,
         anchor=anchors.get(cam.layer),
         inputs=entries,
-        note=_cam_note(cam),
+        note=cam.note if cam.records[0].kind == "rollout" else _cam_note(cam),
     )
 
 

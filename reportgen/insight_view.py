@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from reportgen.report_model import EncodedImage, LayerSection, ReportModel, WeightStats
+from reportgen.report_model import EncodedImage, GradCam, LayerSection, ReportModel, WeightStats
 from reportgen.top_activations import CROP_LEGEND
 
 THUMB_WIDTH = 96
@@ -138,29 +138,11 @@ def layer_view(section: LayerSection) -> dict[str, Any] | None:
 def report_view(report: ReportModel) -> dict[str, Any] | None:
     """Grad-CAM, embedding and per-class blocks, or None when none exists."""
     insight = report.insight
-    if insight is None or (insight.gradcam is None and insight.embedding is None and insight.per_class is None
-                           and not insight.notes):
+    if insight is None or (insight.gradcam is None and insight.rollout is None and insight.embedding is None
+                           and insight.per_class is None and not insight.notes):
         return None
-    gradcam = None
-    if insight.gradcam is not None:
-        cam = insight.gradcam
-        gradcam = {
-            "layer": cam.layer,
-            "href": f"#{cam.anchor}" if cam.anchor else "",
-            "note": cam.note,
-            "inputs": [
-                {
-                    "name": entry.input_name,
-                    "maps": [
-                        {"image": _image(m.overlay, THUMB_WIDTH),
-                         "caption": f"{m.kind}: {m.target_label}",
-                         "alt": f"Grad-CAM of {entry.input_name} for {m.kind} class {m.target_label}"}
-                        for m in entry.maps
-                    ],
-                }
-                for entry in cam.inputs
-            ],
-        }
+    gradcam = _cam_view(insight.gradcam)
+    rollout = _cam_view(insight.rollout)
     embedding = None
     if insight.embedding is not None:
         emb = insight.embedding
@@ -191,7 +173,34 @@ def report_view(report: ReportModel) -> dict[str, Any] | None:
                            if wrong_total > MAX_WRONG_SHOWN else
                            (f"{wrong_total:,} misclassified." if wrong_total else "No input was misclassified.")),
         }
-    return {"gradcam": gradcam, "embedding": embedding, "per_class": per_class, "notes": list(insight.notes)}
+    cams = [{**view, "id": anchor, "title": title} for anchor, title, view in
+            (("gradcam", "Grad-CAM", gradcam), ("rollout", "Attention rollout", rollout)) if view is not None]
+    return {"gradcam": gradcam, "rollout": rollout, "cams": cams, "embedding": embedding, "per_class": per_class,
+            "notes": list(insight.notes)}
+
+
+def _cam_view(cam: GradCam | None) -> dict[str, Any] | None:
+    """Grad-CAM or attention rollout overlays, one figure per map."""
+    if cam is None:
+        return None
+
+    def caption(kind: str, label: str) -> str:
+        return "attention rollout" if kind == "rollout" else f"{kind}: {label}"
+
+    def alt(name: str, kind: str, label: str) -> str:
+        return f"attention rollout of {name}" if kind == "rollout" else f"Grad-CAM of {name} for {kind} class {label}"
+
+    return {
+        "layer": cam.layer,
+        "href": f"#{cam.anchor}" if cam.anchor else "",
+        "note": cam.note,
+        "inputs": [
+            {"name": entry.input_name,
+             "maps": [{"image": _image(m.overlay, THUMB_WIDTH), "caption": caption(m.kind, m.target_label),
+                       "alt": alt(entry.input_name, m.kind, m.target_label)} for m in entry.maps]}
+            for entry in cam.inputs
+        ],
+    }
 
 
 def nav_entries(report: ReportModel) -> list[dict[str, str]]:
@@ -200,6 +209,8 @@ def nav_entries(report: ReportModel) -> list[dict[str, str]]:
     if insight is not None:
         if insight.gradcam is not None:
             entries.append({"href": "#gradcam", "label": "Grad-CAM"})
+        if insight.rollout is not None:
+            entries.append({"href": "#rollout", "label": "Attention rollout"})
         if insight.embedding is not None:
             entries.append({"href": "#embedding", "label": "Embedding"})
         if insight.per_class is not None:

@@ -219,7 +219,7 @@ def load_torchvision(name: str, weights: str | None, kwargs: dict[str, Any], *, 
         raise ReportError(f"--model-arg num_classes does not fit the pretrained {chosen}; "
                           "load your own fine-tuned checkpoint with --weights PATH instead")
     with seeded(seed):
-        module = _build_torchvision(tv_models, name, chosen, kwargs)
+        module = _build_torchvision(tv_models, name, chosen, _no_pretrained_backbone(tv_models, name, kwargs))
     meta_source = chosen or default
     loaded = LoadedModel(
         module=module,
@@ -238,6 +238,27 @@ def load_torchvision(name: str, weights: str | None, kwargs: dict[str, Any], *, 
     elif key or partial:
         raise ReportError(f"{'--weights-key' if key else '--weights-partial'} goes with --weights PATH")
     return loaded
+
+
+def _no_pretrained_backbone(tv_models: Any, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The builder's keyword arguments with `weights_backbone=None` added where it takes one.
+
+    Detection and segmentation builders default to an ImageNet backbone, which they download even
+    when asked for random weights (and which a checkpoint given with --weights PATH replaces
+    anyway); with `--weights ENUM` torchvision sets it to None itself. A user's own
+    `--model-arg weights_backbone=...` is kept.
+    """
+    import inspect
+
+    if "weights_backbone" in kwargs:
+        return kwargs
+    try:
+        parameters = inspect.signature(tv_models.get_model_builder(name)).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if "weights_backbone" not in parameters:
+        return kwargs
+    return {**kwargs, "weights_backbone": None}
 
 
 def _build_torchvision(tv_models: Any, name: str, chosen: Any, kwargs: dict[str, Any]) -> nn.Module:

@@ -17,7 +17,8 @@ import numpy as np
 from reportgen import insight_render
 from reportgen.alerts import AlertThresholds, find_alerts
 from reportgen.analysis import Analysis, InputRecord, LayerWeights, PredictionRecord
-from reportgen.capture import CapturedLayer
+from reportgen.capture import CapturedLayer, frame_slices
+from reportgen.dense_render import render_dense
 from reportgen.filters import filter_tiles
 from reportgen.grids import embed, encode_png, tile_grid
 from reportgen.palettes import PAD_INDEX, separator_note
@@ -105,8 +106,10 @@ def _feature_legend(layer: CapturedLayer, tile_shape: tuple[int, int], colormap:
     ]
     drawn = f"{tile_shape[0]}x{tile_shape[1]}"
     if len(spatial) == 3:
-        parts.append(f"middle depth slice of {spatial[0]}")
-        size = "x".join(str(d) for d in spatial[1:])
+        slices = frame_slices(spatial[0])
+        which = "all" if len(slices) == spatial[0] else ", ".join(str(t) for t in slices) + " of"
+        parts.append(f"time (depth) slices {which} {spatial[0]} side by side, left to right, one scale per strip")
+        size = f"{spatial[1]}x{spatial[2] * len(slices)}"
     if drawn != size and len(spatial) >= 2:
         parts.append(f"{size} average-pooled to {drawn}")
     return "; ".join(parts)
@@ -385,6 +388,8 @@ def render(
         alerts=alerts,
         notes=analysis.notes,
         insight=report_insight,
+        outputs=render_dense(analysis.dense, analysis.inputs, random_weights=model_info.random_weights,
+                             label_of=lambda i: _label(i, class_names)),
     )
 
 
@@ -427,6 +432,8 @@ def _input_summary(
         label=_label(record.label, class_names),
         thumbnail=images[slot] if slot is not None else None,
         notes=tuple(record.notes),
+        spectrogram=embed(encode_png(record.spectrogram), width=record.spectrogram.shape[1],
+                          height=record.spectrogram.shape[0]) if record.spectrogram is not None else None,
     )
 
 

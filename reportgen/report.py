@@ -47,6 +47,7 @@ def contract_dict(model: ReportModel) -> dict[str, Any]:
             "size_budget": model.budget,
             "impact": model.impact,
             "insight": _report_insight(model),
+            "outputs": model.outputs,
         },
         images=False,
     )

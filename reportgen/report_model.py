@@ -112,6 +112,7 @@ class InputSummary:
     label: str | None
     thumbnail: EncodedImage | None
     notes: tuple[str, ...]
+    spectrogram: EncodedImage | None = None  # 1D signals (thumbnails.spectrogram)
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,35 @@ class InputFile:
 
 
 @dataclass(frozen=True)
+class DenseItem:
+    """One drawn box (detection) or one class present in the map (segmentation)."""
+
+    class_index: int
+    label: str
+    value: float  # the box's score, or the class's fraction of the pixels
+    colour: str  # "#rrggbb", as drawn
+    box: tuple[float, ...] = ()  # detection: x1, y1, x2, y2 in the input's pixels
+
+
+@dataclass(frozen=True)
+class DenseInput:
+    input_index: int
+    input_name: str
+    image: EncodedImage | None  # the thumbnail with the boxes or the class map drawn on it
+    items: tuple[DenseItem, ...]
+    total: int  # boxes the model output (detection), classes present (segmentation)
+
+
+@dataclass(frozen=True)
+class DenseOutputs:
+    """What a detection or segmentation model output for the drawn inputs (dense_render.py)."""
+
+    kind: str  # "detection" or "segmentation"
+    note: str
+    inputs: tuple[DenseInput, ...]
+
+
+@dataclass(frozen=True)
 class ReportModel:
     run: RunInfo
     model: ModelInfo
@@ -228,6 +258,7 @@ class ReportModel:
     impact: ImpactReport | None = None  # ablation, misfiring filters, probes (impact_model.py)
     # the first input's maps before pooling, for the tile zoom, within a share of the size budget
     zoom_maps: tuple[ZoomMap, ...] = ()
+    outputs: DenseOutputs | None = None  # detection boxes or segmentation maps (dense_render.py)
 
 
 
@@ -439,6 +470,8 @@ class InitTest:
 @dataclass(frozen=True)
 class ReportInsight:
     gradcam: GradCam | None = None
+    # attention rollout (rollout.py), drawn like Grad-CAM: one map per input, kind "rollout", target -1
+    rollout: GradCam | None = None
     embedding: Embedding | None = None
     per_class: PerClass | None = None
     notes: tuple[str, ...] = ()

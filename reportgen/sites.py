@@ -72,8 +72,14 @@ class Site:
     # the module call whose output the site is (`layer1.0.relu#2`), when the last step ran in a
     # leaf module: its receptive field is the site's (after a residual add, the block's)
     module_key: str | None = None
+    # a transformer's output, in full (tokens.py): how its maps were made, what its channels are
+    layout: str = ""
+    grid: tuple[int, ...] = ()  # the token grid the maps were laid out on (tokens.py), when they were
+    mixing: str = ""  # what mixed those tokens before: "global" or "window" attention, "" none
 
     def describe(self) -> str:
+        if self.layout:
+            return self.layout
         if self.raw is not None:
             return f"the raw conv output ({self.raw})"
         if not self.steps:

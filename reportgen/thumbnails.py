@@ -10,6 +10,8 @@
   white columns between, one de-normalisation and stretch for the whole clip, each frame at
   most FRAME_SIZE px a side.
 
+1D signals also get a spectrogram (`spectrogram`), drawn under the thumbnail.
+
 The layout of a clip's strip is a function of the input's shape alone (`clip_layout`), so the
 Grad-CAM overlay finds each frame in it without being told.
 """
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from reportgen.gradcam import overlay
+from reportgen.palettes import LEVELS, palette
 from reportgen.plots import envelope_plots, gray_values, signal_envelopes, zero_levels
 from reportgen.preprocess import Preprocessing, seen_values
 
@@ -128,6 +131,47 @@ def _waveform(signal: torch.Tensor) -> Thumbnail:
         ranges = "; ".join(f"{lo:.4g} to {hi:.4g}" for lo, hi in zip(low, high))
         scale = f"channels 0–{len(values) - 1} of {signal.shape[0]} stacked, each from its own min to max ({ranges})"
     return Thumbnail(picture, f"waveform, {scale}; {per}; mid-gray line = 0")
+
+
+SPECTROGRAM_WIDTH = 96
+SPECTROGRAM_HEIGHT = 48
+SPECTROGRAM_RANGE_DB = 80.0
+
+
+def spectrogram_fft(length: int) -> int | None:
+    """The STFT size for a signal of `length` samples: the largest power of 2 <= length / 4,
+    at most 256; None (no spectrogram) under 16."""
+    size = 1 << max(0, (length // 4).bit_length() - 1) if length >= 4 else 0
+    size = min(size, 256)
+    return size if size >= 16 else None
+
+
+def spectrogram(sample: torch.Tensor) -> np.ndarray | None:
+    """A (C, L) or (L,) signal's spectrogram as an RGB picture, None for other inputs.
+
+    The channels' mean, STFT with a Hann window of `spectrogram_fft(L)` samples and a hop of a
+    quarter of it (torch.stft, centred), power |X|^2 in dB (10 log10(p + 1e-12)), clipped to the
+    80 dB below its max; frames and frequency bins average-pooled (in dB) to at most 96 x 48;
+    level = floor((dB - low) / (high - low) * 253 + 0.5) on viridis, low frequencies at the bottom.
+    """
+    if not sample.is_floating_point() or sample.dim() not in (1, 2):
+        return None
+    signal = (sample if sample.dim() == 1 else sample.float().mean(dim=0)).double()
+    size = spectrogram_fft(signal.shape[-1])
+    if size is None or not bool(torch.isfinite(signal).all()):
+        return None
+    spectrum = torch.stft(signal, n_fft=size, hop_length=size // 4, window=torch.hann_window(size, dtype=signal.dtype),
+                          center=True, return_complex=True)
+    decibels = 10 * torch.log10(spectrum.abs() ** 2 + 1e-12)  # (frequencies, frames)
+    high = float(decibels.max())
+    low = high - SPECTROGRAM_RANGE_DB
+    decibels = decibels.clamp(min=low)
+    rows, columns = decibels.shape
+    pooled = F.adaptive_avg_pool2d(decibels[None, None], (min(rows, SPECTROGRAM_HEIGHT),
+                                                          min(columns, SPECTROGRAM_WIDTH)))[0, 0]
+    levels = torch.floor((pooled - low) / (high - low) * (LEVELS - 1) + 0.5).clamp(0, LEVELS - 1)
+    table = np.frombuffer(palette("viridis"), dtype=np.uint8).reshape(-1, 3)
+    return np.ascontiguousarray(table[levels.flip(0).numpy().astype(np.int64)])
 
 
 def cam_overlay(thumbnail: np.ndarray, cam: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:

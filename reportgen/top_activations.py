@@ -30,6 +30,7 @@ from reportgen.inputs import InputSet
 from reportgen.preprocess import seen_image
 from reportgen.report_model import ChannelTop
 from reportgen.summary import SummaryRow
+from reportgen.tokens import token_geometry
 
 CROP_SIZE = 24  # pixels a side of one crop in the strip
 # Input pixels a crop shows at least, a side: a 3x3 window (conv1) scaled to 24 px is nine blocks
@@ -51,15 +52,25 @@ class KeyedLayer(Protocol):
     def geometry_key(self) -> str: ...
 
 
-def layer_geometry(rows: Sequence[SummaryRow], layers: Sequence[KeyedLayer]) -> dict[str, Geometry]:
+def layer_geometry(rows: Sequence[SummaryRow], layers: Sequence[KeyedLayer],
+                   input_spatial: Sequence[int] = ()) -> dict[str, Geometry]:
     """The geometry of each layer call (known or, with the reason, unknown), from the summary
     rows, keyed by the layer call. Its cells are those of its activation site: after a residual
     add that is the block output, whose window is the union of both branches' (a 1x1 shortcut
-    conv alone sees far less), so the site's module call is looked up first."""
+    conv alone sees far less), so the site's module call is looked up first. A transformer's
+    token map (its site has a token grid) has the geometry of its grid on `input_spatial`
+    (`tokens.token_geometry`): the flow of tokens through reshapes is not followed."""
     recorded = {row.name: row.geometry for row in rows}
     missing = unknown("the forward pass was not followed (no summary of it)")
-    return {layer.key: recorded.get(getattr(layer, "geometry_key", "") or layer.key) or recorded.get(layer.key)
-            or missing for layer in layers}
+    found = {}
+    for layer in layers:
+        site = getattr(layer, "site", None)
+        if site is not None and site.grid:
+            found[layer.key] = token_geometry(site.grid, site.mixing, input_spatial)
+            continue
+        found[layer.key] = (recorded.get(getattr(layer, "geometry_key", "") or layer.key)
+                            or recorded.get(layer.key) or missing)
+    return found
 
 
 def windows(peaks: np.ndarray, geometry: Geometry, input_spatial: Sequence[int]) -> np.ndarray:
@@ -211,7 +222,7 @@ class CropCollector:
         spatial = tuple(int(d) for d in batch.shape[2:])
         if self._geometry is None:  # the first batch fixes it, as `layer_geometry` does after the pass
             self._input_spatial = spatial
-            self._geometry = layer_geometry(rows, winners) if len(spatial) == 2 else {}
+            self._geometry = layer_geometry(rows, winners, spatial) if len(spatial) == 2 else {}
         stop = start + int(batch.shape[0])
         images: dict[int, torch.Tensor | None] = {}
         winning: set[tuple[str, int, int]] = set()

@@ -18,6 +18,9 @@ from reportgen.image_view import image_view
 from reportgen.impact_view import impact_page
 from reportgen.insight_view import layer_view, nav_entries, report_view
 from reportgen.report_model import (
+    DenseInput,
+    DenseItem,
+    DenseOutputs,
     LayerSection,
     ModelInfo,
     Prediction,
@@ -136,6 +139,36 @@ def grid_view(grid: TileGrid, alt: str, heading: str, unit: str = "channel", *, 
         "legend": grid.legend,
         "flat_note": f"flat tiles (magenta): channel {flat}" if flat else "",
         "meta_json": json.dumps(meta, sort_keys=True, separators=(",", ":")),
+    }
+
+
+def outputs_view(outputs: DenseOutputs | None) -> dict[str, Any] | None:
+    """Detection boxes or segmentation maps on the thumbnails, with their legends."""
+    if outputs is None:
+        return None
+    detection = outputs.kind == "detection"
+
+    def item_text(item: DenseItem) -> str:
+        return f"{item.label} {item.value:.2f}" if detection else f"{item.label} {percent(item.value)}"
+
+    def more(entry: DenseInput) -> str:
+        if detection:
+            return f"{len(entry.items)} of {entry.total} boxes" if entry.total > len(entry.items) else \
+                f"{entry.total} box{'es' if entry.total != 1 else ''}"
+        return f"{len(entry.items)} of {entry.total} classes" if entry.total > len(entry.items) else ""
+
+    return {
+        "title": "Detections" if detection else "Segmentation",
+        "note": outputs.note,
+        "inputs": [
+            {"name": entry.input_name,
+             "image": {**image_view(entry.image, 2 * THUMB_DISPLAY_WIDTH),
+                       "alt": f"{outputs.kind} output of {entry.input_name}"}
+             if entry.image is not None else None,
+             "legend": [{"text": item_text(item), "style": f"background: {item.colour}"} for item in entry.items],
+             "more": more(entry)}
+            for entry in outputs.inputs
+        ],
     }
 
 
@@ -405,6 +438,7 @@ def page(report: ReportModel) -> dict[str, Any]:
             "shape": shape(item.shape),
             "label": item.label or "",
             "thumb": image_view(item.thumbnail, THUMB_DISPLAY_WIDTH) if item.thumbnail else None,
+            "spectrogram": image_view(item.spectrogram, THUMB_DISPLAY_WIDTH) if item.spectrogram else None,
             "notes": list(item.notes),
         }
         for item in report.inputs
@@ -433,6 +467,9 @@ def page(report: ReportModel) -> dict[str, Any]:
     nav.append({"href": "#inputs", "label": "Inputs"})
     if report.predictions:
         nav.append({"href": "#predictions", "label": "Predictions"})
+    outputs = outputs_view(report.outputs)
+    if outputs is not None:
+        nav.append({"href": "#outputs", "label": outputs["title"]})
     if report.impact is not None:
         nav.append({"href": "#impact", "label": "Impact"})
     nav.extend(nav_entries(report))
@@ -457,6 +494,7 @@ def page(report: ReportModel) -> dict[str, Any]:
         "inputs": inputs,
         "hidden_inputs": _hidden_inputs(hidden_inputs),
         "predictions": [prediction_view(p) for p in report.predictions[: len(inputs) or 16]],
+        "outputs": outputs,
         "sections": sections,
         "insight": report_view(report),
         "layer_nav": [{"href": f"#{s['anchor']}", "label": s["name"], "type": s["type"], "badges": s["badges"]} for s in sections],

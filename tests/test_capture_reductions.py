@@ -81,3 +81,16 @@ def test_report_statistics_do_not_depend_on_the_chunk_size(monkeypatch: pytest.M
         for key in ("max", "fraction_active", "fraction_inputs_active"):
             assert whole[name][key] == chunked[name][key], (name, key)
         np.testing.assert_allclose(whole[name]["mean"], chunked[name]["mean"], rtol=1e-6, atol=1e-7)
+
+
+def test_a_volume_is_a_strip_of_time_slices_pooled_slice_by_slice() -> None:
+    from reportgen.capture import downsample, frame_slices, spatial_view
+
+    volume = torch.randn(2, 3, 16, 10, 12, generator=torch.Generator().manual_seed(5))
+    strip = spatial_view(volume)
+    chosen = frame_slices(16)
+    assert chosen == [0, 2, 4, 6, 9, 11, 13, 15] and strip.shape == (2, 3, 10, 8 * 12)
+    assert torch.equal(strip, torch.cat([volume[:, :, t] for t in chosen], dim=3))
+    pooled = downsample(strip, 5, frames=8)
+    each = [downsample(volume[:, :, t], 5) for t in chosen]  # 4x4 each: no window across two slices
+    assert torch.allclose(pooled, torch.cat(each, dim=3))

@@ -231,7 +231,12 @@ def test_torchvision_with_a_local_weights_file(tmp_path, capsys):
     assert report["model"]["random_weights"] is False and report["model"]["sha256"] == sha256(tmp_path / "squeeze.pth")
 
 
-def test_torchvision_download_failure_is_one_line_and_suggests_a_path(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(("name", "weights"), [
+    ("squeezenet1_1", "SqueezeNet1_1_Weights.IMAGENET1K_V1"),
+    # a detection builder: random weights need no backbone download, DEFAULT still fails in one line
+    ("ssdlite320_mobilenet_v3_large", "SSDLite320_MobileNet_V3_Large_Weights.COCO_V1"),
+])
+def test_torchvision_download_failure_is_one_line_and_suggests_a_path(name, weights, tmp_path, capsys, monkeypatch):
     import torch.hub
 
     def unreachable(url: str, dst: str, *args: object, **kwargs: object) -> None:
@@ -240,14 +245,13 @@ def test_torchvision_download_failure_is_one_line_and_suggests_a_path(tmp_path, 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", unreachable)
     out = tmp_path / "r.html"
-    code = main(["torchvision:squeezenet1_1", "--weights", "DEFAULT", "-o", str(out), "-q"])
+    code = main([f"torchvision:{name}", "--weights", "DEFAULT", "-o", str(out), "-q"])
     err = capsys.readouterr().err
     assert code == 2 and not out.exists()
-    assert err.count("\n") == 1 and err.startswith("reportgen: error: could not download torchvision weights "
-                                                  "SqueezeNet1_1_Weights.IMAGENET1K_V1")
+    assert err.count("\n") == 1 and err.startswith(f"reportgen: error: could not download torchvision weights {weights}")
     assert "pass --weights PATH" in err and str(tmp_path / "torch-home") in err
     # An enum member by name goes the same way.
-    code = main(["torchvision:squeezenet1_1", "--weights", "IMAGENET1K_V1", "-o", str(out), "-q"])
+    code = main([f"torchvision:{name}", "--weights", weights.split(".")[-1], "-o", str(out), "-q"])
     assert code == 2 and "could not download" in capsys.readouterr().err
 
 

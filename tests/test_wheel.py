@@ -28,7 +28,9 @@ def test_wheel_contains_templates_and_data(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in ("reportgen/templates/report.html.jinja2", "reportgen/templates/layer.html.jinja2",
                      "reportgen/templates/theme.css", "reportgen/templates/report.js",
-                     "reportgen/data/palettes.json", "reportgen/py.typed", "reportgen/cli.py"):
+                     "reportgen/data/palettes.json", "reportgen/py.typed", "reportgen/cli.py",
+                     # subpackages: without them an editable install elsewhere silently stood in
+                     "reportgen/engine/main_pass.py", "reportgen/collectors/activations.py"):
         assert required in names, required
     assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
 

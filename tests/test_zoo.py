@@ -15,6 +15,7 @@ from torch import nn
 
 import reportgen
 from reportgen.api import ReportOptions
+from reportgen.capture import frame_slices
 from tests.fixtures import zoo
 from tests.fixtures.zoo import ZOO, assert_unchanged, check_report, rand, snapshot
 from tests.helpers import MAGENTA, decode, tile_pixels
@@ -75,8 +76,8 @@ def assert_stats_match(sec: Any, output: torch.Tensor) -> None:
     grid = sec.feature_maps[0].grid
     shown = len(grid.channels)
     view = out[0, :shown]
-    while view.dim() > 3:  # volumes: the middle slice, as documented
-        view = view.select(1, view.shape[1] // 2)
+    if view.dim() == 4:  # volumes: a strip of up to 8 time slices side by side, as documented
+        view = torch.cat([view[:, t] for t in frame_slices(view.shape[1])], dim=2)
     np.testing.assert_allclose(grid.tile_min, view.flatten(1).amin(dim=1).numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(grid.tile_max, view.flatten(1).amax(dim=1).numpy(), rtol=1e-4, atol=1e-6)
 
@@ -135,14 +136,15 @@ def test_conv1d_maps_and_kernels_are_line_plots() -> None:
         assert_stats_match(first, torch.relu(model[0](x)))
 
 
-def test_conv3d_shows_the_middle_depth_slice() -> None:
+def test_conv3d_shows_its_time_slices_side_by_side() -> None:
     model, x, report = run("conv3d")
     sec = section(report, "0")
     assert sec.output_shape == (1, 3, 5, 6, 7)
-    assert sec.feature_maps[0].grid.tile_height == 6 and sec.feature_maps[0].grid.tile_width == 7
+    assert sec.feature_maps[0].grid.tile_height == 6 and sec.feature_maps[0].grid.tile_width == 5 * 7
     with torch.no_grad():
         assert_stats_match(sec, torch.relu(model[0](x)))
-    assert "middle depth slice" in sec.feature_maps[0].grid.legend
+    assert "time (depth) slices all 5 side by side" in sec.feature_maps[0].grid.legend
+    assert frame_slices(5) == [0, 1, 2, 3, 4] and frame_slices(16) == [0, 2, 4, 6, 9, 11, 13, 15]
 
 
 def test_transposed_and_grouped_transposed_filters() -> None:

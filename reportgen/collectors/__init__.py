@@ -18,12 +18,15 @@ from reportgen.analysis import InsightOptions
 from reportgen.collectors.activations import ActivationCollector
 from reportgen.collectors.cam import FusedCamCollector
 from reportgen.collectors.crops import TopCropCollector
+from reportgen.collectors.dense import DenseOutputCollector
 from reportgen.collectors.features import FeatureCollector
 from reportgen.collectors.input_records import InputRecordCollector
 from reportgen.collectors.predictions import PredictionCollector
+from reportgen.collectors.rollout import RolloutCollector
 from reportgen.engine.collector import Collector
 from reportgen.inputs import InputSet
 from reportgen.summary import SummaryRow
+from reportgen.tokens import is_attention, transformer_blocks
 from reportgen.top_activations import CropCollector
 
 if TYPE_CHECKING:  # the impact collectors load only for reports that ask for them
@@ -54,6 +57,8 @@ class MainCollectors:
     features: FeatureCollector
     cam: FusedCamCollector | None = None
     crops: TopCropCollector | None = None
+    rollout: RolloutCollector | None = None
+    dense: DenseOutputCollector | None = None
     misfiring: MisfiringCollector | None = None
     ablation_baseline: AblationBaselineCollector | None = None
 
@@ -79,7 +84,8 @@ def main_collectors(model: nn.Module, inputs: InputSet, wants: PassWants, *, sel
     if wants.misfiring and labelled and hookable:
         from reportgen.collectors.misfiring import MisfiringCollector
 
-        misfiring = MisfiringCollector(tuple(selected))
+        blocks = set(transformer_blocks(model))  # filters are conv channels, not a transformer block's
+        misfiring = MisfiringCollector(tuple(name for name in selected if name not in blocks))
     if wants.ablation_baseline:
         from reportgen.collectors.ablation_baseline import AblationBaselineCollector
 
@@ -92,6 +98,10 @@ def main_collectors(model: nn.Module, inputs: InputSet, wants: PassWants, *, sel
         features=FeatureCollector(model, enabled=hookable and insight.embedding),
         cam=fused_cam(model, inputs, insight, keep_inputs=wants.keep_inputs, selected=selected, hookable=hookable),
         crops=cropper,
+        rollout=RolloutCollector(model, count=min(wants.keep_inputs, len(inputs)), heads=insight.rollout_heads)
+        if hookable and insight.rollout and wants.keep_inputs > 0 and any(is_attention(m) for m in model.modules())
+        else None,
+        dense=DenseOutputCollector(keep_inputs=wants.keep_inputs) if wants.keep_inputs > 0 else None,
         misfiring=misfiring,
         ablation_baseline=baseline,
     )

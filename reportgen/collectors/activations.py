@@ -30,6 +30,7 @@ from reportgen.capture import (
     LayerTiles,
     Winners,
     envelope_levels,
+    frame_slices,
     peak_shape,
     quantise_tiles,
     spatial_view,
@@ -194,14 +195,15 @@ class ActivationCollector(Collector[ActivationState]):
         # keep is a prefix of the inputs and batches arrive in order, so `kept` is contiguous.
         selected = values[kept[0]: kept[-1] + 1, :len(state.shown)]
         view = spatial_view(selected)
-        levels, low, high, flat_mask = quantise_tiles(view, self.tile_size)
+        frames = len(frame_slices(selected.shape[2])) if selected.dim() == 5 else 1  # a volume: a strip
+        levels, low, high, flat_mask = quantise_tiles(view, self.tile_size, frames)
         tiles = state.tiles
         if selected.dim() == 3:  # 1D: drawn as line plots from per-bin min, max and mean
             envelopes = envelope_levels(selected, self.tile_size, low, high, flat_mask).cpu().numpy()
             tiles.envelopes.update((offset + i, envelopes[row]) for row, i in enumerate(kept))
-        elif offset + kept[0] == 0 and max(view.shape[-2:]) > self.tile_size:
+        elif offset + kept[0] == 0 and max(view.shape[-2], view.shape[-1] // frames) > self.tile_size:
             # the zoom shows input 0's maps as they were before pooling (up to ZOOM_SIZE a side)
-            tiles.zoom[0] = quantise_tiles(view[:1], ZOOM_SIZE)[0][0].cpu().numpy()
+            tiles.zoom[0] = quantise_tiles(view[:1], ZOOM_SIZE, frames)[0][0].cpu().numpy()
         levels_host, low_host, high_host = levels.cpu().numpy(), low.cpu().numpy(), high.cpu().numpy()
         flat_host = flat_mask.cpu().numpy()
         for row, i in enumerate(kept):
@@ -273,7 +275,7 @@ class ActivationCollector(Collector[ActivationState]):
             offset += rows * k
             found.append(Winners(key=state.key, output_shape=state.output_shape,
                                  spatial_shape=peak_shape(state.output_shape), inputs=inputs, positions=positions,
-                                 geometry_key=state.site.module_key or state.key))
+                                 geometry_key=state.site.module_key or state.key, site=state.site))
         return found
 
     def results(self, order: dict[str, int] | None = None) -> list[CapturedLayer]:

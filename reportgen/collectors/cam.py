@@ -141,7 +141,7 @@ class FusedCamCollector(Collector[CamState]):
             return
         edge = torch.autograd.graph.get_gradient_edge(tensor) if tensor.requires_grad else None
         if call.name == self.layer:
-            self._captured.activation = tensor.detach().clone()  # before any in-place op after it
+            self._captured.keep(call.module, tensor)
             self._captured.edge = edge
             self._after = True
         self._captured.edges.setdefault(call.name, []).append(edge)

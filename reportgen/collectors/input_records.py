@@ -36,6 +36,7 @@ class InputRecordCollector(Collector[RecordState]):
             self.staged.records[index] = InputRecord(
                 index=index, name=self.inputs.names[index], shape=tuple(int(d) for d in batch.host.shape[1:]),
                 label=batch.labels[row], thumbnail=drawn.picture if drawn is not None else None,
+                spectrogram=thumbnails.spectrogram(batch.host[row]) if index < self.keep_inputs else None,
                 notes=(*self.inputs.notes_for(index), *([drawn.note] if drawn is not None and drawn.note else [])),
             )
 

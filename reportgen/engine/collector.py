@@ -59,6 +59,7 @@ class LayerCall:
     module: nn.Module
     args: Any
     output: Any
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the keyword arguments of the call
 
 
 @dataclass

@@ -31,17 +31,21 @@ from reportgen.hooks import HookSet
 from reportgen.inputs import InputSet, call_model
 from reportgen.sites import Plan, Site, SiteTracker, call_key
 from reportgen.summary import SummaryTable, fallback_summary, summarize
+from reportgen.tokens import BLOCK_OUTPUT, MAX_PREFIX, TokenLayout, layout_of, mixing_before
 
 ForwardArgs = Callable[[torch.Tensor], Any] | None
 
 
 class MainPass:
     """One pass over `inputs` feeding `collectors` (see the module doc). `observed`: the selected
-    layers, observed at their sites by `plan` (or raw, `raw_reason` saying why)."""
+    layers, observed at their sites by `plan` (or raw, `raw_reason` saying why); a layer whose
+    output is a transformer's token sequence or channels-last map is observed as maps on its grid
+    (tokens.py). `token_blocks`: transformer blocks the default selection added, left out when
+    their tokens form no grid."""
 
     def __init__(self, model: nn.Module, collectors: Sequence[Collector[Any]], *, observed: Sequence[str],
                  plan: Plan | None, raw_reason: str, forward_args: ForwardArgs = None,
-                 hookable: bool = True) -> None:
+                 hookable: bool = True, token_blocks: Sequence[str] = ()) -> None:
         self.model = model
         self.collectors = list(collectors)
         self.observed = list(observed) if hookable else []
@@ -57,6 +61,9 @@ class MainPass:
         self._scratch = Scratch()
         self._tracker: SiteTracker | None = None
         self._observers = [c for c in self.collectors if c.observes]
+        self.token_blocks = frozenset(token_blocks)
+        self._token_sites: dict[tuple[str, tuple[int, ...]], tuple[TokenLayout | None, Site | None]] = {}
+        self._unmapped: dict[str, tuple[int, ...]] = {}  # token blocks whose tokens form no grid
         self._listeners: dict[str, list[Collector[Any]]] = {}
         for collector in self.collectors:
             for name in collector.layers:
@@ -94,6 +101,13 @@ class MainPass:
     def finish(self) -> None:
         """After the last batch: the scratch buffers go, the summary is there."""
         self._scratch.release()
+        if self._unmapped:
+            shapes = ", ".join(f"{name} {list(shape)}" for name, shape in sorted(self._unmapped.items())[:4])
+            more = f" and {len(self._unmapped) - 4} more" if len(self._unmapped) > 4 else ""
+            note = (f"Transformer block output(s) whose tokens form no square grid (after at most "
+                    f"{MAX_PREFIX} leading tokens) are not drawn: {shapes}{more}.")
+            if note not in self.notes:
+                self.notes.append(note)
         if self.summary is None:  # no batch ran (cannot happen with inputs, kept for clarity)
             self.summary = fallback_summary(self.model, "no input was run")
 
@@ -173,7 +187,7 @@ class MainPass:
         hooks.forward(self.model, self._forward_end, always_call=True)
         for name in dict.fromkeys([*self.observed, *self._listeners]):
             if name in modules:
-                hooks.forward(modules[name], self._layer_hook(name))
+                hooks.forward(modules[name], self._layer_hook(name), with_kwargs=True)
 
     def _forward_start(self, module: nn.Module, args: Any) -> None:
         self._calls.clear()
@@ -186,18 +200,18 @@ class MainPass:
             for collector in self.collectors:
                 collector.forward_end(output)
 
-    def _layer_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+    def _layer_hook(self, name: str) -> Callable[[nn.Module, Any, Any, Any], None]:
         listeners = self._listeners.get(name, [])
         observed = name in self.observed
 
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
+        def hook(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
             index = self._calls.get(name, 0)
             self._calls[name] = index + 1
             self.fired.add(name)
             key = call_key(name, index)
             with torch._C.DisableTorchFunction():
                 if listeners:
-                    call = LayerCall(name, index, key, module, args, output)
+                    call = LayerCall(name, index, key, module, args, output, kwargs)
                     for collector in listeners:
                         collector.layer_call(call)
             if observed:
@@ -209,13 +223,37 @@ class MainPass:
         tensor = first_tensor(output)
         if tensor is None or tensor.dim() < 1 or not tensor.is_floating_point():
             return
+        layout, site = self._token_site(key, name, module, tuple(tensor.shape))
+        if site is None and name in self.token_blocks and tensor.dim() == 3:
+            self._unmapped.setdefault(name, tuple(tensor.shape))  # tokens on no grid: not drawn
+            return
         self._types.setdefault(key, (name, index, type(module).__name__))
+        if site is not None:  # a transformer's output, as maps
+            with torch._C.DisableTorchFunction():
+                self._observe([(key, site)], layout.maps(tensor) if layout is not None else tensor)
+            return
         if self._tracker is not None and key in self._tracker.plan:
             self._tracker.watch(tensor, key)  # observed at its site: `_on_site`
             return
         reason = self.raw_reason if self._tracker is None else "its path was not traced on the first input"
         with torch._C.DisableTorchFunction():
             self._observe([(key, Site(raw=reason))], tensor)
+
+    def _token_site(self, key: str, name: str, module: nn.Module,
+                    shape: tuple[int, ...]) -> tuple[TokenLayout | None, Site | None]:
+        """A transformer output's layout (tokens.py) and site, decided once per layer call and
+        output shape: (None, None) for any other output; (None, site) for a transformer block
+        whose output is already channels first."""
+        if (key, shape) not in self._token_sites:
+            layout = layout_of(module, shape)
+            site = None
+            if layout is not None:
+                mixing = mixing_before(self.model, name)
+                site = Site(layout=layout.describe(shape, mixing), grid=layout.grid, mixing=mixing)
+            elif name in self.token_blocks and len(shape) != 3:
+                site = Site(layout=BLOCK_OUTPUT)
+            self._token_sites[(key, shape)] = (layout, site)
+        return self._token_sites[(key, shape)]
 
     def _on_site(self, arrivals: Sequence[tuple[str, Site]], tensor: torch.Tensor) -> None:
         self._observe(arrivals, tensor)
