@@ -86,7 +86,7 @@ def _finish(report: Any, output: Path, json_path: Path | None, models: int, inpu
 
 
 def run_compare(args: argparse.Namespace, command: str) -> int:
-    from reportgen.cli_run import _check_output, join_torchrun
+    from reportgen.cli_run import _check_output, agreed, join_torchrun
     from reportgen.compare import CompareReportOptions, build_compare
 
     output = Path(args.output or "compare.html")
@@ -94,16 +94,7 @@ def run_compare(args: argparse.Namespace, command: str) -> int:
     _check_output(output, "-o")
     if json_path is not None:
         _check_output(json_path, "--json")
-    group = join_torchrun(args)
-    error: Exception | None = None
-    try:
-        loaded, inputs, class_names = _sources(args, output, json_path)
-    except Exception as exc:
-        if group is None:
-            raise
-        error = exc
-    if group is not None:
-        group.agree(error)
+    loaded, inputs, class_names = agreed(join_torchrun(args), lambda: _sources(args, output, json_path))
     options = CompareReportOptions(layers=tuple(args.layers), device=args.device, batch_size=args.batch_size,
                                    max_channels=args.max_channels, tap=args.tap, top_k=args.top_k, cam=args.cam,
                                    title=args.title, command=command, show_progress=not args.quiet,

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from reportgen.errors import ReportError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import torch
@@ -31,26 +34,16 @@ def run_cli(args: argparse.Namespace, command: str) -> int:
     tensorboard_dir = Path(args.tensorboard) if getattr(args, "tensorboard", None) else None
     _check_exports(images_dir, tensorboard_dir)
 
-    group = join_torchrun(args)
-    error: Exception | None = None
-    try:
-        if _is_demo(args):
-            loaded, inputs = _demo_sources()
-        else:
-            loaded, inputs = _user_sources(args)
+    def sources() -> tuple[LoadedModel, InputSet, Any]:
+        loaded, inputs = _demo_sources() if _is_demo(args) else _user_sources(args)
         _check_not_overwriting(args, output, json_path, inputs)
+        if not args.labels:
+            return loaded, inputs, None
+        from reportgen.labels import read_labels
 
-        class_names = None
-        if args.labels:
-            from reportgen.labels import read_labels
+        return loaded, inputs, read_labels(args.labels)
 
-            class_names = read_labels(args.labels)
-    except Exception as exc:
-        if group is None:
-            raise
-        error = exc
-    if group is not None:
-        group.agree(error)
+    loaded, inputs, class_names = agreed(join_torchrun(args), sources)
 
     options = ReportOptions(
         layers=tuple(args.layers),
@@ -105,6 +98,20 @@ def join_torchrun(args: argparse.Namespace) -> Any:
     from reportgen.devices import resolve_device
 
     return distributed.start(distributed.device_for(resolve_device(args.device)))
+
+
+def agreed(group: Any, load: Callable[[], T]) -> T:
+    """`load()`; under torchrun every rank first learns whether every rank managed, so that a
+    failure anywhere is said once, by rank 0 (`Group.agree`)."""
+    if group is None:
+        return load()
+    try:
+        found = load()
+    except Exception as exc:
+        group.agree(exc)
+        raise  # agree raised already on every rank; kept for the type checker
+    group.agree(None)
+    return found
 
 
 def _check_exports(images_dir: Path | None, tensorboard_dir: Path | None) -> None:

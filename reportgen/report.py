@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import html
 import json
 from functools import cached_property
@@ -87,7 +89,7 @@ def _report_insight(model: ReportModel) -> dict[str, Any] | None:
     return plain
 
 
-class PageReport:
+class PageReport(ABC):
     """What every report object shares (`Report`, `compare_report.CompareReport`): a model of
     plain values, its page rendered once when first asked for (`_render`), the JSON of
     `to_dict`, and the notebook view of the page."""
@@ -97,8 +99,9 @@ class PageReport:
         if html is not None:  # already rendered (the size budget measured this very page)
             self.__dict__["_html"] = html
 
+    @abstractmethod
     def _render(self) -> str:
-        raise NotImplementedError
+        """The page's HTML."""
 
     @cached_property
     def _html(self) -> str:
@@ -107,8 +110,9 @@ class PageReport:
     def to_html(self) -> str:
         return self._html
 
+    @abstractmethod
     def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The JSON document, as plain values."""
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False, indent=1) + "\n"

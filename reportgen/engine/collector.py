@@ -15,6 +15,7 @@ pictures are a union), so a pass split over processes merges to the same result
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -105,7 +106,7 @@ class Observation:
         return self.shared.reduced()
 
 
-class Collector(Generic[S]):
+class Collector(ABC, Generic[S]):
     """Base of every collector: staging, commit as merge, discard (see the module doc).
 
     Subclasses define `empty()` (a fresh state) and fill `self.staged` from the events they use.
@@ -119,8 +120,9 @@ class Collector(Generic[S]):
         self._staged: S | None = None
         self.batch: Batch | None = None  # the batch being staged (None between batches)
 
+    @abstractmethod
     def empty(self) -> S:
-        raise NotImplementedError
+        """A fresh state: what a batch is staged in, and what the pass starts from."""
 
     @property
     def staged(self) -> S:
