@@ -328,7 +328,8 @@ def peek_image(path: Path) -> ImageHeader:
 
     try:
         with refuse_huge_images(), Image.open(path) as image:
-            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            exif = png_exif(path) if image.format == "PNG" else image.getexif()
+            orientation = exif.get(EXIF_ORIENTATION, 1)
             return ImageHeader(image.mode, image.size, "transparency" in image.info,
                                orientation if isinstance(orientation, int) else 1)
     except FileNotFoundError as exc:
@@ -340,6 +341,32 @@ def peek_image(path: Path) -> ImageHeader:
         raise ReportError(f"not an image PIL can read: {path}{hint}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ReportError(f"cannot read image {path}: {one_line(exc)}") from exc
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_exif(path: Path) -> Any:
+    """The EXIF of a PNG file (PIL.Image.Exif, empty when it has none), found by walking its
+    chunk headers. PIL's own `getexif` decodes every pixel of a PNG first, because an eXIf chunk
+    may follow the image data; walking the headers reads a few bytes per chunk instead (512
+    files of 224x224: 1.3 s -> 0.05 s), which matters because every file is peeked at listing,
+    on every torchrun rank."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    with open(path, "rb") as stream:
+        if stream.read(8) != PNG_SIGNATURE:
+            return exif
+        while len(header := stream.read(8)) == 8:
+            length, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if kind == b"eXIf":
+                exif.load(stream.read(length))
+                return exif
+            if kind == b"IEND":
+                break
+            stream.seek(length + 4, 1)  # the chunk's data and its CRC
+    return exif
 
 
 def open_image(path: Path) -> Any:
