@@ -724,19 +724,31 @@ def from_wav_files(paths: Sequence[Path], layout: InputLayout,
 
 def from_clips(sources: Sequence[tuple[Path, list[Path] | None]], preprocessing: Preprocessing,
                frames: int) -> InputSet:
-    """Clips -> InputSet of (C, frames, H, W): each source an animated image (frames None) or a
-    --clip folder's frame files. Frame counts are read now (to fail early); pixels when the batch runs."""
-    def decoded(path: Path, files: list[Path] | None) -> list[Any]:
-        if files is not None:
-            return [open_image(file) for file in files]
-        return video_frames(path) if path.suffix.lower() in VIDEO_SUFFIXES else animated_frames(path)
+    """Clips -> InputSet of (C, frames, H, W): each source an animated image or a video file (files
+    None) or a --clip folder's frame files. Frame counts are read now (to fail early); pixels when
+    the batch runs, of a video's sampled frames only."""
+    def is_video(path: Path) -> bool:
+        return path.suffix.lower() in VIDEO_SUFFIXES
 
-    # a video's frames are only known once decoded (no cheap header count): decoded here once
-    counts = [len(files) if files is not None else len(video_frames(path)) if path.suffix.lower() in VIDEO_SUFFIXES
+    # a video's frames are only known once decoded (a container's frame count is optional and not
+    # always right): decoded here once without converting any frame, so memory stays flat
+    counts = [len(files) if files is not None else len(video_frames(path, keep=())) if is_video(path)
               else count_frames(path) for path, files in sources]
 
+    def decoded(index: int) -> list[Any]:
+        path, files = sources[index]
+        if files is not None:
+            return [open_image(file) for file in files]
+        if not is_video(path):
+            return animated_frames(path)
+        pictures = video_frames(path, keep=frozenset(frame_indices(counts[index], frames)))  # only those sampled
+        if len(pictures) != counts[index]:
+            raise ReportError(f"{path} decoded to {len(pictures)} frames, not the {counts[index]} counted before "
+                              "the pass: did the file change?")
+        return pictures
+
     def load(index: int) -> torch.Tensor:
-        return clip_tensor(decoded(*sources[index]), preprocessing, frames)
+        return clip_tensor(decoded(index), preprocessing, frames)
 
     notes = []
     for count in counts:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 from pathlib import Path
 
@@ -499,6 +500,46 @@ def test_segmentation_overlay_is_the_argmax_map_blended_in_its_class_colours():
     colour = np.asarray(CLASS_COLOURS, dtype=np.float64)[classes]
     expected = np.floor(thumbnail * (1 - SEGMENTATION_ALPHA) + colour * SEGMENTATION_ALPHA + 0.5)
     assert np.array_equal(np.asarray(decode(entry.image).convert("RGB")), expected.astype(np.uint8))
+
+
+DENSE_NOTES = {
+    "detection": "This model's output is detections (per input: boxes, labels and scores), not class logits: the "
+                 "highest-scoring boxes of the shown inputs are drawn in the Detections section.",
+    "segmentation": "This model's output is a segmentation (per-pixel class scores), not class logits: the shown "
+                    "inputs' class maps (the highest-scoring class at each pixel) are drawn in the Segmentation "
+                    "section.",
+}
+
+
+@pytest.mark.parametrize(("model", "kind", "title"), [(FixedDetector, "detection", "Detections"),
+                                                      (FixedSegmenter, "segmentation", "Segmentation")])
+def test_a_dense_model_note_says_what_its_output_is_and_which_section_draws_it(model, kind, title):
+    import reportgen
+
+    report = reportgen.generate_report(model(), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(14)),
+                                       device="cpu")
+    assert report.model.outputs is not None and report.model.outputs.kind == kind
+    notes = [note for note in report.model.notes if "class logits" in note]
+    assert notes == [DENSE_NOTES[kind] + " No class predictions, accuracy, Grad-CAM or ablation are shown."]
+    html = report.to_html()
+    # the section the note names is on the page, under that title, and in the sidebar
+    assert re.search(rf'<section id="outputs">\s*<h2>{title}</h2>', html)
+    assert f'href="#outputs">{title}</a>' in html
+    assert "The model&#39;s output is not class logits" not in html and "it was a dict" not in html
+
+
+def test_a_plain_output_without_logits_keeps_the_generic_note():
+    """A conv whose (N, 4, H - 2, W - 2) map is neither logits nor per-pixel scores at the input's
+    size: no Detections/Segmentation section, and the note describes the output instead."""
+    import reportgen
+
+    torch.manual_seed(15)
+    report = reportgen.generate_report(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.rand(2, 3, 16, 16), device="cpu")
+    assert report.model.outputs is None
+    notes = [note for note in report.model.notes if "class logits" in note]
+    assert notes == ["The model's output is not class logits (a floating (batch, classes) tensor, or a 'logits' "
+                     "entry): it was a float32 tensor (2, 4, 14, 14). No class predictions, accuracy, Grad-CAM or "
+                     "ablation are shown."]
 
 
 def test_maxvit_partitions_count_as_window_attention():

@@ -82,10 +82,18 @@ def test_a_detection_like_output_gives_no_predictions_and_is_described() -> None
     x = torch.rand(1, 3, 12, 12)
     report = reportgen.generate_report(DetectionLike(), x, device="cpu")
     assert report.model.predictions == ()
-    note = next(n for n in report.model.notes if "not class logits" in n)
-    assert "a list of 1 dict(s): the first is a dict (boxes (5, 4), labels (5,), scores (5,))" in note
+    assert [n for n in report.model.notes if "not class logits" in n] == [
+        "This model's output is detections (per input: boxes, labels and scores), not class logits: the "
+        "highest-scoring boxes of the shown inputs are drawn in the Detections section. No class predictions, "
+        "accuracy, Grad-CAM or ablation are shown."]
     assert report.model.insight.gradcam is None
     assert report.model.sections[0].name == "conv"  # the backbone is still shown
+    # no input shown: no Detections section, so the note points nowhere and describes the output
+    hidden = reportgen.generate_report(DetectionLike(), x, device="cpu", max_inputs_shown=0)
+    assert hidden.model.outputs is None and 'id="outputs"' not in hidden.to_html()
+    note = next(n for n in hidden.model.notes if "not class logits" in n)
+    assert note.startswith("The model's output is not class logits") and "Detections" not in note
+    assert "a list of 1 dict(s): the first is a dict (boxes (5, 4), labels (5,), scores (5,))" in note
 
 
 def test_describe_output() -> None:

@@ -91,9 +91,10 @@ def main_collectors(model: nn.Module, inputs: InputSet, wants: PassWants, *, sel
 
         baseline = AblationBaselineCollector(labelled=labelled, verify_count=wants.ablation_batch_size,
                                              verify_starts=tuple(verify_starts))
+    dense = DenseOutputCollector(keep_inputs=wants.keep_inputs) if wants.keep_inputs > 0 else None
     return MainCollectors(
         records=InputRecordCollector(inputs, keep_inputs=wants.keep_inputs),
-        predictions=PredictionCollector(check_labels),
+        predictions=PredictionCollector(check_labels, dense=dense),
         activations=activations,
         features=FeatureCollector(model, enabled=hookable and insight.embedding),
         cam=fused_cam(model, inputs, insight, keep_inputs=wants.keep_inputs, selected=selected, hookable=hookable),
@@ -101,7 +102,7 @@ def main_collectors(model: nn.Module, inputs: InputSet, wants: PassWants, *, sel
         rollout=RolloutCollector(model, count=min(wants.keep_inputs, len(inputs)), heads=insight.rollout_heads)
         if hookable and insight.rollout and wants.keep_inputs > 0 and any(is_attention(m) for m in model.modules())
         else None,
-        dense=DenseOutputCollector(keep_inputs=wants.keep_inputs) if wants.keep_inputs > 0 else None,
+        dense=dense,
         misfiring=misfiring,
         ablation_baseline=baseline,
     )

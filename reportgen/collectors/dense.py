@@ -93,6 +93,11 @@ class DenseOutputCollector(Collector[DenseState]):
     def records(self) -> tuple[DenseRecord, ...]:
         return tuple(self.state.records[i] for i in sorted(self.state.records))
 
+    def kind(self) -> str | None:
+        """"detection" or "segmentation" when this pass recorded such outputs (the report then
+        draws them in its Detections or Segmentation section), else None."""
+        return self.state.records[min(self.state.records)].kind if self.state.records else None
+
 
 def _detection(index: int, found: Mapping[str, torch.Tensor]) -> DenseRecord:
     scores = found["scores"].detach().float().cpu()

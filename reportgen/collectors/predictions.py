@@ -1,5 +1,7 @@
 """Predictions: per input the top-k classes of the model's output logits, and what the output
-was when it held none (outputs.py finds the logits, the same way for every pass)."""
+was when it held none (outputs.py finds the logits, the same way for every pass): detections or
+a segmentation that the dense collector recorded (collectors/dense.py) are named with the section
+that draws them; any other output is described by its types and shapes."""
 
 from __future__ import annotations
 
@@ -10,10 +12,20 @@ from typing import Any
 import torch
 
 from reportgen.analysis import PredictionRecord
+from reportgen.collectors.dense import DenseOutputCollector
 from reportgen.engine.collector import Collector
 from reportgen.outputs import describe_output, find_logits
 
 TOP_K = 5
+NOT_SHOWN = "No class predictions, accuracy, Grad-CAM or ablation are shown."
+# what an output the dense collector recognised is, and where the report draws it (view.outputs_view's titles)
+DENSE_OUTPUTS = {
+    "detection": ("detections (per input: boxes, labels and scores)",
+                  "the highest-scoring boxes of the shown inputs are drawn in the Detections section"),
+    "segmentation": ("a segmentation (per-pixel class scores)",
+                     "the shown inputs' class maps (the highest-scoring class at each pixel) are drawn in the "
+                     "Segmentation section"),
+}
 
 
 @dataclass
@@ -36,12 +48,15 @@ class PredictionCollector(Collector[PredictionState]):
     """Keeps only the top-k classes (and the labelled class's probability) of each input.
 
     `check_labels(num_classes)` runs when the first batch commits, so a true class the model
-    cannot output stops a long run at its start.
+    cannot output stops a long run at its start. `dense`: the pass's dense-output collector, read
+    (after the pass) to say what an output without logits is and where the report draws it.
     """
 
-    def __init__(self, check_labels: Callable[[int], None] | None = None) -> None:
+    def __init__(self, check_labels: Callable[[int], None] | None = None, *,
+                 dense: DenseOutputCollector | None = None) -> None:
         super().__init__()
         self._check_labels = check_labels
+        self._dense = dense
 
     def empty(self) -> PredictionState:
         return PredictionState()
@@ -83,10 +98,13 @@ class PredictionCollector(Collector[PredictionState]):
 
     def notes(self) -> tuple[str, ...]:
         state, notes = self.state, []
-        if not state.logits_like:
+        kind = self._dense.kind() if self._dense is not None else None
+        if not state.logits_like and kind in DENSE_OUTPUTS:
+            what, where = DENSE_OUTPUTS[kind]
+            notes.append(f"This model's output is {what}, not class logits: {where}. {NOT_SHOWN}")
+        elif not state.logits_like:
             notes.append(f"The model's output is not class logits (a floating (batch, classes) tensor, or a "
-                         f"'logits' entry): it was {state.output_description}. No predictions, accuracy, "
-                         "Grad-CAM or ablation are shown.")
+                         f"'logits' entry): it was {state.output_description}. {NOT_SHOWN}")
         if state.nonfinite_inputs:
             notes.append(f"The model's output held NaN or Inf for {state.nonfinite_inputs} input(s): "
                          "their predictions are not meaningful.")
