@@ -1,10 +1,12 @@
 """Scale-out targets of the torchrun issue, on image files (whole processes, wall and peak RSS).
 
-- weak scaling: ResNet-18 over N files of 224x224, 2 ranks of one thread each (torchrun) against
-  1 rank of one thread: throughput ratio (target >= 1.7x);
+- weak scaling: ResNet-18, N files of 224x224 per rank, 2 ranks of one thread each (torchrun, 2N
+  files) against 1 rank of one thread (N files): throughput ratio (target >= 1.7x); decoding
+  on each rank's own thread (--workers 0), so each rank is one thread;
+- strong scaling, for the record: the same N files on 2 ranks against 1;
 - dataset overhead: the default report over N files against a plain loop that decodes the same
-  files with the same number of decoding threads and runs the forward under inference mode
-  (target <= 1.15x);
+  files in the same number of DataLoader worker processes and runs the forward under inference
+  mode (target <= 1.15x);
 - peak RSS of the largest rank, N vs 4N inputs (target <= 1.1x).
 
     python benchmarks/scale_out.py                # N = 512
@@ -27,9 +29,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN_LOOP = '''
-import sys, time, torch, torchvision
-from concurrent.futures import ThreadPoolExecutor
+import sys, torch, torchvision
 from PIL import Image
+from torch.utils.data import DataLoader
 from torchvision.transforms import functional as F
 files, workers, batch = sys.argv[1:-2], int(sys.argv[-2]), int(sys.argv[-1])
 torch.manual_seed(0)
@@ -38,12 +40,9 @@ mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 def load(path):
     image = Image.open(path).convert("RGB")
     return F.normalize(F.to_tensor(F.center_crop(F.resize(image, 256), 224)), mean, std)
-pool = ThreadPoolExecutor(max(1, workers)) if workers else None
 with torch.inference_mode():
-    for start in range(0, len(files), batch):
-        chunk = files[start:start + batch]
-        tensors = list(pool.map(load, chunk)) if pool else [load(p) for p in chunk]
-        model(torch.stack(tensors))
+    for tensors in DataLoader(files, batch_size=batch, num_workers=workers, collate_fn=lambda paths: torch.stack([load(p) for p in paths])):
+        model(tensors)
 '''
 
 
@@ -77,24 +76,30 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="reportgen-scale-"))
     try:
         n = args.inputs
-        files = images(work / "ds", n)
+        images(work / "ds", n)
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
-        report = ["-m", "reportgen", "torchvision:resnet18", "--dataset", str(work / "ds"), "--device", "cpu",
-                  "-q", "--workers", str(args.workers), "-o"]
-        one, one_rss = timed([sys.executable, *report, str(work / "one.html")], env)
-        two, two_rss = timed([shutil.which("torchrun") or "torchrun", "--standalone", "--nproc-per-node", "2",
-                              *report, str(work / "two.html")], env)
-        print(f"weak scaling, ResNet-18, {n} files, 1 thread per rank: 1 rank {one:.1f} s, 2 ranks {two:.1f} s: "
-              f"{one / two:.2f}x throughput (target >= 1.7x)")
+        torchrun = [shutil.which("torchrun") or "torchrun", "--standalone", "--nproc-per-node", "2"]
+
+        def report(folder: str, workers: int, out: str) -> list[str]:
+            return ["-m", "reportgen", "torchvision:resnet18", "--dataset", str(work / folder), "--device", "cpu",
+                    "-q", "--workers", str(workers), "-o", str(work / out)]
+
+        one, one_rss = timed([sys.executable, *report("ds", 0, "one.html")], env)
+        two, two_rss = timed([*torchrun, *report("ds", 0, "two.html")], env)
+        images(work / "ds2", 2 * n)
+        weak, _ = timed([*torchrun, *report("ds2", 0, "weak.html")], env)
+        print(f"weak scaling, ResNet-18, {n} files per rank, 1 thread per rank: 1 rank {one:.1f} s for {n}, "
+              f"2 ranks {weak:.1f} s for {2 * n}: {2 * n / weak / (n / one):.2f}x throughput (target >= 1.7x)")
+        print(f"strong scaling, the same {n} files: 1 rank {one:.1f} s, 2 ranks {two:.1f} s: {one / two:.2f}x")
         env_all = dict(env)
         env_all.pop("OMP_NUM_THREADS")
-        full, _ = timed([sys.executable, *report, str(work / "full.html")], env_all)
-        plain, _ = timed([sys.executable, "-c", PLAIN_LOOP, *map(str, files), str(args.workers), "16"], env_all)
+        full, _ = timed([sys.executable, *report("ds", args.workers, "full.html")], env_all)
+        files = sorted(str(p) for p in (work / "ds" / "all").glob("*.png"))
+        plain, _ = timed([sys.executable, "-c", PLAIN_LOOP, *files, str(args.workers), "16"], env_all)
         print(f"dataset overhead, {n} files, --workers {args.workers}: report {full:.1f} s, plain loop {plain:.1f} s: "
               f"{full / plain:.2f}x (target <= 1.15x)")
         images(work / "ds", 4 * n)
-        _, big_rss = timed([shutil.which("torchrun") or "torchrun", "--standalone", "--nproc-per-node", "2",
-                            *report, str(work / "big.html")], env)
+        _, big_rss = timed([*torchrun, *report("ds", 0, "big.html")], env)
         print(f"peak RSS of the largest rank, {n} vs {4 * n} files: {two_rss / 1024:.0f} vs {big_rss / 1024:.0f} MiB: "
               f"{big_rss / two_rss:.2f}x (target <= 1.1x); one rank at {n}: {one_rss / 1024:.0f} MiB")
     finally:

@@ -52,7 +52,7 @@ class AnalysisOptions:
     insight: InsightOptions = InsightOptions()  # statistics, Grad-CAM, top-k
     misfiring: bool = False  # misfiring filters, collected in the main pass (needs labels)
     ablation_baseline: bool = False  # the unablated side of ablation, collected in the main pass
-    workers: int = 0  # threads decoding the next batches while the model runs (engine/prefetch.py)
+    workers: int = 0  # processes decoding the next batches while the model runs (engine/prefetch.py)
 
     def wants(self) -> PassWants:
         return PassWants(max_channels=self.max_channels, tile_size=self.tile_size, keep_inputs=self.keep_inputs,

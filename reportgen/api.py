@@ -59,7 +59,7 @@ class ReportOptions:
     layers: tuple[str, ...] = ()
     device: str = "auto"
     batch_size: int = 16
-    workers: int | None = None  # decoding threads (None: engine.prefetch.default_workers(); 0: none)
+    workers: int | None = None  # decoding processes (None: engine.prefetch.default_workers(); 0: none)
     max_channels: int = 64
     tile_size: int = 32
     max_inputs_shown: int = 8

@@ -168,9 +168,9 @@ def test_the_model_is_left_as_it_was_when_a_collector_pass_fails() -> None:
     assert not model._forward_hooks and not model._forward_pre_hooks and not model.conv._forward_hooks
 
 
-def test_decoding_threads_give_the_same_report_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--workers 2 decodes ahead on threads; --workers 0 between passes: the same bytes, also
-    with an unreadable file left out part-way (the set changes under the prefetcher)."""
+def test_decoding_workers_give_the_same_report_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--workers 2 decodes ahead in worker processes; --workers 0 between passes: the same bytes,
+    also with an unreadable file left out part-way (the set changes under the prefetcher)."""
     from PIL import Image
 
     from reportgen.cli import main
@@ -180,7 +180,10 @@ def test_decoding_threads_give_the_same_report_bytes(tmp_path: Path, monkeypatch
         (tmp_path / "ds" / name).mkdir(parents=True)
         for k in range(9):
             Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(tmp_path / "ds" / name / f"{k}.png")
-    (tmp_path / "ds" / "a" / "3.png").write_bytes(b"broken")  # in the first class, mid-run
+    # in the first class, mid-run: a truncated PNG, whose header reads at listing but whose pixels
+    # fail to decode in a worker
+    whole = (tmp_path / "ds" / "a" / "3.png").read_bytes()
+    (tmp_path / "ds" / "a" / "3.png").write_bytes(whole[: len(whole) // 2])
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
     outputs = []
     folders = {"0": "workers-output-folder-zero", "2": "workers-output-folder-twox"}
@@ -193,11 +196,45 @@ def test_decoding_threads_give_the_same_report_bytes(tmp_path: Path, monkeypatch
         assert code == 0
         outputs.append((out.read_bytes(), json.loads(out.with_suffix(".json").read_text())))
     (html0, json0), (html2, json2) = outputs
-    assert len(json0["inputs"]) == 17 and any("unreadable input file(s) skipped" in n for n in json0["notes"])
+    assert len(json0["inputs"]) == 17
+    assert any("unreadable input file(s) skipped" in n and "3.png" in n for n in json0["notes"])
     json0["run"].pop("command"), json2["run"].pop("command")
     assert json0 == json2
     # the page differs only in the command it prints (--workers N and the output folder)
     assert html0.replace(b"--workers 0", b"--workers 2").replace(folders["0"].encode(), folders["2"].encode()) == html2
+
+
+def test_workers_decode_in_other_processes_in_order_and_failures_surface_when_asked_for() -> None:
+    """The prefetcher's inputs come from worker processes (each input is filled with the pid
+    that made it), in the pass's order; a failure is raised in the main process at the input
+    that failed; an input asked for out of order is loaded in the main process."""
+    import os
+
+    from reportgen.engine.prefetch import prefetching
+    from reportgen.errors import ReportError
+    from reportgen.inputs import InputSet
+
+    def load(raw: int) -> torch.Tensor:
+        if raw == 5:
+            raise ReportError("input 5 is unreadable")
+        return torch.tensor([float(raw), float(os.getpid())])
+
+    inputs = InputSet(names=[f"i{k}" for k in range(10)], loader=load, paths=[f"i{k}.png" for k in range(10)])
+    with prefetching(inputs, workers=2, lookahead=4, first=2, stop=10) as decoding:
+        assert decoding
+        first = [inputs.load(k) for k in (2, 3, 4)]
+        with pytest.raises(ReportError, match="input 5 is unreadable"):
+            inputs.load(5)
+        later = [inputs.load(k) for k in (6, 7)]
+        again = inputs.load(2)  # already handed out: loaded here
+        before = inputs.load(0)  # not in the plan: loaded here
+    assert [int(t[0]) for t in first + later] == [2, 3, 4, 6, 7]
+    assert all(int(t[1]) != os.getpid() for t in first + later)
+    assert int(again[1]) == os.getpid() and int(before[1]) == os.getpid()
+    assert inputs.loader is load  # put back
+    in_memory = InputSet(names=["a", "b"], loader=load)  # tensors in memory: nothing to decode
+    with prefetching(in_memory, workers=2, lookahead=4, first=0, stop=2) as decoding:
+        assert not decoding and in_memory.loader is load
 
 
 def test_rank_shares_are_whole_batches_covering_every_input_once() -> None:

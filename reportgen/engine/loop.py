@@ -64,16 +64,18 @@ def run_batches(
 
     `first`: where a share of the inputs starts (a process's shard; indices stay global).
     `preloaded`: the first batch, already loaded (used when it has the same bounds).
-    `workers`: threads that decode the next batches while this one runs (engine/prefetch.py).
+    `workers`: processes that decode the next batches while this one runs (engine/prefetch.py).
     """
-    with prefetching(inputs, workers, lookahead=2 * max(1, batch_size)) as ahead:
+    stop = len(inputs) if count is None else min(count, len(inputs))
+    decode_from = preloaded.stop if preloaded is not None and preloaded.start == first else first
+    with prefetching(inputs, workers, lookahead=2 * max(1, batch_size), first=decode_from, stop=stop):
         _run(inputs, step, device=device, dtype=dtype, batch_size=batch_size, first=first, count=count,
-             transaction=transaction, progress=progress, notes=notes, preloaded=preloaded, ahead=ahead)
+             transaction=transaction, progress=progress, notes=notes, preloaded=preloaded)
 
 
 def _run(inputs: InputSet, step: Step, *, device: torch.device, dtype: torch.dtype, batch_size: int, first: int,
          count: int | None, transaction: Transaction | None, progress: Callable[[int], None] | None,
-         notes: list[str] | None, preloaded: Batch | None, ahead: Callable[[int, int], None] | None) -> None:
+         notes: list[str] | None, preloaded: Batch | None) -> None:
     size = max(1, batch_size)
     start = first
     # the end is asked again each batch: an unreadable file left out (inputs.py) shortens the set
@@ -83,8 +85,6 @@ def _run(inputs: InputSet, step: Step, *, device: torch.device, dtype: torch.dty
             batch = preloaded
         else:
             batch = load_batch(inputs, start, stop, device, dtype)
-        if ahead is not None:  # the next two batches decode while this one runs
-            ahead(stop, min(stop + 2 * size, total))
         if transaction is not None:
             transaction.begin(batch)
         try:

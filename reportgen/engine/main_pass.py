@@ -74,7 +74,7 @@ class MainPass:
             progress: Callable[[int], None] | None = None, preloaded: Batch | None = None,
             first: int = 0, count: int | None = None, workers: int = 0) -> None:
         """Inputs first..count-1 (all by default; a share of them keeps its global indices);
-        `workers`: threads decoding the next batches meanwhile (engine/prefetch.py)."""
+        `workers`: processes decoding the next batches meanwhile (engine/prefetch.py)."""
         try:
             with self.attached():
                 run_batches(inputs, lambda batch: self.step(batch, inputs), device=device, dtype=dtype,
