@@ -2,9 +2,12 @@
 
     PYTHONPATH=. python docs/make_screenshots.py [--fragment ANCHOR]
     PYTHONPATH=. python docs/make_screenshots.py --compare      # `reportgen demo --compare`, light
+    PYTHONPATH=. python docs/make_screenshots.py --vit          # torchvision's vit_b_16, light
 
 Writes docs/screenshot-light.png and docs/screenshot-dark.png (the README shows the light one);
-with --compare, docs/screenshot-compare-light.png (the README's compare section shows it).
+with --compare, docs/screenshot-compare-light.png (the README's compare section shows it); with
+--vit, docs/screenshot-vit-light.png: torchvision's vit_b_16 with random weights on two drawn
+scenes (the README's model families section shows it).
 Needs Debian's /usr/bin/chromium and the playwright package; no network. The date is pinned
 (SOURCE_DATE_EPOCH) so the pictures change only when the report does.
 """
@@ -38,6 +41,40 @@ def render_demo(path: Path, *extra: str) -> None:
     code = main(["demo", *extra, "-o", str(path), "-q", "--device", "cpu"])
     if code != 0:
         raise SystemExit(f"reportgen demo failed with exit status {code}")
+
+
+def scene(path: Path, seed: int) -> None:
+    """A 224x224 picture of a few coloured discs and bars on a soft gradient: shapes a
+    random-weight ViT's token maps visibly follow (no photo ships with the project)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(60, 190, 224, dtype=np.float32)
+    background = np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (224, 1)), np.tile(ramp[:, None], (1, 224))], -1)
+    image = Image.fromarray(background.astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(4):
+        x, y, r = (int(v) for v in rng.integers((30, 30, 14), (194, 194, 40)))
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+        else:
+            draw.rectangle((x - r, y - r // 3, x + r, y + r // 3), fill=colour)
+    image.save(path)
+
+
+def render_vit(path: Path) -> None:
+    os.environ.setdefault("SOURCE_DATE_EPOCH", "1767225600")  # 2026-01-01
+    sys.path.insert(0, str(HERE.parent))
+    from reportgen.cli import main
+
+    pictures = [path.parent / f"scene-{k}.png" for k in (1, 2)]
+    for seed, picture in enumerate(pictures, start=1):
+        scene(picture, seed)
+    code = main(["torchvision:vit_b_16", *map(str, pictures), "-o", str(path), "-q", "--device", "cpu"])
+    if code != 0:
+        raise SystemExit(f"reportgen torchvision:vit_b_16 failed with exit status {code}")
 
 
 def shoot(page_path: Path, fragment: str, out_dir: Path, *, name: str = "screenshot",
@@ -87,10 +124,14 @@ def main() -> None:
         "--out", type=Path, default=HERE, help="folder for the PNGs (default: docs/)"
     )
     parser.add_argument("--compare", action="store_true", help="photograph `reportgen demo --compare` instead")
+    parser.add_argument("--vit", action="store_true", help="photograph a report of torchvision's vit_b_16 instead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         page_path = Path(tmp) / "demo-report.html"
-        if args.compare:
+        if args.vit:
+            render_vit(page_path)
+            shots = shoot(page_path, args.fragment, args.out, name="screenshot-vit", schemes=("light",))
+        elif args.compare:
             render_demo(page_path, "--compare")
             shots = shoot(page_path, args.fragment or "overview", args.out, name="screenshot-compare",
                           schemes=("light",))

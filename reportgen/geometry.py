@@ -81,6 +81,9 @@ class Geometry:
     stride: tuple[int, ...] = ()
     first: tuple[int, ...] = ()  # first input pixel cell 0 sees (before clipping; < 0: padding)
     unknown: str = ""
+    # every cell sees every input pixel because attention over all tokens ran before (tokens.py);
+    # the window above is then a formal one, as wide as needed to cover the input from any cell
+    whole_input: bool = False
 
     @property
     def known(self) -> bool:

@@ -201,6 +201,7 @@ def build_sections(
             stride=geometry.stride if geometry is not None else (),
             first_pixel=geometry.first if geometry is not None else (),
             geometry_unknown=geometry.unknown if geometry is not None else "",
+            receptive_whole_input=geometry is not None and geometry.whole_input,
             top_activations=data.tops.get(section.name, ()),
             top_strip=image(strip_slot),
             top_strip_channels=tuple(t.channel for t in data.tops.get(section.name, ())[: crops.shape[0]])

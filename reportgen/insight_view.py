@@ -103,7 +103,10 @@ def layer_view(section: LayerSection) -> dict[str, Any] | None:
         ("largest |activation|", _number(insight.max_abs_activation)),
         ("reaches the output", {True: "yes", False: "NO", None: "not checked"}[insight.reaches_output]),
     ]
-    if insight.receptive_field:
+    if insight.receptive_whole_input:
+        activity_rows.append(("receptive field", "the whole input: attention over all tokens ran before this layer; "
+                              "one cell per " + "x".join(str(v) for v in insight.stride) + " px patch"))
+    elif insight.receptive_field:
         activity_rows.append(("receptive field",
                               "x".join(str(v) for v in insight.receptive_field) + " px, stride "
                               + "x".join(str(v) for v in insight.stride) + ", the first cell's window starts at ("

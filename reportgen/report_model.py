@@ -375,6 +375,7 @@ class LayerInsight:
     top_activations: tuple[ChannelTop, ...]
     top_strip: EncodedImage | None  # rows: channels, columns: the top-k input crops
     top_strip_channels: tuple[int, ...]
+    receptive_whole_input: bool = False  # attention over all tokens ran before: every cell sees it all
 
 
 @dataclass(frozen=True)

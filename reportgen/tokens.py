@@ -139,7 +139,7 @@ def token_geometry(grid: Sequence[int], mixing: str, input_spatial: Sequence[int
                        "modelled")
     if mixing == "global":
         return Geometry(tuple(2 * int(size) - s for size, s in zip(input_spatial, stride)), stride,
-                        tuple(-(int(cells) - 1) * s for cells, s in zip(grid, stride)))
+                        tuple(-(int(cells) - 1) * s for cells, s in zip(grid, stride)), whole_input=True)
     return Geometry(stride, stride, (0,) * len(grid))
 
 

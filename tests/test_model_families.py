@@ -177,6 +177,15 @@ def test_a_small_torchvision_vit_reports_its_blocks_as_token_grids():
     block = sections["encoder.layers.encoder_layer_1"]
     assert block.output_shape == (1, 16, 4, 4) and block.channels_total == 16
     assert block.feature_maps and "17 tokens of 16 channels laid out row by row on a 4x4 grid" in block.site
+    # after global attention the receptive-field row says "the whole input", not a window that
+    # starts "in the padding" (a ViT has none); the patch embedding keeps its 8x8 window
+    html = report.to_html()
+    rows = {name: html[html.index(f'id="layer-{name}"'):] for name in sections}
+    block_row = rows["encoder.layers.encoder_layer_1"].split("receptive field", 1)[1][:300]
+    assert "the whole input: attention over all tokens ran before this layer; one cell per 8x8 px patch" in block_row
+    assert "padding" not in block_row
+    assert "8x8 px, stride 8x8, the first cell&#39;s window starts at (0, 0)" in \
+        rows["conv_proj"].split("receptive field", 1)[1][:300].replace("'", "&#39;")
 
 
 def test_token_cells_see_their_patch_or_the_whole_input_and_the_page_says_which():
