@@ -1,22 +1,28 @@
 """Token pictures of transformer layers (collectors/token_pictures.py): per shown input, the
 token-norm map and the first three principal components of the tokens as RGB. Checked against
 an independent numpy computation (norms, SVD) for ViT tokens and Swin-style channels-last maps,
-and for a pass split in shares."""
+for a pass split in shares, and on the page and in the JSON."""
 
 from __future__ import annotations
 
+import json
 import pickle
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from reportgen.collectors.token_pictures import TokenPictureCollector, draw
+import reportgen
+from reportgen.collectors.token_pictures import TokenPictureCollector, draw, might_have_tokens
 from reportgen.engine.main_pass import MainPass
+from reportgen.exports import json_schema
 from reportgen.inputs import from_tensor
 from reportgen.palettes import FLAT_INDEX
 from reportgen.sites import RAW_BY_REQUEST
+from tests.fixtures.models import tiny_cnn, tiny_inputs
+from tests.helpers import decode
 
 GRID, DIM, PATCH = 6, 8, 4
 BLOCKS = ["blocks.0", "blocks.1"]
@@ -246,3 +252,34 @@ def test_a_pass_split_in_two_shares_merges_to_the_one_pass_result() -> None:
             np.testing.assert_array_equal(picture.pca, other.pca)
             np.testing.assert_allclose(picture.explained, other.explained, rtol=1e-12)
             assert picture.norm_min == pytest.approx(other.norm_min, rel=1e-12)
+
+
+# -- the page and the JSON --
+
+
+def test_the_page_and_the_json_show_them_for_token_layers_only() -> None:
+    model = PlantedViT().eval()
+    assert might_have_tokens(model, ["patch", "blocks.0"]) and not might_have_tokens(model, ["patch"])
+    report = reportgen.generate_report(model, images(2), device="cpu", embedding=False, layers=BLOCKS)
+    sections = {section.name: section for section in report.model.sections}
+    block = sections["blocks.0"]
+    assert [item.input_index for item in block.token_pictures] == [0, 1]
+    assert decode(block.token_pictures[0].pca).mode == "RGB"
+    assert decode(block.token_pictures[0].norm).size == (GRID, GRID)
+    html = report.to_html()
+    assert html.count('class="grid token-pictures"') == 4  # 2 blocks x 2 inputs
+    assert "token-norm map of blocks.0 for input-00" in html
+    assert "first three principal components of the tokens of blocks.1 for input-01 as RGB" in html
+    assert "PC1-3 explain" in html and "of the token variance" in html
+    assert "its sign chosen so that the token farthest from the mean along it is bright" in html
+    document = json.loads(report.to_json())
+    assert list(jsonschema.Draft202012Validator(json_schema()).iter_errors(document)) == []
+    entry = document["visualized"][0]["token_pictures"][0]
+    assert entry["grid"] == [GRID, GRID] and entry["components"] == 3 and len(entry["explained_variance"]) == 3
+    assert entry["pca"]["sha256"] == block.token_pictures[0].pca.sha256
+    assert "blocks.0" in report.to_html()
+
+    conv = reportgen.generate_report(tiny_cnn(), tiny_inputs(2), device="cpu", embedding=False)
+    assert all(not section.token_pictures for section in conv.model.sections)
+    assert "token-pictures" not in conv.to_html()
+    assert all(item["token_pictures"] == [] for item in json.loads(conv.to_json())["visualized"])
