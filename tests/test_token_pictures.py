@@ -15,12 +15,14 @@ import torch
 from torch import nn
 
 import reportgen
+from reportgen.analysis import TokenPicture
 from reportgen.collectors.token_pictures import TokenPictureCollector, draw, might_have_tokens
 from reportgen.engine.main_pass import MainPass
-from reportgen.exports import json_schema
+from reportgen.exports import image_files, json_schema
 from reportgen.inputs import from_tensor
 from reportgen.palettes import FLAT_INDEX
 from reportgen.sites import RAW_BY_REQUEST
+from reportgen.size_budget import Drawing, reduce_token_pictures
 from tests.fixtures.models import tiny_cnn, tiny_inputs
 from tests.helpers import decode
 
@@ -254,6 +256,30 @@ def test_a_pass_split_in_two_shares_merges_to_the_one_pass_result() -> None:
             assert picture.norm_min == pytest.approx(other.norm_min, rel=1e-12)
 
 
+def test_the_size_budget_keeps_the_drawn_inputs_and_pools_to_the_tile_size() -> None:
+    model = PlantedViT().eval()
+    batch = images(2)
+    found = run_pass(model, batch, keep_inputs=2).result()["blocks.0"]
+    reduced = reduce_token_pictures(found, Drawing(tile_size=GRID // 2, channels=4, inputs=1))
+    assert list(reduced) == [0]
+    picture: TokenPicture = reduced[0]
+    assert picture.norm.shape == (GRID // 2, GRID // 2) and picture.pca is not None
+    assert picture.pca.shape == (GRID // 2, GRID // 2, 3)
+    assert_within_one_level(picture.pca, np.floor(block_mean(found[0].pca.astype(float), 2) + 0.5))
+
+
+def test_under_a_size_budget_token_pictures_follow_the_feature_maps() -> None:
+    report = reportgen.generate_report(PlantedViT().eval(), images(6), device="cpu", embedding=False,
+                                       max_size_mb=0.12)
+    budget = report.model.budget
+    assert budget is not None and budget.fits and budget.inputs_drawn[1] < 6
+    assert len(report.to_html().encode("utf-8")) <= 0.12e6
+    for section in report.model.sections[1:]:
+        assert [t.input_index for t in section.token_pictures] == [m.input_index for m in section.feature_maps]
+        for tokens, maps in zip(section.token_pictures, section.feature_maps):
+            assert (tokens.norm.height, tokens.norm.width) == (maps.grid.tile_height, maps.grid.tile_width)
+
+
 # -- the page and the JSON --
 
 
@@ -277,7 +303,9 @@ def test_the_page_and_the_json_show_them_for_token_layers_only() -> None:
     entry = document["visualized"][0]["token_pictures"][0]
     assert entry["grid"] == [GRID, GRID] and entry["components"] == 3 and len(entry["explained_variance"]) == 3
     assert entry["pca"]["sha256"] == block.token_pictures[0].pca.sha256
-    assert "blocks.0" in report.to_html()
+    files = image_files(report.model)
+    assert files[f"tokens-pca--{block.anchor}--000.png"] == block.token_pictures[0].pca
+    assert files[f"tokens-norm--{block.anchor}--001.png"] == block.token_pictures[1].norm
 
     conv = reportgen.generate_report(tiny_cnn(), tiny_inputs(2), device="cpu", embedding=False)
     assert all(not section.token_pictures for section in conv.model.sections)
