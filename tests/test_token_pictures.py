@@ -221,6 +221,7 @@ def test_the_sign_rule_makes_the_pictures_independent_of_the_tokens_sign_and_off
 
 def test_few_channels_equal_tokens_and_non_finite_tokens() -> None:
     generator = torch.Generator().manual_seed(2)
+    threads = torch.get_num_threads()
     two = draw(torch.randn(1, 2, 3, 3, generator=generator), 32)[0]  # D = 2: two components exist
     assert two.components == 2 and two.pca is not None
     assert not two.pca[:, :, 2].any() and two.pca[:, :, 0].any() and two.pca[:, :, 1].any()
@@ -234,6 +235,7 @@ def test_few_channels_equal_tokens_and_non_finite_tokens() -> None:
     bad, good = draw(broken, 32)
     assert bad.pca is None and bad.explained == () and (bad.norm == FLAT_INDEX).all() and np.isnan(bad.norm_min)
     assert good.pca is not None and good.components == 3  # the other input of the batch is not touched
+    assert torch.get_num_threads() == threads  # the eigendecomposition's one thread is given back
 
 
 def test_a_pass_split_in_two_shares_merges_to_the_one_pass_result() -> None:

@@ -38,6 +38,7 @@ from torch import nn
 
 from reportgen.analysis import TokenPicture
 from reportgen.capture import downsample, quantise_tiles
+from reportgen.devices import one_cpu_thread
 from reportgen.engine.collector import Collector, Observation
 
 COMPONENTS = 3  # drawn as R, G, B
@@ -65,7 +66,7 @@ def might_have_tokens(model: nn.Module, selected: Sequence[str]) -> bool:
 def principal_scores(centred: torch.Tensor, count: int = COMPONENTS) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, T, D) centred tokens -> their scores on the first `count` principal components
     (n, T, k) and the components' eigenvalues (n, k), largest first, k = min(count, T, D); signs
-    as the SVD leaves them (see `fix_signs`)."""
+    as the eigendecomposition leaves them (see `fix_signs`)."""
     tokens, channels = centred.shape[1:]
     k = min(count, tokens, channels)
     if tokens <= channels:
@@ -85,10 +86,18 @@ def fix_signs(scores: torch.Tensor) -> torch.Tensor:
 
 
 def draw(maps: torch.Tensor, tile_size: int) -> list[TokenPicture]:
-    """The pictures of n inputs' (n, D, h, w) token maps (see the module doc)."""
+    """The pictures of n inputs' (n, D, h, w) token maps (see the module doc). On the CPU with
+    one thread: small ops, and right after a forward its OpenMP threads still spin, so LAPACK's
+    own threads wait on them at every step (vit_b_16, 2 threads on a busy 2-core machine: eigh of
+    a 196 x 196 Gram matrix took 2 s, against 4 ms on one thread)."""
     values = maps.detach()
     if values.device.type == "mps":  # no float64 there
         values = values.cpu()
+    with one_cpu_thread(values.device.type == "cpu"):
+        return _draw(values, tile_size)
+
+
+def _draw(values: torch.Tensor, tile_size: int) -> list[TokenPicture]:
     values = values.to(torch.float64)
     count, channels, height, width = values.shape
     finite = torch.isfinite(values).flatten(1).all(dim=1)
