@@ -94,6 +94,21 @@ class DenseRecord:
 
 
 @dataclass(frozen=True)
+class TokenPicture:
+    """One shown input's token pictures at one transformer layer call whose output lies on a 2D
+    grid (collectors/token_pictures.py has the normalisations)."""
+
+    grid: tuple[int, int]  # the token grid (h, w) the pictures were computed on
+    channels: int  # D: the length of each token
+    norm: np.ndarray  # uint8 (h', w') palette levels: each token's L2 norm, min-max over the input
+    norm_min: float  # the smallest and largest token norm (NaN when a token is not finite)
+    norm_max: float
+    pca: np.ndarray | None  # uint8 (h', w', 3): PC1, PC2, PC3 as R, G, B; None: a token is not finite
+    explained: tuple[float, ...]  # fraction of the token variance along PC1, PC2, PC3 (0: not drawn)
+    components: int  # principal components drawn (fewer than 3: too few tokens or channels, no spread)
+
+
+@dataclass(frozen=True)
 class PredictionRecord:
     index: int
     top_indices: tuple[int, ...]
@@ -118,3 +133,5 @@ class Analysis:
     misfiring: MisfiringResult | None = None  # when asked for (collected in the main pass)
     ablation_baseline: Baseline | None = None  # the unablated model's side of ablation, when asked for
     dense: tuple[DenseRecord, ...] = ()  # detection boxes or segmentation maps of the drawn inputs
+    # per transformer layer call (key) and shown input: token-norm map and principal components
+    token_pictures: dict[str, dict[int, TokenPicture]] = field(default_factory=dict)

@@ -211,6 +211,7 @@ def analyze(
         misfiring=collectors.misfiring.result() if collectors.misfiring is not None else None,
         ablation_baseline=collectors.ablation_baseline.result() if collectors.ablation_baseline is not None else None,
         dense=collectors.dense.records() if collectors.dense is not None else (),
+        token_pictures=collectors.token_pictures.result() if collectors.token_pictures is not None else {},
     )
 
 

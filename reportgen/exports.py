@@ -3,7 +3,8 @@
 
 The PNGs are the exact bytes embedded in the report (decoded from their data: URIs), named
 from the layer's anchor and the input's index, so names are stable from run to run:
-`filters--<anchor>.png`, `maps--<anchor>--<input-index>.png`, `input--<input-index>.png`.
+`filters--<anchor>.png`, `maps--<anchor>--<input-index>.png`, `input--<input-index>.png`, and for a
+transformer layer `tokens-norm--<anchor>--<input-index>.png` and `tokens-pca--<anchor>--<input-index>.png`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def image_files(model: ReportModel) -> dict[str, EncodedImage]:
             files[f"filters--{section.anchor}.png"] = section.filters.image
         for fm in section.feature_maps:
             files[f"maps--{section.anchor}--{fm.input_index:03d}.png"] = fm.grid.image
+        for tokens in section.token_pictures:
+            files[f"tokens-norm--{section.anchor}--{tokens.input_index:03d}.png"] = tokens.norm
+            if tokens.pca is not None:
+                files[f"tokens-pca--{section.anchor}--{tokens.input_index:03d}.png"] = tokens.pca
     for item in model.inputs:
         if item.thumbnail is not None:
             files[f"input--{item.index:03d}.png"] = item.thumbnail

@@ -16,7 +16,7 @@ import numpy as np
 
 from reportgen import insight_render
 from reportgen.alerts import AlertThresholds, find_alerts
-from reportgen.analysis import Analysis, InputRecord, LayerWeights, PredictionRecord
+from reportgen.analysis import Analysis, InputRecord, LayerWeights, PredictionRecord, TokenPicture
 from reportgen.capture import CapturedLayer, frame_slices
 from reportgen.dense_render import render_dense
 from reportgen.filters import filter_tiles
@@ -35,6 +35,7 @@ from reportgen.report_model import (
     ReportModel,
     RunInfo,
     TileGrid,
+    TokenPictures,
     TopClass,
     Totals,
     ZoomMap,
@@ -232,11 +233,12 @@ def _draw_sections(
         map_slots[layer.key] = entries
 
     images = renderer.encode_all(progress)
+    names_by_index = {record.index: record.name for record in analysis.inputs}
+    token_pictures = _token_pictures(analysis, options, names_by_index)
 
     def grid(slot: int, spec: dict[str, object]) -> TileGrid:
         return TileGrid(image=images[slot], **spec)  # type: ignore[arg-type]
 
-    names_by_index = {record.index: record.name for record in analysis.inputs}
     sections = []
     for layer in analysis.layers:
         filters = filter_slots.get(layer.module_name)
@@ -269,9 +271,35 @@ def _draw_sections(
                 ),
                 site=layer.site.describe(),
                 site_zero_floor=layer.site.zero_floor,
+                token_pictures=token_pictures.get(layer.key, ()),
             )
         )
     return sections
+
+
+def _token_pictures(analysis: Analysis, options: RenderOptions,
+                    names: dict[int, str]) -> dict[str, tuple[TokenPictures, ...]]:
+    """Each transformer layer call's token-norm maps (palette levels on the colormap, like a
+    feature-map tile) and principal-component pictures (RGB), encoded; per shown input."""
+    colormap = options.colormap
+    renderer = _Renderer(analysis, options)
+    slots: list[tuple[str, int, TokenPicture, int, int | None]] = []
+    for key, found in analysis.token_pictures.items():
+        for index in sorted(found):
+            picture = found[index]
+            slots.append((key, index, picture, renderer.queue(picture.norm, colormap),
+                          renderer.queue(picture.pca, None) if picture.pca is not None else None))
+    images = renderer.encode_all(None)  # small pictures: not counted by the progress bar
+    drawn: dict[str, list[TokenPictures]] = {}
+    for key, index, picture, norm, pca in slots:
+        finite = bool(np.isfinite(picture.norm_min) and np.isfinite(picture.norm_max))
+        drawn.setdefault(key, []).append(TokenPictures(
+            input_index=index, input_name=names.get(index, str(index)), grid=picture.grid,
+            channels=picture.channels, norm=images[norm],
+            norm_min=float(picture.norm_min) if finite else None, norm_max=float(picture.norm_max) if finite else None,
+            pca=images[pca] if pca is not None else None, explained_variance=picture.explained,
+            components=picture.components, colormap=colormap))
+    return {key: tuple(found) for key, found in drawn.items()}
 
 
 def zoom_maps(analysis: Analysis, *, allowance_bytes: float, options: RenderOptions = RenderOptions()

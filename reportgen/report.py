@@ -26,6 +26,7 @@ def contract_dict(model: ReportModel) -> dict[str, Any]:
             "output_shape": list(s.output_shape),
             "weight_shape": list(s.weight_shape),
             "site": s.site,
+            "token_pictures": to_plain(s.token_pictures, images=False),
             "stats": to_plain(s.stats, images=False),
             "insight": _layer_insight(s),
         }

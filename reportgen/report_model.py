@@ -54,6 +54,24 @@ class FeatureMaps:
 
 
 @dataclass(frozen=True)
+class TokenPictures:
+    """One input's token-norm map and principal-component picture at a transformer layer whose
+    output lies on a 2D grid (collectors/token_pictures.py has the normalisations)."""
+
+    input_index: int
+    input_name: str
+    grid: tuple[int, ...]  # the token grid (h, w) the pictures were computed on
+    channels: int  # D: the length of each token
+    norm: EncodedImage  # palette levels on `colormap`: min (dark) to max (bright) over this input's tokens
+    norm_min: float | None  # None: a token is not finite (the map is flat)
+    norm_max: float | None
+    pca: EncodedImage | None  # RGB = PC1, PC2, PC3; None: a token is not finite
+    explained_variance: tuple[float, ...]  # fraction of the token variance along PC1, PC2, PC3
+    components: int  # principal components drawn (the others are 0 in their colour)
+    colormap: str
+
+
+@dataclass(frozen=True)
 class ZoomMap:
     """One layer's feature maps of one input at up to `capture.ZOOM_SIZE` px a side (full
     resolution up to that), laid out like its pooled grid; the tile zoom draws from it."""
@@ -102,6 +120,8 @@ class LayerSection:
     # (BatchNorm2d) → layer1.0.relu (ReLU)", or the raw conv output and why (sites.py).
     site: str = ""
     site_zero_floor: bool = False  # observed after a ReLU-like activation: never > 0 means always 0
+    # transformer layers on a 2D grid: per shown input, the token-norm map and the tokens' PCA as RGB
+    token_pictures: tuple[TokenPictures, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@ render is over the limit, the pictures are re-rendered from a *reduced* Analysis
   activation, so the mean of levels is the level of the mean, to within half a level;
 - fewer inputs: feature maps are drawn for the first K inputs only.
 
+A transformer layer's token pictures (norm map, principal components) follow the feature maps:
+pooled to the same tile size, drawn for the same inputs (the estimate counts them per input drawn).
+
 Statistics and alerts cover every channel and input whatever is drawn. The size of each
 candidate is estimated from the first render (bytes per pixel of every grid), the best
 candidate that fits is redrawn (its layer sections only: nothing else depends on what is
@@ -29,7 +32,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from reportgen.analysis import Analysis
+from reportgen.analysis import Analysis, TokenPicture
 from reportgen.assemble import render_html
 from reportgen.capture import CapturedLayer
 from reportgen.grids import default_columns
@@ -49,6 +52,7 @@ SAMPLE_MARGIN = 1.25
 _TILE_META_BYTES = 20  # about what one tile's channel, min and max take in the page
 _FIGURE_BYTES = 600  # about what one grid's markup (figure, caption, attributes, the zoom's words) takes
 _BAR_MARKUP_BYTES = 110  # the zoom's <img> of one colour bar, besides its data: URI
+_TOKEN_MARKUP_BYTES = 700  # about what one input's token figure (two <img>, alt texts, captions) takes
 _TILE_STEPS = (28, 24, 20, 16, 12, 10, 8, 6, 4)
 _CHANNEL_STEPS = (48, 32, 24, 16, 12, 8, 4, 2, 1)
 
@@ -76,13 +80,31 @@ def estimated_html_bytes(model: ReportModel, maps_per_section: dict[str, int] | 
     cheap) plus every grid's picture (exact, or stood in for: see `_full_grids`) and markup
     (estimated per figure and tile)."""
     without_grids = replace(
-        model, sections=tuple(replace(s, filters=None, feature_maps=()) for s in model.sections)
+        model, sections=tuple(replace(s, filters=None, feature_maps=(), token_pictures=()) for s in model.sections)
     )
     markup = sum(_FIGURE_BYTES + _TILE_META_BYTES * len(grid.channels)
                  for grid, _ in _full_grids(model, maps_per_section))
     # the zoom's colour bars go with the grids (one per colormap they use)
     markup += sum(len(bar["src"]) + _BAR_MARKUP_BYTES for bar in colorbars_view(model))
-    return html_bytes(without_grids) + _picture_bytes(model, maps_per_section) + markup
+    return (html_bytes(without_grids) + _picture_bytes(model, maps_per_section) + markup
+            + _token_bytes(model, None, maps_per_section))
+
+
+def _token_bytes(model: ReportModel, inputs: int | None, maps_per_section: dict[str, int] | None = None) -> int:
+    """Bytes of the token pictures and their figures `model` stands for with the first `inputs`
+    inputs drawn (None: all). As in `_full_grids`, an input `model` did not draw but
+    `maps_per_section` counts is stood in for by the last one drawn; pooling them to smaller
+    tiles is not counted (they are a few hundred bytes each)."""
+    total = 0
+    for section in model.sections:
+        drawn = [len(item.norm.data_uri) + (len(item.pca.data_uri) if item.pca is not None else 0)
+                 + _TOKEN_MARKUP_BYTES for item in sorted(section.token_pictures, key=lambda t: t.input_index)]
+        if not drawn:
+            continue
+        count = max(len(drawn), (maps_per_section or {}).get(section.name, 0))
+        count = count if inputs is None else min(count, inputs)
+        total += sum(drawn[min(rank, len(drawn) - 1)] for rank in range(count))
+    return total
 
 
 # --- reducing the analysis ------------------------------------------------------------------
@@ -148,6 +170,19 @@ def reduce_layer(layer: CapturedLayer, drawing: Drawing) -> CapturedLayer:
     )
 
 
+def reduce_token_pictures(found: dict[int, TokenPicture], drawing: Drawing) -> dict[int, TokenPicture]:
+    """A layer's token pictures for the first `drawing.inputs` inputs, pooled to the tile size."""
+
+    def pooled(picture: TokenPicture) -> TokenPicture:
+        height, width = _tile_target(picture.norm.shape[0], picture.norm.shape[1], drawing.tile_size)
+        pca = picture.pca
+        if pca is not None:  # (h, w, 3) -> its three levels pooled like three tiles
+            pca = adaptive_pool_levels(pca.transpose(2, 0, 1), height, width).transpose(1, 2, 0)
+        return replace(picture, norm=adaptive_pool_levels(picture.norm[None], height, width)[0], pca=pca)
+
+    return {index: pooled(found[index]) for index in sorted(found)[: drawing.inputs]}
+
+
 def reduce_analysis(analysis: Analysis, drawing: Drawing) -> Analysis:
     """The same analysis with less drawn; statistics untouched."""
     weights = {
@@ -158,6 +193,7 @@ def reduce_analysis(analysis: Analysis, drawing: Drawing) -> Analysis:
         analysis,
         layers=tuple(reduce_layer(layer, drawing) for layer in analysis.layers),
         weights=weights,
+        token_pictures={key: reduce_token_pictures(found, drawing) for key, found in analysis.token_pictures.items()},
     )
 
 
@@ -256,6 +292,8 @@ def estimate_bytes(first: ReportModel, first_bytes: int, drawing: Drawing,
         predicted += _bytes_per_pixel(grid) * _grid_pixels(count, height, width, grid.padding)
         # per-tile numbers (channel, min, max) in the page scale with the channel count
         predicted -= _TILE_META_BYTES * (len(grid.channels) - count)
+    # token pictures go with the inputs drawn
+    predicted += _token_bytes(first, drawing.inputs, maps_per_section) - _token_bytes(first, None, maps_per_section)
     return int(first_bytes - picture_bytes + predicted)
 
 
@@ -275,6 +313,9 @@ def picture_ceiling(analysis: Analysis) -> int:
         if weights.filters.ndim == 3:  # 1D kernels: palette line plots
             height, width = PLOT_HEIGHT, width * tap_width(width)
         total += _grid_pixels(count, height, width) * 3 * 1.02 + 300
+    for found in analysis.token_pictures.values():  # a palette norm map and an RGB picture per input
+        for picture in found.values():
+            total += picture.norm.size * 1.02 + 300 + (picture.pca.size * 1.02 + 300 if picture.pca is not None else 0)
     return int(total * 4 / 3)
 
 

@@ -26,10 +26,12 @@ from reportgen.report_model import (
     Prediction,
     ReportModel,
     TileGrid,
+    TokenPictures,
     ZoomMap,
 )
 
 THUMB_DISPLAY_WIDTH = 96
+TOKEN_DISPLAY_WIDTH = 128  # CSS px a token picture is scaled up to (by whole factors)
 OPEN_SECTIONS = 4  # the first few layer sections start expanded
 SUMMARY_LEGEND = ("Σ: a container's parameters and mult-adds summed over the layers inside it (torchinfo "
                   "prints -- there); the totals count every layer once.")
@@ -243,7 +245,52 @@ def section_view(section: LayerSection, position: int, alert_kinds: dict[str, li
             for fm in section.feature_maps
         ],
         "insight": layer_view(section),
+        "tokens": tokens_view(section),
     }
+
+
+def tokens_view(section: LayerSection) -> dict[str, Any] | None:
+    """A transformer layer's token pictures per shown input: captions, notes and one legend
+    stating both normalisations (collectors/token_pictures.py)."""
+    if not section.token_pictures:
+        return None
+    first = section.token_pictures[0]
+    grid = "x".join(str(d) for d in first.grid)
+    drawn = f"{first.norm.height}x{first.norm.width}"
+    pooled = f"; {grid} average-pooled to {drawn}" if drawn != grid else ""
+    legend = (f"Token norm: each token's L2 norm over its {first.channels} channels on the {grid} grid, from this "
+              f"input's smallest (dark) to its largest (bright) on {first.colormap}; magenta = flat (all equal, "
+              "NaN or Inf). PCA: the tokens minus their mean token, projected on their first three principal "
+              "components as red, green and blue, each stretched from its min (0) to its max (255) over this "
+              "input's tokens, its sign chosen so that the token farthest from the mean along it is bright; a "
+              "component that does not exist or does not vary is 0. The share of the token variance the "
+              f"components explain says how much of the tokens the picture shows{pooled}.")
+    return {"legend": legend, "inputs": [_token_input_view(section.name, item) for item in section.token_pictures]}
+
+
+def _token_input_view(layer: str, item: TokenPictures) -> dict[str, Any]:
+    norm = {**image_view(item.norm, TOKEN_DISPLAY_WIDTH), "alt": f"token-norm map of {layer} for {item.input_name}"}
+    span = f"{number(item.norm_min)} to {number(item.norm_max)}" if item.norm_min is not None else "not finite"
+    pca = None
+    caption, note = "", ""
+    if item.pca is None:
+        note = "no principal components: a token holds NaN or Inf"
+    else:
+        pca = {**image_view(item.pca, TOKEN_DISPLAY_WIDTH),
+               "alt": f"first three principal components of the tokens of {layer} for {item.input_name} as RGB"}
+        drawn = item.components
+        share = percent(sum(item.explained_variance[:drawn]))
+        parts = ", ".join(f"PC{i + 1} {percent(v)}" for i, v in enumerate(item.explained_variance[:drawn]))
+        if drawn == 0:
+            note = "the tokens are all equal: no component to draw (black)"
+        elif drawn == 1:
+            caption = f"PC1 explains {share} of the token variance"
+        else:
+            caption = f"PC1-{drawn} explain {share} of the token variance ({parts})"
+        if 0 < drawn < 3:
+            note = f"the tokens vary along {drawn} direction{'s' if drawn > 1 else ''} only: the other colours are 0"
+    return {"input_name": item.input_name, "norm": norm, "norm_caption": f"token norm {span}", "pca": pca,
+            "pca_caption": caption, "note": note}
 
 
 def prediction_view(prediction: Prediction) -> dict[str, Any]:

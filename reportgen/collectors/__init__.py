@@ -23,6 +23,7 @@ from reportgen.collectors.features import FeatureCollector
 from reportgen.collectors.input_records import InputRecordCollector
 from reportgen.collectors.predictions import PredictionCollector
 from reportgen.collectors.rollout import RolloutCollector
+from reportgen.collectors.token_pictures import TokenPictureCollector, might_have_tokens
 from reportgen.engine.collector import Collector
 from reportgen.inputs import InputSet
 from reportgen.summary import SummaryRow
@@ -59,6 +60,7 @@ class MainCollectors:
     crops: TopCropCollector | None = None
     rollout: RolloutCollector | None = None
     dense: DenseOutputCollector | None = None
+    token_pictures: TokenPictureCollector | None = None
     misfiring: MisfiringCollector | None = None
     ablation_baseline: AblationBaselineCollector | None = None
 
@@ -103,6 +105,8 @@ def main_collectors(model: nn.Module, inputs: InputSet, wants: PassWants, *, sel
         if hookable and insight.rollout and wants.keep_inputs > 0 and any(is_attention(m) for m in model.modules())
         else None,
         dense=dense,
+        token_pictures=TokenPictureCollector(tile_size=wants.tile_size, keep_inputs=wants.keep_inputs)
+        if hookable and wants.keep_inputs > 0 and might_have_tokens(model, selected) else None,
         misfiring=misfiring,
         ablation_baseline=baseline,
     )
