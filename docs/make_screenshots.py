@@ -130,7 +130,8 @@ def main() -> None:
         page_path = Path(tmp) / "demo-report.html"
         if args.vit:
             render_vit(page_path)
-            shots = shoot(page_path, args.fragment, args.out, name="screenshot-vit", schemes=("light",))
+            shots = shoot(page_path, args.fragment or "layer-encoder.layers.encoder_layer_3", args.out,
+                          name="screenshot-vit", schemes=("light",))
         elif args.compare:
             render_demo(page_path, "--compare")
             shots = shoot(page_path, args.fragment or "overview", args.out, name="screenshot-compare",
