@@ -204,10 +204,12 @@ def test_decoding_workers_give_the_same_report_bytes(tmp_path: Path, monkeypatch
     assert html0.replace(b"--workers 0", b"--workers 2").replace(folders["0"].encode(), folders["2"].encode()) == html2
 
 
-def test_workers_decode_in_other_processes_in_order_and_failures_surface_when_asked_for() -> None:
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_workers_decode_in_other_processes_in_order_and_failures_surface_when_asked_for(chunk: int) -> None:
     """The prefetcher's inputs come from worker processes (each input is filled with the pid
-    that made it), in the pass's order; a failure is raised in the main process at the input
-    that failed; an input asked for out of order is loaded in the main process."""
+    that made it), in the pass's order, one at a time or `chunk` per transfer; a failure is
+    raised in the main process at the input that failed; an input asked for out of order is
+    loaded in the main process."""
     import os
 
     from reportgen.engine.prefetch import prefetching
@@ -220,7 +222,7 @@ def test_workers_decode_in_other_processes_in_order_and_failures_surface_when_as
         return torch.tensor([float(raw), float(os.getpid())])
 
     inputs = InputSet(names=[f"i{k}" for k in range(10)], loader=load, paths=[f"i{k}.png" for k in range(10)])
-    with prefetching(inputs, workers=2, lookahead=4, first=2, stop=10) as decoding:
+    with prefetching(inputs, workers=2, lookahead=4, first=2, stop=10, chunk=chunk) as decoding:
         assert decoding
         first = [inputs.load(k) for k in (2, 3, 4)]
         with pytest.raises(ReportError, match="input 5 is unreadable"):

@@ -68,7 +68,8 @@ def run_batches(
     """
     stop = len(inputs) if count is None else min(count, len(inputs))
     decode_from = preloaded.stop if preloaded is not None and preloaded.start == first else first
-    with prefetching(inputs, workers, lookahead=2 * max(1, batch_size), first=decode_from, stop=stop):
+    with prefetching(inputs, workers, lookahead=2 * max(1, batch_size), first=decode_from, stop=stop,
+                     chunk=max(1, batch_size)):
         _run(inputs, step, device=device, dtype=dtype, batch_size=batch_size, first=first, count=count,
              transaction=transaction, progress=progress, notes=notes, preloaded=preloaded)
 
