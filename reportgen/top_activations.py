@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -146,17 +146,30 @@ def display_image(sample: torch.Tensor, inputs: InputSet) -> torch.Tensor | None
 def crop(image: torch.Tensor, box: tuple[int, ...], size: int = CROP_SIZE) -> np.ndarray:
     """The box cut from a (3, H, W) [0, 1] image, scaled to size x size, as uint8 (size, size, 3):
     area-averaged when the box is at least `size` a side, else nearest-neighbour."""
-    top, left, bottom, right = box
-    piece = image[:, top:max(bottom, top + 1), left:max(right, left + 1)]
-    height, width = piece.shape[1:]
-    if height >= size and width >= size:
-        # interpolate(mode="area") is adaptive_avg_pool2d, called here without its Python checks:
-        # thousands of crops are cut in dataset mode (104 -> 69 us each)
-        scaled = F.adaptive_avg_pool2d(piece, (size, size))
-    else:
-        scaled = F.interpolate(piece[None], size=(size, size), mode="nearest")[0]
-    values = scaled.numpy()
-    return (np.clip(values, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0).copy()
+    return _scaled([image], [box], size)[0]
+
+
+def _scaled(images: Sequence[torch.Tensor], boxes: Sequence[Sequence[int]], size: int) -> list[np.ndarray]:
+    """`crop` of each (image, box) pair; boxes of one size are scaled in one call (thousands of
+    crops are cut in dataset mode, and one call per crop cost more than the scaling)."""
+    pieces = []
+    for image, (top, left, bottom, right) in zip(images, boxes):
+        pieces.append(image[:, top:max(bottom, top + 1), left:max(right, left + 1)])
+    by_shape: dict[tuple[Any, ...], list[int]] = {}
+    for index, piece in enumerate(pieces):
+        by_shape.setdefault((tuple(piece.shape), piece.dtype), []).append(index)
+    scaled: list[np.ndarray] = [np.empty(0, dtype=np.uint8)] * len(pieces)
+    for (shape, _), members in by_shape.items():
+        stack = torch.stack([pieces[i] for i in members])
+        if shape[1] >= size and shape[2] >= size:
+            # interpolate(mode="area") is adaptive_avg_pool2d, called here without its Python checks
+            pooled = F.adaptive_avg_pool2d(stack, (size, size))
+        else:
+            pooled = F.interpolate(stack, size=(size, size), mode="nearest")
+        values = (np.clip(pooled.numpy(), 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
+        for row, index in enumerate(members):
+            scaled[index] = values[row].copy()
+    return scaled
 
 
 def context_box(box: Sequence[int], height: int, width: int, minimum: int = MIN_CROP_WINDOW) -> tuple[int, ...]:
@@ -174,23 +187,33 @@ def crop_in_context(image: torch.Tensor, box: Sequence[int], size: int = CROP_SI
     """Like `crop`, but a window smaller than `MIN_CROP_WINDOW` is cut with the pixels around it
     (`context_box`) and outlined (1 px, pixels alternately white and black, so the line shows on
     any picture), so a 3x3 window shows where in the input it sits."""
-    top, left, bottom, right = (int(v) for v in box)
-    bottom, right = max(bottom, top + 1), max(right, left + 1)
-    wide = context_box((top, left, bottom, right), int(image.shape[1]), int(image.shape[2]))
-    picture = crop(image, wide, size)
-    if wide == (top, left, bottom, right):
-        return picture
-    scale_y = size / (wide[2] - wide[0])
-    scale_x = size / (wide[3] - wide[1])
-    y0, x0 = int((top - wide[0]) * scale_y), int((left - wide[1]) * scale_x)
-    y1 = min(size, math.ceil((bottom - wide[0]) * scale_y)) - 1
-    x1 = min(size, math.ceil((right - wide[1]) * scale_x)) - 1
-    ring = np.zeros((size, size), dtype=bool)
-    ring[[y0, y1], x0:x1 + 1] = True
-    ring[y0:y1 + 1, [x0, x1]] = True
-    rows, columns = np.nonzero(ring)
-    picture[rows, columns] = np.where(((rows + columns) % 2 == 0)[:, None], 255, 0).astype(np.uint8)
-    return picture
+    return crops_in_context([image], [box], size)[0]
+
+
+def crops_in_context(images: Sequence[torch.Tensor], boxes: Sequence[Sequence[int]],
+                     size: int = CROP_SIZE) -> list[np.ndarray]:
+    """`crop_in_context` of each (image, box) pair, scaled together (`_scaled`)."""
+    exact, wide_boxes = [], []
+    for image, box in zip(images, boxes):
+        top, left, bottom, right = (int(v) for v in box)
+        bottom, right = max(bottom, top + 1), max(right, left + 1)
+        exact.append((top, left, bottom, right))
+        wide_boxes.append(context_box((top, left, bottom, right), int(image.shape[1]), int(image.shape[2])))
+    pictures = _scaled(images, wide_boxes, size)
+    for picture, wide, (top, left, bottom, right) in zip(pictures, wide_boxes, exact):
+        if wide == (top, left, bottom, right):
+            continue
+        scale_y = size / (wide[2] - wide[0])
+        scale_x = size / (wide[3] - wide[1])
+        y0, x0 = int((top - wide[0]) * scale_y), int((left - wide[1]) * scale_x)
+        y1 = min(size, math.ceil((bottom - wide[0]) * scale_y)) - 1
+        x1 = min(size, math.ceil((right - wide[1]) * scale_x)) - 1
+        ring = np.zeros((size, size), dtype=bool)
+        ring[[y0, y1], x0:x1 + 1] = True
+        ring[y0:y1 + 1, [x0, x1]] = True
+        rows, columns = np.nonzero(ring)
+        picture[rows, columns] = np.where(((rows + columns) % 2 == 0)[:, None], 255, 0).astype(np.uint8)
+    return pictures
 
 
 class CropCollector:
@@ -226,6 +249,7 @@ class CropCollector:
         stop = start + int(batch.shape[0])
         images: dict[int, torch.Tensor | None] = {}
         winning: set[tuple[str, int, int]] = set()
+        wanted: list[tuple[tuple[str, int, int], torch.Tensor, tuple[int, ...]]] = []  # (entry, image, box)
         for found in winners:
             geometry = self._geometry.get(found.key)
             for row, (indices, positions) in enumerate(zip(found.inputs.tolist(), found.positions.tolist())):
@@ -239,8 +263,10 @@ class CropCollector:
                         images[index] = display_image(batch[index - start], self.inputs)
                     image = images[index]
                     if image is not None:
-                        box = window(unravel(position, found.spatial_shape), geometry, spatial)
-                        self.crops[entry] = (box, crop_in_context(image, box, self.size))
+                        wanted.append((entry, image, window(unravel(position, found.spatial_shape), geometry, spatial)))
+        pictures = crops_in_context([image for _, image, _ in wanted], [box for _, _, box in wanted], self.size)
+        for (entry, _, box), picture in zip(wanted, pictures):
+            self.crops[entry] = (box, picture)
         for entry in [e for e in self.crops if e not in winning]:
             del self.crops[entry]
 

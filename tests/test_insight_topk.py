@@ -103,6 +103,37 @@ def test_window_and_crop_geometry() -> None:
     assert pixels.shape == (5, 5, 3) and pixels[2, 2].tolist() == [255, 255, 255] and pixels.sum() == 3 * 255
 
 
+def test_crops_cut_together_equal_each_box_scaled_on_its_own() -> None:
+    """Dataset mode cuts a batch's crops together (boxes of one size scaled in one call); each
+    must equal its box area-averaged (or, when smaller than the crop, nearest-neighbour scaled)
+    on its own, computed here with plain torch, and small windows are cut with their context."""
+    from reportgen.top_activations import MIN_CROP_WINDOW, context_box, crops_in_context
+
+    rng = np.random.default_rng(0)
+    images = [torch.rand(3, 40, 50, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    requests = []
+    for _ in range(120):
+        top, left = int(rng.integers(0, 39)), int(rng.integers(0, 49))
+        requests.append((int(rng.integers(0, 3)), (top, left, min(40, top + int(rng.integers(1, 40))),
+                                                   min(50, left + int(rng.integers(1, 50))))))
+    pictures = crops_in_context([images[i] for i, _ in requests], [box for _, box in requests], CROP_SIZE)
+    for (i, box), picture in zip(requests, pictures):
+        top, left, bottom, right = context_box(box, 40, 50, MIN_CROP_WINDOW)
+        piece = images[i][None, :, top:bottom, left:right]
+        if bottom - top >= CROP_SIZE and right - left >= CROP_SIZE:
+            scaled = torch.nn.functional.adaptive_avg_pool2d(piece, CROP_SIZE)[0]
+        else:
+            scaled = torch.nn.functional.interpolate(piece, size=(CROP_SIZE, CROP_SIZE), mode="nearest")[0]
+        expected = np.floor(scaled.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+        if (top, left, bottom, right) != box:  # widened for context: the outline is drawn over it
+            inside = np.ones((CROP_SIZE, CROP_SIZE), dtype=bool)
+            outlined = np.all((picture == 255) | (picture == 0), axis=2)
+            inside &= ~outlined
+            assert np.array_equal(picture[inside], expected[inside])
+        else:
+            assert np.array_equal(picture, expected)
+
+
 def test_dataset_mode_draws_crops_around_the_peak() -> None:
     images = spot_dataset(40, PLANTED)
     report = reportgen.generate_report(SpotDetector(), images, device="cpu", batch_size=8, max_inputs_shown=4,
