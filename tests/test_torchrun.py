@@ -145,6 +145,42 @@ def test_a_rank_that_fails_ends_the_run_with_one_line_and_no_output(tmp_path: Pa
     assert not out.exists()
 
 
+def test_a_killed_rank_ends_the_run_and_an_earlier_report_stays(tmp_path: Path) -> None:
+    """A rank killed mid-pass (SIGKILL: nothing of reportgen's runs) is torchrun's to see: it
+    stops the other rank, the run exits non-zero in bounded time, and the report already at the
+    output path is left as it was."""
+    import time
+
+    data, labels = dataset(tmp_path / "ds")
+    Image.fromarray(np.full((12, 12, 3), 255, dtype=np.uint8)).save(data / "c" / "c2.png")  # in rank 1's share
+    (tmp_path / "doomed.py").write_text(
+        "import os, signal, torch\n"
+        "from tests.fixtures.models import tiny_cnn\n"
+        "class Doomed(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.net = tiny_cnn(classes=3)\n"
+        "    def forward(self, x):\n"
+        "        if bool((x.flatten(1).min(dim=1).values > 0.99).any()):\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        "        return self.net(x)\n"
+        "def build():\n"
+        "    return Doomed()\n", encoding="utf-8")
+    out = tmp_path / "r.json"
+    out.write_text("earlier report", encoding="utf-8")
+    out.with_suffix(".html").write_text("<p>earlier report</p>", encoding="utf-8")
+    started = time.monotonic()
+    two = torchrun([str(tmp_path / "doomed.py:build"), *arguments(data, labels, out)[3:]],
+                   "--standalone", "--nproc-per-node", "2")
+    took = time.monotonic() - started
+    assert two.returncode != 0 and took < 120, (two.returncode, took)
+    assert "SIGKILL" in two.stderr or "Signal 9" in two.stderr, two.stderr[-2000:]
+    assert out.read_text(encoding="utf-8") == "earlier report"
+    assert out.with_suffix(".html").read_text(encoding="utf-8") == "<p>earlier report</p>"
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__")
+    assert left == ["doomed.py", "ds", "labels.txt", "r.html", "r.json"]  # nothing half-written
+
+
 def test_a_rank_with_no_batch_still_takes_part(tmp_path: Path) -> None:
     """3 inputs in one batch of 16: rank 1's share is empty; the report is the one-process one."""
     import torch
