@@ -152,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", metavar="N", type=_positive, default=16, help="inputs per forward pass (default 16)")
     run.add_argument("--workers", metavar="N", type=_non_negative, default=None,
                      help="worker processes that decode the next input files while the model runs (default: one "
-                          "per core beyond the first, at most 4; 0: decode between forward passes); the report is "
-                          "the same")
+                          "per core beyond the first, at most 4, the cores shared among torchrun's ranks on a node; "
+                          "0: decode between forward passes); the report is the same")
     run.add_argument("--device", metavar="D", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     run.add_argument("--seed", metavar="N", type=_seed, default=DEFAULT_SEED,
                      help=f"seeds the random init of models built without weights, probe noise and synthetic "

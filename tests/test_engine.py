@@ -239,6 +239,20 @@ def test_workers_decode_in_other_processes_in_order_and_failures_surface_when_as
         assert not decoding and in_memory.loader is load
 
 
+@pytest.mark.parametrize("cores, ranks_here, expected", [(1, None, 0), (2, None, 1), (8, None, 4), (16, "1", 4),
+                                                       (2, "2", 0), (8, "2", 3), (16, "8", 1)])
+def test_default_workers_share_the_cores_among_the_ranks_of_a_node(
+        monkeypatch: pytest.MonkeyPatch, cores: int, ranks_here: str | None, expected: int) -> None:
+    from reportgen.engine import prefetch
+
+    monkeypatch.setattr(prefetch.os, "cpu_count", lambda: cores)
+    if ranks_here is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks_here)
+    assert prefetch.default_workers() == expected
+
+
 def test_rank_shares_are_whole_batches_covering_every_input_once() -> None:
     from reportgen.distributed import Group
 

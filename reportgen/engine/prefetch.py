@@ -36,8 +36,12 @@ Chunk = tuple[tuple[int, ...], "torch.Tensor | list[torch.Tensor]", "dict[int, B
 
 
 def default_workers() -> int:
-    """One decoding process per core beyond the first, at most 4 (0 on one core)."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    """One decoding process per core beyond the first, at most 4 (0 on one core). Under
+    torchrun the cores are shared by the node's ranks (LOCAL_WORLD_SIZE): each rank counts its
+    share, so 2 ranks on 2 cores decode on their own threads instead of crowding 4 processes
+    onto 2 cores."""
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(4, (os.cpu_count() or 1) // ranks_here - 1))
 
 
 def can_fork() -> bool:
