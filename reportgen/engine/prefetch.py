@@ -3,18 +3,18 @@
 
 The input set's own loader is what the workers run (inherited by fork, never pickled), so each
 input is made by the same function as with no workers: the same bytes. The workers decode the
-pass's inputs in the order the pass will ask for them, a batch's worth per item (one transfer),
-and keep at most `lookahead` inputs decoded ahead, so memory stays flat. A failure is not raised in the worker:
-it comes back with its input and is raised in the main process at the moment that input is
-asked for. That keeps leaving out an unreadable file where it was (inputs.py): it is the main
-process that asks for inputs in order and changes the input set, exactly as with no workers.
-An input asked for out of the workers' order (a batch run again after running out of memory)
-is loaded in the main process.
+pass's inputs in the order the pass will ask for them, a batch's worth per item (one transfer
+between processes per batch), and keep at most `lookahead` inputs decoded ahead, so memory stays
+flat. A failure is not raised in the worker: it comes back with its input and is raised in the
+main process at the moment that input is asked for. That keeps leaving out an unreadable file
+where it was (inputs.py): it is the main process that asks for inputs in order and changes the
+input set, exactly as with no workers. An input asked for out of the workers' order (a batch
+run again after running out of memory) is loaded in the main process.
 
-Processes, not threads: decoding holds the GIL for much of its Python work, and a worker
-process takes it off the core that runs the model. They are forked, which keeps the loader's
-closures and needs no pickling; where fork is unavailable (not on Linux), inputs decode in the
-main process.
+Processes, not threads: a worker's Python work (opening files, PIL calls, each preprocessing
+step) never takes the GIL from the thread that runs the model and its collectors. They are
+forked, which keeps the loader's closures and needs no pickling; where fork is unavailable
+(not on Linux), inputs decode in the main process.
 """
 
 from __future__ import annotations
