@@ -322,6 +322,9 @@ def build_compare_parser() -> argparse.ArgumentParser:
                      help="skip the Grad-CAM of the flipped inputs in both models")
     run.add_argument("--batch-size", metavar="N", type=_positive, default=16,
                      help="inputs per forward pass and per CKA batch (default 16; CKA needs 4 or more)")
+    run.add_argument("--workers", metavar="N", type=_non_negative, default=None,
+                     help="worker processes that decode the next input files while the models run (default as "
+                          "for a report); the comparison is the same")
     run.add_argument("--device", metavar="D", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     run.add_argument("--seed", metavar="N", type=_seed, default=DEFAULT_SEED,
                      help=f"seeds random inits and synthetic inputs (default {DEFAULT_SEED})")

@@ -98,7 +98,7 @@ def run_compare(args: argparse.Namespace, command: str) -> int:
     options = CompareReportOptions(layers=tuple(args.layers), device=args.device, batch_size=args.batch_size,
                                    max_channels=args.max_channels, tap=args.tap, top_k=args.top_k, cam=args.cam,
                                    title=args.title, command=command, show_progress=not args.quiet,
-                                   max_size_mb=args.max_size, seed=args.seed)
+                                   max_size_mb=args.max_size, seed=args.seed, workers=args.workers)
     report = build_compare(loaded, inputs, options, class_names=class_names)
     return _finish(report, output, json_path, len(loaded), len(inputs), quiet=args.quiet)
 

@@ -28,6 +28,7 @@ from reportgen.compare_pass import CompareOptions, compare
 from reportgen.compare_render import Drawing, render_compare
 from reportgen.compare_report import CompareReport
 from reportgen.devices import resolve_device
+from reportgen.engine.prefetch import default_workers
 from reportgen.errors import ReportError
 from reportgen.faults import copy_if_lazy
 from reportgen.inputs import InputSet
@@ -56,6 +57,7 @@ class CompareReportOptions:
     max_size_mb: float = DEFAULT_MAX_SIZE_MB
     seed: int = DEFAULT_SEED
     forward_args: Callable[[torch.Tensor], Any] | None = None
+    workers: int | None = None  # decoding processes (None: engine.prefetch.default_workers(); 0: none)
 
 
 def _info(loaded: LoadedModel) -> CheckpointInfo:
@@ -90,7 +92,8 @@ def build_compare(loaded: Sequence[LoadedModel], inputs: InputSet, options: Comp
         inputs.check_labels(len(class_names), f"named by {getattr(class_names, 'source', 'labels=')}")
     analysis_options = AnalysisOptions(layers=options.layers, max_channels=options.max_channels,
                                        batch_size=options.batch_size, forward_args=options.forward_args,
-                                       tap=options.tap)
+                                       tap=options.tap,
+                                       workers=default_workers() if options.workers is None else options.workers)
     show_progress = options.show_progress and (group is None or group.main)
     with seeded(options.seed), progress_bar(len(inputs), "compare", show_progress) as advance:
         analysis = compare([item.module for item in loaded], [_info(item) for item in loaded], inputs, device,
@@ -179,6 +182,7 @@ def compare_reports(
     trust_pickle: bool = False,
     strict: bool = False,
     seed: int = DEFAULT_SEED,
+    workers: int | None = None,
 ) -> CompareReport:
     """Compare two models on the same inputs, or checkpoints of one (`checkpoints`: state_dicts,
     checkpoint paths or modules, each loaded into a copy of `model_a`; three or more make a
@@ -186,7 +190,8 @@ def compare_reports(
     `.to_dict()`). `names`: one per model (default A, B or checkpoint 0, 1, ...). `cam`:
     Grad-CAM of the drawn flips in both models. `inputs`,
     `labels`, `targets`, `preprocessing`, `tap`, `forward_args`, `seed` as in
-    `generate_report`. The models are left as they were."""
+    `generate_report`; `workers` decoding processes as in `generate_report`. The models are left as
+    they were."""
     check_seed(seed)
     if checkpoints is not None and model_b is not None:
         raise ReportError("give model_b or checkpoints, not both")
@@ -211,7 +216,7 @@ def compare_reports(
                            forward_args=forward_args, strict=strict, seed=seed, targets=targets)
     options = CompareReportOptions(layers=tuple(layers or ()), device=device, batch_size=batch_size, tap=tap,
                                    top_k=top_k, cam=cam, title=title, max_size_mb=max_size_mb, seed=seed,
-                                   forward_args=forward_args)
+                                   forward_args=forward_args, workers=workers)
     return build_compare(loaded, input_set, options, class_names=labels)
 
 

@@ -400,7 +400,8 @@ def compare(models: Sequence[nn.Module], infos: Sequence[CheckpointInfo], inputs
         try:
             run_batches(inputs, joined.step, device=device, dtype=model_dtype(models[0]), batch_size=batch_size,
                         transaction=joined, progress=progress, notes=notes, first=share[0], count=share[1],
-                        preloaded=first if first.tensor.dtype == model_dtype(models[0]) else None)
+                        preloaded=first if first.tensor.dtype == model_dtype(models[0]) else None,
+                        workers=analysis.workers)
         except Exception as exc:
             if group is None:
                 raise

@@ -231,6 +231,41 @@ def test_cli_compares_checkpoints(workspace: Path, capsys: pytest.CaptureFixture
     assert capsys.readouterr().out.split() == ["c.html", "c.json"]
 
 
+def test_cli_compare_decodes_in_workers_and_gives_the_same_comparison(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--workers 2 decodes the image files in worker processes; --workers 0 in the pass: the same
+    JSON and the same page but for the command it prints."""
+    from PIL import Image
+
+    from reportgen.engine import prefetch
+
+    rng = np.random.default_rng(5)
+    (workspace / "imgs").mkdir()
+    for k in range(10):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(workspace / "imgs" / f"{k}.png")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    started = []
+    original = prefetch.Prefetcher.__init__
+
+    def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        started.append(args[2])  # workers
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(prefetch.Prefetcher, "__init__", counting)
+    pages = {}
+    for workers in ("0", "2"):
+        code = main(["compare", "tests.fixtures.models:tiny_cnn", "--weights", "ckpt_0.pt", "--weights", "ckpt_5.pt",
+                     "imgs", "--batch-size", "4", "--workers", workers, "-o", f"w{workers}.html",
+                     "--json", f"w{workers}.json", "--device", "cpu", "-q"])
+        assert code == 0
+        doc = json.loads((workspace / f"w{workers}.json").read_text())
+        doc.get("run", {}).pop("command", None)
+        pages[workers] = (doc, (workspace / f"w{workers}.html").read_text(encoding="utf-8"))
+    assert started == [2]  # only the run with workers decoded in other processes
+    assert pages["0"][0] == pages["2"][0]
+    assert pages["0"][1].replace("--workers 0", "--workers 2").replace("w0.", "w2.") == pages["2"][1]
+
+
 def test_cli_glob_makes_a_training_run(workspace: Path) -> None:
     code = main(["compare", "tests.fixtures.models:tiny_cnn", "--weights", "ckpt_*.pt", "inputs.pt",
                  "-o", "run.html", "--json", "run.json", "--device", "cpu", "-q"])
