@@ -71,7 +71,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", type=int, default=512)
-    parser.add_argument("--workers", type=int, default=1, help="decoding threads (report and plain loop)")
+    parser.add_argument("--workers", type=int, default=1, help="decoding worker processes (report and plain loop)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="reportgen-scale-"))
     try:
