@@ -53,6 +53,42 @@ def test_detection_and_segmentation_build_with_random_weights_offline(name, offl
     assert len(report["visualized"]) > 10  # backbone and head convs are drawn as usual
 
 
+def small_clip(tmp_path: Path, frames: int = 8, size: int = 32) -> str:
+    rng = np.random.default_rng(16)
+    from PIL import Image
+
+    pictures = [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(frames)]
+    pictures[0].save(tmp_path / "clip.gif", save_all=True, append_images=pictures[1:], duration=40, loop=0)
+    return str(tmp_path / "clip.gif")
+
+
+@pytest.mark.parametrize(("name", "clip", "drawn"), [
+    ("r3d_18", True, "layer1.0.conv1.0"),  # video: a GIF clip, sampled to the weights' 16 frames
+    ("quantized_mobilenet_v2", False, "features.0.0"),  # quantization: the float model before quantising
+    ("mobilenet_v3_small", False, "features.0.0"),  # a classifier
+])
+def test_one_builder_of_each_other_family_writes_a_report_offline(name, clip, drawn, offline, tmp_path, capsys):
+    """One builder of each family not covered above (the whole set is benchmarks/torchvision_builders.py),
+    with random weights, small inputs and no network."""
+    source = small_clip(tmp_path) if clip else small_image(tmp_path)
+    report = run([f"torchvision:{name}", source, "--max-channels", "4", "--no-embedding"], tmp_path, capsys)
+    assert report["model"]["random_weights"] is True
+    assert drawn in [layer["name"] for layer in report["visualized"]]
+    if clip:
+        assert report["inputs"][0]["shape"][:2] == [3, 16]  # (C, T, H, W): 16 frames
+
+
+def test_optical_flow_builders_refuse_in_one_line(offline, tmp_path, capsys):
+    """RAFT's forward takes two images: one line that says so and points to forward_args."""
+    from reportgen.cli import main
+
+    code = main(["torchvision:raft_small", small_image(tmp_path), "-o", str(tmp_path / "r.html"), "-q",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("reportgen: error:"), err
+    assert "forward_args" in err and not (tmp_path / "r.html").exists()
+
+
 def test_a_users_own_backbone_argument_is_kept():
     from torchvision import models as tv_models
 
