@@ -25,6 +25,7 @@ WHY = {
     "nonfinite-activation": "NaN or Inf in activations poison every layer after them and the model's output.",
     "nonfinite-weight": "NaN or Inf in weights make every output that touches them NaN.",
     "dead-filter": "A channel whose ReLU never fires outputs zero on every input seen and contributes nothing there; many of them waste capacity or signal a training problem.",
+    "never-positive": "No ReLU-like activation acts where these channels are observed, so they are not silent: they pass their non-positive values on. This is a sign pattern, not dead filters; it matters where the next layer keeps only positive values.",
     "flat-filter": "An all-zero or constant filter detects nothing: it was pruned, never trained, or collapsed.",
     "duplicate-filter": "Near-duplicate filters compute the same feature twice: wasted capacity that pruning could remove, or a sign of collapsed training.",
     "constant-channel": "A channel with the same value on every input and position seen is saturated or stuck: it carries no information about those inputs.",
@@ -111,7 +112,9 @@ def _activation_alerts(section: LayerSection, thresholds: AlertThresholds) -> li
     insight = section.insight
     dead = list(insight.dead_channels) if insight is not None else [
         i for i, f in enumerate(section.stats.fraction_inputs_active) if f <= thresholds.dead_fraction]
-    if dead:
+    # A transformer's residual stream has no zero floor and no reason to be positive: a channel
+    # that never is says nothing about it, so no alert is raised there.
+    if dead and (section.site_zero_floor or not section.token_layer):
         share = len(dead) / total if total else 0.0
         count = section.stats.inputs
         core = (f"never > 0 {where} " + (f"on the {count} input" if count == 1 else f"on any of the {count} inputs")
@@ -121,7 +124,7 @@ def _activation_alerts(section: LayerSection, thresholds: AlertThresholds) -> li
                        else "no ReLU acts here: they still pass non-positive values on")
         weak = (f" Only {count} input{'s' if count != 1 else ''}: weak evidence, a channel silent on "
                 "these may fire on others." if 0 < count < FEW_INPUTS else "")
-        alerts.append(Alert("dead-filter", section.name,
+        alerts.append(Alert("dead-filter" if section.site_zero_floor else "never-positive", section.name,
                             f"{len(dead)} of {total} channels ({share:.1%}) {core} ({consequence}): {_list(dead)}."
                             f"{weak}", section.anchor))
     if insight is None:

@@ -14,7 +14,7 @@ from reportgen.capture import CapturedLayer
 from reportgen.compare_data import AlertFound, AlertsDiff
 from reportgen.weight_change import filters_of
 
-ALERT_KINDS = ("nonfinite-activation", "dead-filter", "constant-channel", "exploding-activation",
+ALERT_KINDS = ("nonfinite-activation", "dead-filter", "never-positive", "constant-channel", "exploding-activation",
                "nonfinite-weight", "flat-filter")
 
 
@@ -22,7 +22,8 @@ def layer_alerts(layers: Sequence[CapturedLayer], model: nn.Module, selected: Se
                  explode: float = 1e4) -> dict[tuple[str, str], str]:
     """The alert conditions of alerts.py that the compare pass can judge for one model, per
     layer: (kind, layer) -> what it rests on. Activation kinds from the statistics over every
-    input at the observed site (dead: > 0 on no input; constant: max == min; exploding:
+    input at the observed site (dead, or never-positive where no ReLU-like activation acts: > 0 on
+    no input; constant: max == min; exploding:
     max(|min|, |max|) > `explode`); weight kinds from the full weights (NaN/Inf, a constant filter)."""
     found: dict[tuple[str, str], str] = {}
     for layer in layers:
@@ -31,8 +32,11 @@ def layer_alerts(layers: Sequence[CapturedLayer], model: nn.Module, selected: Se
         if bad:
             found["nonfinite-activation", name] = f"{bad} NaN/Inf values"
         dead = [c for c, f in enumerate(layer.fraction_inputs_active) if f <= 0]
-        if dead:
-            found["dead-filter", name] = f"{len(dead)} of {layer.channels_total} channels never > 0"
+        # as in alerts.py: dead only where a ReLU-like activation floors the site at 0; a
+        # transformer's residual stream is not judged
+        if dead and (layer.site.zero_floor or not layer.site.grid):
+            kind = "dead-filter" if layer.site.zero_floor else "never-positive"
+            found[kind, name] = f"{len(dead)} of {layer.channels_total} channels never > 0"
         constant = [c for c in range(layer.channels_total)
                     if c not in dead and np.isfinite(layer.max[c]) and layer.max[c] == layer.min[c]]
         if constant:

@@ -98,7 +98,8 @@ def layer_view(section: LayerSection) -> dict[str, Any] | None:
             ("vs. default inits", _init_line(weights)),
         ]
     activity_rows = [
-        ("dead channels", f"{len(insight.dead_channels)} of {section.channels_total} ({_percent(insight.dead_fraction)})"),
+        ("dead channels" if section.site_zero_floor else "channels never > 0",
+         f"{len(insight.dead_channels)} of {section.channels_total} ({_percent(insight.dead_fraction)})"),
         ("constant channels", f"{len(insight.constant_channels)}"),
         ("largest |activation|", _number(insight.max_abs_activation)),
         ("reaches the output", {True: "yes", False: "NO", None: "not checked"}[insight.reaches_output]),

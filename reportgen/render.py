@@ -271,6 +271,7 @@ def _draw_sections(
                 ),
                 site=layer.site.describe(),
                 site_zero_floor=layer.site.zero_floor,
+                token_layer=bool(layer.site.grid),
                 token_pictures=token_pictures.get(layer.key, ()),
             )
         )

@@ -120,6 +120,7 @@ class LayerSection:
     # (BatchNorm2d) → layer1.0.relu (ReLU)", or the raw conv output and why (sites.py).
     site: str = ""
     site_zero_floor: bool = False  # observed after a ReLU-like activation: never > 0 means always 0
+    token_layer: bool = False  # a transformer's tokens laid out on a grid (tokens.py)
     # transformer layers on a 2D grid: per shown input, the token-norm map and the tokens' PCA as RGB
     token_pictures: tuple[TokenPictures, ...] = ()
 

@@ -81,8 +81,14 @@ def test_dead_channels_are_judged_after_bn_and_relu_not_at_the_raw_conv() -> Non
 
     raw_report = reportgen.generate_report(model, x, device="cpu", tap="conv")
     assert list(raw_report.model.sections[0].insight.dead_channels) == [0]
-    assert "at the raw conv output (--tap conv" in next(
-        a.message for a in raw_report.model.alerts if a.kind == "dead-filter")
+    # no ReLU acts on the raw conv output: channel 0 passes its negative values on, so it is a
+    # sign pattern, not a dead filter, and neither the alert nor the section calls it dead
+    assert "dead-filter" not in {a.kind for a in raw_report.model.alerts}
+    never = next(a for a in raw_report.model.alerts if a.kind == "never-positive")
+    assert "at the raw conv output (--tap conv" in never.message and "still pass non-positive values on" in never.message
+    html = raw_report.to_html()
+    assert "not dead filters" in html and '<th scope="row">channels never &gt; 0</th>' in html
+    assert '<th scope="row">dead channels</th>' in report.to_html() and "not dead filters" not in report.to_html()
 
 
 class FunctionalResidual(nn.Module):

@@ -186,6 +186,23 @@ def test_planted_token_pattern_gives_tiles_equal_to_it(channels_last):
             assert "dropping the first token (a class token" in layer.site.describe()
 
 
+def test_a_transformer_channel_never_positive_is_not_called_dead():
+    """A residual-stream channel that is never > 0 is ordinary (no activation, no zero floor):
+    no dead-filter or never-positive alert, and the section says "never > 0", not "dead"."""
+    import reportgen
+
+    pattern = planted()
+    pattern[2] = -pattern[2].abs() - 1.0  # channel 2: negative at every token
+    model = PlantedViT(pattern).eval()
+    report = reportgen.generate_report(model, torch.rand(2, 3, 4 * GRID, 4 * GRID), device="cpu", max_size_mb=0)
+    sections = {section.name: section for section in report.model.sections}
+    assert 2 in sections["blocks.0"].insight.dead_channels  # counted: it is never > 0 ...
+    assert not [a for a in report.model.alerts  # ... but not alerted as a dead or never-positive channel
+                if (a.layer or "").startswith("blocks.") and a.kind in ("dead-filter", "never-positive")]
+    block = report.to_html().split('id="layer-blocks.0"', 1)[1][:20000]
+    assert '<th scope="row">channels never &gt; 0</th>' in block and '<th scope="row">dead channels</th>' not in block
+
+
 def test_default_selection_adds_transformer_blocks_next_to_convs():
     from torchvision.models.swin_transformer import SwinTransformer
     from torchvision.models.vision_transformer import VisionTransformer
