@@ -305,6 +305,28 @@ def test_resnet20_example_alerts_only_channels_dead_at_their_activation_site() -
         assert sections[name].site.endswith("relu()"), sections[name].site
     alerted = {a.layer for a in report.model.alerts if a.kind == "dead-filter"}
     assert alerted == {name for name, dead in truly_dead.items() if dead}
+    assert "never-positive" not in {a.kind for a in report.model.alerts}  # every site here is after a ReLU
+
+    # --tap conv: the raw conv outputs, where no ReLU acts. A channel never > 0 there (such as
+    # layer3.2.conv1's 21) is counted and alerted as never-positive, never called dead.
+    raw_all: dict[str, torch.Tensor] = {}
+    handles = [module.register_forward_hook(keep(name, raw_all))
+               for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    never = {name: [c for c in range(t.shape[1]) if not (t[:, c] > 0).any()] for name, t in raw_all.items()}
+    assert 21 in never["layer3.2.conv1"]
+    raw_report = reportgen.generate_report(model, x, device="cpu", cam=False, embedding=False, top_k=0, tap="conv")
+    raw_sections = {section.name: section for section in raw_report.model.sections}
+    assert set(raw_sections) == set(never)
+    for name, channels in never.items():
+        assert list(raw_sections[name].insight.dead_channels) == channels, name
+    kinds = {a.kind for a in raw_report.model.alerts}
+    assert "dead-filter" not in kinds
+    assert {a.layer for a in raw_report.model.alerts if a.kind == "never-positive"} == \
+        {name for name, channels in never.items() if channels}
 
 
 def test_a_shortcut_conv_observed_at_the_block_output_gets_the_block_outputs_receptive_field() -> None:
