@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from reportgen.report_model import Alert, DuplicatePair, LayerSection, ModelInfo, WeightStats
+from reportgen.report_model import Alert, DuplicatePair, LayerSection, ModelInfo, WeightStats, never_positive_kind
 
 if TYPE_CHECKING:
     from reportgen.analysis import Analysis
@@ -112,9 +112,8 @@ def _activation_alerts(section: LayerSection, thresholds: AlertThresholds) -> li
     insight = section.insight
     dead = list(insight.dead_channels) if insight is not None else [
         i for i, f in enumerate(section.stats.fraction_inputs_active) if f <= thresholds.dead_fraction]
-    # A transformer's residual stream has no zero floor and no reason to be positive: a channel
-    # that never is says nothing about it, so no alert is raised there.
-    if dead and (section.site_zero_floor or not section.token_layer):
+    kind = never_positive_kind(section.site_zero_floor, section.token_layer)
+    if dead and kind is not None:
         share = len(dead) / total if total else 0.0
         count = section.stats.inputs
         core = (f"never > 0 {where} " + (f"on the {count} input" if count == 1 else f"on any of the {count} inputs")
@@ -124,7 +123,7 @@ def _activation_alerts(section: LayerSection, thresholds: AlertThresholds) -> li
                        else "no ReLU acts here: they still pass non-positive values on")
         weak = (f" Only {count} input{'s' if count != 1 else ''}: weak evidence, a channel silent on "
                 "these may fire on others." if 0 < count < FEW_INPUTS else "")
-        alerts.append(Alert("dead-filter" if section.site_zero_floor else "never-positive", section.name,
+        alerts.append(Alert(kind, section.name,
                             f"{len(dead)} of {total} channels ({share:.1%}) {core} ({consequence}): {_list(dead)}."
                             f"{weak}", section.anchor))
     if insight is None:

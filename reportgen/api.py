@@ -17,7 +17,7 @@ from reportgen._version import __version__
 from reportgen.alerts import AlertThresholds
 from reportgen import distributed
 from reportgen.analyze import TAPS, AnalysisOptions, analyze
-from reportgen.engine.prefetch import default_workers
+from reportgen.engine.prefetch import decoding_workers
 from reportgen.insight import InsightOptions
 from reportgen.devices import resolve_device
 from reportgen.errors import ReportError
@@ -191,7 +191,7 @@ def _build_report(loaded: LoadedModel, inputs: InputSet, options: ReportOptions,
         # misfiring and ablation's unablated side ride the main pass: no clean pass of their own
         misfiring=options.impact is not None and (options.impact.misfiring or options.impact.ablation),
         ablation_baseline=options.impact is not None and options.impact.ablation,
-        workers=default_workers() if options.workers is None else options.workers,
+        workers=decoding_workers(options.workers),
     )
     inputs.check_tail(options.batch_size)  # unreadable files at the end are left out before the pass
     if class_names is not None:  # a --labels file says how many classes there are: check now

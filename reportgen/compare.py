@@ -28,7 +28,7 @@ from reportgen.compare_pass import CompareOptions, compare
 from reportgen.compare_render import Drawing, render_compare
 from reportgen.compare_report import CompareReport
 from reportgen.devices import resolve_device
-from reportgen.engine.prefetch import default_workers
+from reportgen.engine.prefetch import decoding_workers
 from reportgen.errors import ReportError
 from reportgen.faults import copy_if_lazy
 from reportgen.inputs import InputSet
@@ -93,7 +93,7 @@ def build_compare(loaded: Sequence[LoadedModel], inputs: InputSet, options: Comp
     analysis_options = AnalysisOptions(layers=options.layers, max_channels=options.max_channels,
                                        batch_size=options.batch_size, forward_args=options.forward_args,
                                        tap=options.tap,
-                                       workers=default_workers() if options.workers is None else options.workers)
+                                       workers=decoding_workers(options.workers))
     show_progress = options.show_progress and (group is None or group.main)
     with seeded(options.seed), progress_bar(len(inputs), "compare", show_progress) as advance:
         analysis = compare([item.module for item in loaded], [_info(item) for item in loaded], inputs, device,

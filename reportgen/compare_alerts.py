@@ -12,6 +12,7 @@ from torch import nn
 
 from reportgen.capture import CapturedLayer
 from reportgen.compare_data import AlertFound, AlertsDiff
+from reportgen.report_model import never_positive_kind
 from reportgen.weight_change import filters_of
 
 ALERT_KINDS = ("nonfinite-activation", "dead-filter", "never-positive", "constant-channel", "exploding-activation",
@@ -32,10 +33,8 @@ def layer_alerts(layers: Sequence[CapturedLayer], model: nn.Module, selected: Se
         if bad:
             found["nonfinite-activation", name] = f"{bad} NaN/Inf values"
         dead = [c for c, f in enumerate(layer.fraction_inputs_active) if f <= 0]
-        # as in alerts.py: dead only where a ReLU-like activation floors the site at 0; a
-        # transformer's residual stream is not judged
-        if dead and (layer.site.zero_floor or not layer.site.grid):
-            kind = "dead-filter" if layer.site.zero_floor else "never-positive"
+        kind = never_positive_kind(layer.site.zero_floor, bool(layer.site.grid))
+        if dead and kind is not None:
             found[kind, name] = f"{len(dead)} of {layer.channels_total} channels never > 0"
         constant = [c for c in range(layer.channels_total)
                     if c not in dead and np.isfinite(layer.max[c]) and layer.max[c] == layer.min[c]]

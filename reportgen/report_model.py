@@ -125,6 +125,16 @@ class LayerSection:
     token_pictures: tuple[TokenPictures, ...] = ()
 
 
+def never_positive_kind(zero_floor: bool, token_layer: bool) -> str | None:
+    """The alert kind for channels never > 0 where they are observed: "dead-filter" where a
+    ReLU-like activation floors them at 0 (they output 0), "never-positive" where none acts (they
+    still pass their values on), none in a transformer's residual stream, which has no floor and
+    no reason to be positive. Used by the report's alerts and by compare's alert diff."""
+    if zero_floor:
+        return "dead-filter"
+    return None if token_layer else "never-positive"
+
+
 @dataclass(frozen=True)
 class InputSummary:
     index: int

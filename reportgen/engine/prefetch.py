@@ -44,6 +44,11 @@ def default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) // ranks_here - 1))
 
 
+def decoding_workers(requested: int | None) -> int:
+    """`requested` decoding processes, or `default_workers()` when none was asked for."""
+    return default_workers() if requested is None else requested
+
+
 def can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
